@@ -1,0 +1,164 @@
+"""The ingress and router deployment: OpenAI HTTP API and typed Python methods over one router.
+
+HTTP clients use the FastAPI routes; Python code holding the app's handle calls `chat`,
+`chat_stream`, `completions` and `completions_stream` with the protocol models directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app import openai_format
+from serve_app.config import AppConfig
+from serve_app.errors import BackendUnavailable, InvalidRequest, ServerError, ServingError, error_body
+from serve_app.generation import Backend, GenerationChunk, GenerationRequest
+from serve_app.protocol import (
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
+    ModelCard, ModelList, Routing,
+)
+from serve_app.routing import CascadeRouter, RoutedStream
+
+api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
+
+
+def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
+    """A tier's handle as a router backend; Ray's errors become serving errors."""
+    streaming = handle.options(stream=True)
+
+    async def stream(request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        response = streaming.generate.remote(request)
+        finished = False
+        try:
+            async for chunk in response:
+                yield chunk
+            finished = True
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            if isinstance(cause, ServingError):
+                raise cause from None
+            raise ServerError(f"tier {name!r} failed: {type(cause).__name__}") from None
+        except (RayActorError, BackPressureError) as exc:
+            raise BackendUnavailable(f"tier {name!r} is unavailable: {type(exc).__name__}") from None
+        finally:
+            if not finished:
+                response.cancel()  # the caller went away: stop the engine's work too
+
+    return stream
+
+
+def _headers(routing: Routing) -> dict[str, str]:
+    headers = {"x-route": routing.route, "x-served-by": routing.served_by,
+               "x-cascade-escalated": str(routing.escalated).lower()}
+    if routing.confidence is not None:
+        headers["x-cascade-confidence"] = f"{routing.confidence:.4f}"
+    return headers
+
+
+async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+    except ServingError as exc:  # after the first byte the status is sent: report in-band, as vLLM does
+        yield f"data: {json.dumps(error_body(exc))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        message, param = "The request body is not valid JSON.", None
+    else:
+        param = ".".join(location) or None
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return JSONResponse(error_body(InvalidRequest(message, param=param)), status_code=400)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    error = ServerError(f"internal error: {type(exc).__name__}")
+    return JSONResponse(error_body(error), status_code=error.status)
+
+
+@serve.deployment(name="router")
+@serve.ingress(api)
+class Router:
+    def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
+        self._config = AppConfig.model_validate(config)
+        self._tiers = tiers
+        self._router = CascadeRouter(
+            {name: _handle_backend(name, handle) for name, handle in tiers.items()},
+            self._config.cascade, self._config.model_alias,
+        )
+
+    # Python API (DeploymentHandle) ------------------------------------------------------------
+
+    async def _open(self, request: ChatCompletionRequest | CompletionRequest) -> RoutedStream:
+        generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
+        return await self._router.open(request.model, generation)
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        return await openai_format.chat_response(await self._open(request))
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in openai_format.chat_chunks(await self._open(request), request.include_usage):
+            yield chunk
+
+    async def completions(self, request: CompletionRequest) -> CompletionResponse:
+        return await openai_format.completion_response(await self._open(request))
+
+    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
+        async for chunk in openai_format.completion_chunks(await self._open(request), request.include_usage):
+            yield chunk
+
+    async def models(self) -> ModelList:
+        infos = await asyncio.gather(*(h.model_info.remote() for h in self._tiers.values()))
+        by_tier = dict(zip(self._tiers, infos))
+        cascade = by_tier[self._config.cascade.strong_tier]
+        cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
+        cards += [ModelCard(id=name, root=cascade["model"], max_model_len=min(i["max_model_len"] for i in infos))
+                  for name in ("auto", self._config.model_alias)]
+        return ModelList(data=cards)
+
+    # HTTP API ----------------------------------------------------------------------------------
+
+    async def _respond(self, request, whole, chunks) -> Response:
+        stream = await self._open(request)
+        headers = _headers(stream.routing)
+        if request.stream:
+            return StreamingResponse(_sse(chunks(stream, request.include_usage)),
+                                     media_type="text/event-stream", headers=headers)
+        return JSONResponse((await whole(stream)).model_dump(), headers=headers)
+
+    @api.post("/v1/chat/completions")
+    async def http_chat(self, request: ChatCompletionRequest) -> Response:
+        return await self._respond(request, openai_format.chat_response, openai_format.chat_chunks)
+
+    @api.post("/v1/completions")
+    async def http_completions(self, request: CompletionRequest) -> Response:
+        return await self._respond(request, openai_format.completion_response, openai_format.completion_chunks)
+
+    @api.get("/v1/models")
+    async def http_models(self) -> ModelList:
+        return await self.models()
+
+    @api.get("/health")
+    async def http_health(self) -> dict[str, str]:
+        return {"status": "ok"}

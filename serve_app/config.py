@@ -1,0 +1,147 @@
+"""The one configuration tree, validated once in the app builder.
+
+A Serve config file's `applications[].args` is an `AppConfig`. Every model forbids unknown fields,
+so a typo fails `serve deploy` with a message naming the field instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from serve_app.scorers import SCORERS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+AUTO_ROUTE = "auto"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class DeploymentOptions(StrictModel):
+    """Ray Serve options of one deployment, passed to `.options()` as they are."""
+
+    num_replicas: PositiveInt | None = 1
+    """Fixed replica count; set to null when `autoscaling_config` is given."""
+    autoscaling_config: dict[str, Any] | None = None
+    """Ray Serve autoscaling config (min_replicas, max_replicas, target_ongoing_requests, ...)."""
+    max_ongoing_requests: PositiveInt = 64
+    """Requests one replica works on at once; the engine batches these continuously."""
+    max_queued_requests: int = -1
+    """Requests queued per caller before Ray Serve rejects them (-1: unbounded)."""
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    """num_cpus, num_gpus, memory, resources, runtime_env of each replica."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    """How often Ray Serve calls the replica's `check_health`."""
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    """How long a health check may take before the replica counts as unhealthy."""
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+    """How long a stopping replica may drain in-flight requests."""
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> "DeploymentOptions":
+        if self.autoscaling_config is not None and self.num_replicas is not None:
+            raise ValueError("set either num_replicas or autoscaling_config (with num_replicas: null), not both")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TierConfig(StrictModel):
+    """One model tier: a vLLM engine deployment."""
+
+    model_source: str
+    """A local folder (absolute, or starting with ./ relative to the project root) or a hub model id."""
+    served_model_name: str | None = None
+    """Name of the underlying model reported by the engine; defaults to `model_source`."""
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """vLLM `AsyncEngineArgs` fields (dtype, max_model_len, enable_prefix_caching, quantization,
+    tensor_parallel_size, speculative_config, ...), passed through unchanged and checked against
+    vLLM's own field list when the replica starts."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    """Ray Serve options of this tier's engine deployment."""
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _model_is_not_an_engine_kwarg(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "model" in value:
+            raise ValueError("give the model as model_source, not engine_kwargs.model")
+        return value
+
+    def resolved_model(self) -> str:
+        if self.model_source.startswith("./"):
+            return str(PROJECT_ROOT / self.model_source[2:])
+        return self.model_source
+
+    def replica_options(self) -> dict[str, Any]:
+        """Deployment options with `env_vars` merged into the replica's runtime_env."""
+        options = self.deployment.serve_options()
+        actor = dict(options.get("ray_actor_options", {}))
+        runtime_env = dict(actor.get("runtime_env", {}))
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env_vars}
+        actor["runtime_env"] = runtime_env
+        options["ray_actor_options"] = actor
+        return options
+
+
+class CascadeConfig(StrictModel):
+    """The `auto` route: answer with the cheap tier, escalate to the strong one when unsure."""
+
+    cheap_tier: str = "cheap"
+    """Tier that answers first."""
+    strong_tier: str = "strong"
+    """Tier that answers when the cheap answer's confidence is below `threshold`."""
+    scorer: str = "mean_prob"
+    """Confidence scorer, one of serve_app.scorers.SCORERS."""
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Escalate when the cheap answer's confidence is below this."""
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str) -> str:
+        if value not in SCORERS:
+            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted(SCORERS)}")
+        return value
+
+
+class RouterConfig(StrictModel):
+    """The ingress and router deployment."""
+
+    default_max_tokens: PositiveInt | None = None
+    """Chat completions without max_tokens generate up to this many tokens (null: to the end of the
+    context window, as vLLM does). Completions keep OpenAI's default of 16."""
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=256))
+    """Ray Serve options of the router deployment."""
+
+
+class AppConfig(StrictModel):
+    """Arguments of `serve_app.app:build_app`."""
+
+    model_alias: str = "cascade"
+    """A model name that means the `auto` route, for clients that must name one model."""
+    tiers: dict[str, TierConfig]
+    """Engine tiers by route name (e.g. cheap, strong)."""
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    """How the `auto` route combines the tiers."""
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    """Options of the router deployment."""
+
+    @model_validator(mode="after")
+    def _routes_are_consistent(self) -> "AppConfig":
+        for field in ("cheap_tier", "strong_tier"):
+            name = getattr(self.cascade, field)
+            if name not in self.tiers:
+                raise ValueError(f"cascade.{field}: {name!r} is not one of the tiers {sorted(self.tiers)}")
+        reserved = {AUTO_ROUTE, self.model_alias} & set(self.tiers)
+        if reserved:
+            raise ValueError(f"tiers: {sorted(reserved)} is reserved for the cascade route")
+        return self
+
+    def route_names(self) -> list[str]:
+        return [AUTO_ROUTE, self.model_alias, *self.tiers]

@@ -1,0 +1,44 @@
+"""The seam between the router and an engine: what a tier is asked to generate and what it streams back.
+
+Plain dataclasses: cheap to pickle across Ray Serve handles, no Ray or vLLM import. `sampling` maps
+one to one onto vLLM's `SamplingParams` keyword arguments, so every option the engine supports
+reaches it without being re-declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    sampling: dict[str, Any]
+    prompt: str | None = None
+    """Raw completion prompt; exactly one of `prompt` and `messages` is set."""
+    messages: list[dict[str, Any]] | None = None
+    """Chat messages; the engine applies its own model's chat template."""
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """One streamed delta. Token counts are cumulative, so the last chunk carries the usage."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+Backend = Callable[[GenerationRequest], AsyncIterator[GenerationChunk]]
+"""A tier as the router sees it: a function returning an async stream of chunks."""

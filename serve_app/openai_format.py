@@ -1,0 +1,114 @@
+"""Translate between the OpenAI protocol and the engine seam: requests to `GenerationRequest`s,
+routed chunk streams to responses and stream chunks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import AsyncIterator
+
+from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.protocol import (
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, CompletionChoice, CompletionLogprobs,
+    CompletionRequest, CompletionResponse, DeltaMessage, TopLogprob, Usage,
+)
+from serve_app.routing import RoutedStream
+
+
+def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None) -> GenerationRequest:
+    request_id = uuid.uuid4().hex
+    if isinstance(request, ChatCompletionRequest):
+        sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
+        return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages])
+    sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
+    return GenerationRequest(request_id, sampling, prompt=request.prompt_text)
+
+
+def _usage(chunk: GenerationChunk) -> Usage:
+    return Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
+                 total_tokens=chunk.prompt_tokens + chunk.completion_tokens)
+
+
+def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    if logprobs is None:
+        return None
+    return ChatLogprobs(content=[
+        ChatTokenLogprob(
+            token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
+            top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode())) for t, v in lp.top],
+        )
+        for lp in logprobs
+    ])
+
+
+def _completion_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> CompletionLogprobs | None:
+    if logprobs is None:
+        return None
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return CompletionLogprobs(
+        tokens=[lp.token for lp in logprobs], token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[dict(lp.top) for lp in logprobs], text_offset=offsets,
+    )
+
+
+async def _collect(stream: RoutedStream) -> tuple[str, list[TokenLogprob] | None, GenerationChunk]:
+    text, logprobs, last = [], None, None
+    async for chunk in stream.chunks:
+        text.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
+        last = chunk
+    return "".join(text), logprobs, last
+
+
+async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
+    text, logprobs, last = await _collect(stream)
+    return ChatCompletionResponse(
+        model=stream.routing.served_by, usage=_usage(last), routing=stream.routing,
+        choices=[ChatChoice(message=AssistantMessage(content=text), logprobs=_chat_logprobs(logprobs),
+                            finish_reason=last.finish_reason)],
+    )
+
+
+async def completion_response(stream: RoutedStream) -> CompletionResponse:
+    text, logprobs, last = await _collect(stream)
+    return CompletionResponse(
+        model=stream.routing.served_by, usage=_usage(last), routing=stream.routing,
+        choices=[CompletionChoice(text=text, logprobs=_completion_logprobs(logprobs, 0), finish_reason=last.finish_reason)],
+    )
+
+
+async def chat_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
+    """OpenAI chat stream: a role chunk carrying the routing, content deltas, the finish reason,
+    then (if asked) a usage chunk with no choices."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": stream.routing.served_by}
+    yield ChatCompletionChunk(**head, routing=stream.routing,
+                              choices=[ChatChunkChoice(delta=DeltaMessage(role="assistant", content=""))])
+    last = None
+    async for chunk in stream.chunks:
+        last = chunk
+        if chunk.text or chunk.finish_reason or chunk.logprobs:
+            yield ChatCompletionChunk(**head, choices=[ChatChunkChoice(
+                delta=DeltaMessage(content=chunk.text), logprobs=_chat_logprobs(chunk.logprobs),
+                finish_reason=chunk.finish_reason,
+            )])
+    if include_usage and last is not None:
+        yield ChatCompletionChunk(**head, choices=[], usage=_usage(last))
+
+
+async def completion_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterator[CompletionResponse]:
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": stream.routing.served_by}
+    last, offset, first = None, 0, True
+    async for chunk in stream.chunks:
+        last = chunk
+        if chunk.text or chunk.finish_reason or chunk.logprobs:
+            yield CompletionResponse(**head, routing=stream.routing if first else None, choices=[CompletionChoice(
+                text=chunk.text, logprobs=_completion_logprobs(chunk.logprobs, offset), finish_reason=chunk.finish_reason,
+            )])
+            offset, first = offset + len(chunk.text), False
+    if include_usage and last is not None:
+        yield CompletionResponse(**head, choices=[], usage=_usage(last))

@@ -1,0 +1,86 @@
+"""The config tree: shipped profiles validate; bad configs fail naming the field."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import AppConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def app_args(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())["applications"][0]["args"]
+
+
+@pytest.mark.parametrize("profile", ["local-cpu.yaml", "gpu.yaml"])
+def test_shipped_profiles_validate(profile):
+    config = AppConfig.model_validate(app_args(profile))
+    assert {"cheap", "strong"} <= set(config.tiers)
+
+
+def test_kuberay_manifest_embeds_the_gpu_profile_unchanged():
+    manifest = yaml.safe_load((CONFIGS / "kuberay-rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService"
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert embedded == yaml.safe_load((CONFIGS / "gpu.yaml").read_text())
+    AppConfig.model_validate(embedded["applications"][0]["args"])
+
+
+def test_local_profile_resolves_models_inside_the_project():
+    config = AppConfig.model_validate(app_args("local-cpu.yaml"))
+    assert Path(config.tiers["strong"].resolved_model()).is_absolute()
+    assert config.tiers["strong"].resolved_model().endswith("models/smollm2-135m-instruct")
+    options = config.tiers["cheap"].replica_options()
+    assert options["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def broken(mutate) -> str:
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    mutate(args)
+    with pytest.raises(ValidationError) as caught:
+        AppConfig.model_validate(args)
+    return str(caught.value)
+
+
+def test_unknown_field_is_named():
+    message = broken(lambda a: a["tiers"]["cheap"].update(model_sorce="x"))
+    assert "tiers.cheap.model_sorce" in message and "Extra inputs are not permitted" in message
+
+
+def test_unknown_scorer_lists_the_choices():
+    message = broken(lambda a: a["cascade"].update(scorer="vibes"))
+    assert "cascade.scorer" in message and "mean_prob" in message
+
+
+def test_threshold_out_of_range_is_named():
+    assert "cascade.threshold" in broken(lambda a: a["cascade"].update(threshold=1.5))
+
+
+def test_cascade_must_name_existing_tiers():
+    assert "cascade.strong_tier" in broken(lambda a: a["cascade"].update(strong_tier="huge"))
+
+
+def test_replicas_and_autoscaling_are_exclusive():
+    message = broken(lambda a: a["tiers"]["cheap"]["deployment"].update(autoscaling_config={"max_replicas": 2}))
+    assert "tiers.cheap.deployment" in message
+
+
+def test_tier_may_not_shadow_the_cascade_route():
+    assert "reserved" in broken(lambda a: a["tiers"].update(auto=a["tiers"]["cheap"]))
+
+
+def test_policies_import_neither_ray_nor_vllm():
+    code = (
+        "import sys\n"
+        "import serve_app.cascade, serve_app.config, serve_app.errors, serve_app.generation, "
+        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch'))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
