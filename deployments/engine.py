@@ -70,6 +70,7 @@ class LLMServer:
 
     def _sampling_params(self, request: GenerationRequest, prompt_len: int):
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         room = self._max_model_len - prompt_len
@@ -86,8 +87,8 @@ class LLMServer:
                 param="max_tokens")
         try:
             return SamplingParams(**sampling, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(str(exc)) from None
+        except (TypeError, ValueError, VLLMClientError) as exc:
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         from vllm.exceptions import VLLMClientError
@@ -109,7 +110,7 @@ class LLMServer:
                     finish_reason=completion.finish_reason,
                 )
         except VLLMClientError as exc:
-            raise InvalidRequest(str(exc)) from None
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
         except EngineDeadError as exc:
             raise BackendUnavailable(f"engine for {self._model} is dead: {exc}") from None
         except Exception as exc:

@@ -1,0 +1,153 @@
+"""One real stack per test run: a fresh Ray head on 127.0.0.1, and `serve deploy` of the local CPU
+profile (both vLLM engines, the router) as CI would deploy it. Torn down even when tests fail: the
+app is shut down, then every process the cluster started is terminated."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
+APP = "llm"
+DEPLOY_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Stack:
+    base_url: str
+    """The OpenAI API root, e.g. http://127.0.0.1:PORT/v1."""
+    http_url: str
+    dashboard_url: str
+    gcs_address: str
+    config: dict
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            result = check()
+            if result:
+                return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        time.sleep(every_s)
+
+
+def app_status(dashboard_url: str) -> dict:
+    return get_json(f"{dashboard_url}/api/serve/applications/")["applications"].get(APP, {})
+
+
+def wait_until_running(dashboard_url: str) -> None:
+    def running():
+        status = app_status(dashboard_url).get("status")
+        if status == "DEPLOY_FAILED":
+            raise pytest.fail.Exception(f"deploy failed: {app_status(dashboard_url).get('message')}")
+        return status == "RUNNING"
+
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while not running():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"app not RUNNING after {DEPLOY_TIMEOUT_S} s: {app_status(dashboard_url)}")
+        time.sleep(3)
+
+
+def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
+    with contextlib.suppress(Exception):
+        subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], timeout=120, capture_output=True)
+    family: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        family = psutil.Process(head.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    for process in family:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    # A throwaway loopback-only cluster: no token auth, so the CLI, the REST API and this driver
+    # need no shared secret.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs_port, dashboard_port, http_port = free_port(), free_port(), free_port()
+    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",
+         f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
+        config = yaml.safe_load((ROOT / "configs" / "local-cpu.yaml").read_text())
+        config["http_options"]["port"] = http_port  # the profile as shipped, on a port of the test's own
+        config_path = tmp_path_factory.mktemp("config") / "local-cpu.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        subprocess.run([BIN / "serve", "deploy", str(config_path), "-a", dashboard_url],
+                       cwd=ROOT, check=True, timeout=300)
+        wait_until_running(dashboard_url)
+        http_url = f"http://127.0.0.1:{http_port}"
+        wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
+        yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config)
+    finally:
+        stop_cluster(head, dashboard_url)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_handles(stack):
+    """This test process as a Ray driver on the stack's cluster, for DeploymentHandle calls."""
+    import ray
+    from ray import serve
+
+    ray.init(address=stack.gcs_address, log_to_driver=False)
+    try:
+        yield serve
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(stack):
+    import openai
+
+    return openai.OpenAI(base_url=stack.base_url, api_key="unused", timeout=300, max_retries=0)
