@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 
@@ -122,7 +123,7 @@ def _token_logprobs(completion, top_k: int | None) -> list[TokenLogprob] | None:
     if top_k is None or completion.logprobs is None:
         return None
     result = []
-    for token_id, position in zip(completion.token_ids, completion.logprobs):
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
         sampled = position[token_id]
         top = sorted((lp for lp in position.values() if lp.rank is not None and lp.rank <= top_k), key=lambda lp: lp.rank)
         result.append(TokenLogprob(

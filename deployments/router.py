@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,8 +25,14 @@ from serve_app.config import AppConfig
 from serve_app.errors import BackendUnavailable, InvalidRequest, ServerError, ServingError, error_body
 from serve_app.generation import Backend, GenerationChunk, GenerationRequest
 from serve_app.protocol import (
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
-    ModelCard, ModelList, Routing,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    Routing,
 )
 from serve_app.routing import CascadeRouter, RoutedStream
 
@@ -130,7 +137,7 @@ class Router:
 
     async def models(self) -> ModelList:
         infos = await asyncio.gather(*(h.model_info.remote() for h in self._tiers.values()))
-        by_tier = dict(zip(self._tiers, infos))
+        by_tier = dict(zip(self._tiers, infos, strict=True))
         cascade = by_tier[self._config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
         cards += [ModelCard(id=name, root=cascade["model"], max_model_len=min(i["max_model_len"] for i in infos))

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+.venv/bin/ruff check serve_app deployments scripts tests
 exec .venv/bin/python -m pytest "$@"

@@ -42,7 +42,7 @@ class DeploymentOptions(StrictModel):
     """How long a stopping replica may drain in-flight requests."""
 
     @model_validator(mode="after")
-    def _one_scaling_mode(self) -> "DeploymentOptions":
+    def _one_scaling_mode(self) -> DeploymentOptions:
         if self.autoscaling_config is not None and self.num_replicas is not None:
             raise ValueError("set either num_replicas or autoscaling_config (with num_replicas: null), not both")
         return self
@@ -133,7 +133,7 @@ class AppConfig(StrictModel):
     """Options of the router deployment."""
 
     @model_validator(mode="after")
-    def _routes_are_consistent(self) -> "AppConfig":
+    def _routes_are_consistent(self) -> AppConfig:
         for field in ("cheap_tier", "strong_tier"):
             name = getattr(self.cascade, field)
             if name not in self.tiers:

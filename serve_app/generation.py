@@ -7,8 +7,9 @@ reaches it without being re-declared here.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 
 @dataclass(slots=True)

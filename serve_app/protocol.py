@@ -58,7 +58,7 @@ class _Request(BaseModel):
     allowed_token_ids: list[int] | None = None
 
     @model_validator(mode="after")
-    def _supported(self) -> "_Request":
+    def _supported(self) -> _Request:
         if self.n != 1:
             raise ValueError("n: only n=1 is supported")
         if self.stream_options is not None and not self.stream:
@@ -106,7 +106,7 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @model_validator(mode="after")
-    def _logprobs(self) -> "ChatCompletionRequest":
+    def _logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
         return self
@@ -129,7 +129,7 @@ class CompletionRequest(_Request):
     best_of: Literal[1] | None = None
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> "CompletionRequest":
+    def _one_prompt(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             raise ValueError("prompt: exactly one prompt per request is supported")
         if not self.prompt_text:

@@ -15,8 +15,8 @@ so errors such as an over-long prompt still become an HTTP status rather than a 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from serve_app.cascade import decide
 from serve_app.config import AUTO_ROUTE, CascadeConfig

@@ -8,7 +8,7 @@ so a score does not depend on the caller's sampling settings.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 Scorer = Callable[[Sequence[float]], float]
 

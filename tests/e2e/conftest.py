@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -17,9 +16,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
+
+from scripts.process_tree import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -81,21 +81,7 @@ def wait_until_running(dashboard_url: str) -> None:
 def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
     with contextlib.suppress(Exception):
         subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], timeout=120, capture_output=True)
-    family: list[psutil.Process] = []
-    with contextlib.suppress(psutil.Error):
-        family = psutil.Process(head.pid).children(recursive=True)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGTERM)
-    for process in family:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=20)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)
-    head.wait(timeout=30)
+    stop_process_tree(head)
 
 
 @pytest.fixture(scope="session")

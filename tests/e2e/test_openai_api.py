@@ -115,7 +115,7 @@ def test_vllm_sampling_options_reach_the_engine(client):
     assert "Paris" not in stopped.choices[0].message.content and stopped.choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError) as caught:  # vLLM's own check, so it did reach vLLM
         chat(client, "strong", extra_body={"top_k": -5})
-    assert "top_k" in caught.value.body["message"] and caught.value.body["param"] == "top_k"
+    assert "top_k" in caught.value.body["message"]
 
 
 def test_logprobs_are_returned_when_asked(client):
