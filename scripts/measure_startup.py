@@ -3,9 +3,9 @@
     .venv/bin/python scripts/measure_startup.py [--config configs/local-cpu.yaml] [--port 8000]
 
 Starts `serve run CONFIG` (the README's run command, after set-up), asks a chat question every
-second until one is answered, then runs scripts/request_latency.py against it, sampling the
-proportional set size (PSS: shared pages split between processes, so nothing is counted twice) of
-every process the command started. Prints one JSON object; stops the stack and everything it
+second until one is answered, sampling the proportional set size (PSS: shared pages split between
+processes, so nothing is counted twice) of every process the command started; then runs
+scripts/request_latency.py against it (sampler paused) and samples once more. Prints one JSON object; stops the stack and everything it
 started before exiting.
 """
 
@@ -74,10 +74,11 @@ def main() -> None:
                 sys.exit("the stack did not answer")
             time.sleep(1)
         first_answer_s = time.monotonic() - started
+        stop.set()  # reading every process's smaps costs CPU: keep it out of the latency figures
+        sampler.join()
         latency = subprocess.run([ROOT / ".venv/bin/python", ROOT / "scripts/request_latency.py",
                                   "--base-url", f"{url}/v1"], capture_output=True, text=True, check=True).stdout
-        stop.set()
-        sampler.join()
+        peak["bytes"] = max(peak["bytes"], stack_pss_bytes(root))
         print(json.dumps({
             "config": args.config,
             "seconds_to_first_answer": round(first_answer_s, 1),
