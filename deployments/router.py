@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import openai_format
+from serve_app.access import KeyGate, load_api_keys
 from serve_app.config import AppConfig
-from serve_app.errors import BackendUnavailable, InvalidRequest, ServerError, ServingError, error_body
+from serve_app.errors import (
+    BackendUnavailable,
+    PayloadTooLarge,
+    ServerError,
+    ServingError,
+    error_body,
+    invalid_request,
+)
 from serve_app.generation import Backend, GenerationChunk, GenerationRequest
 from serve_app.protocol import (
     ChatCompletionChunk,
@@ -37,6 +46,7 @@ from serve_app.protocol import (
 from serve_app.routing import CascadeRouter, RoutedStream
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
+logger = logging.getLogger("ray.serve")
 
 
 def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
@@ -81,21 +91,22 @@ async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     yield "data: [DONE]\n\n"
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    return bytes(body)
+
+
 @api.exception_handler(ServingError)
 async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if first.get("type") == "json_invalid":
-        message, param = "The request body is not valid JSON.", None
-    else:
-        param = ".".join(location) or None
-        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    return JSONResponse(error_body(InvalidRequest(message, param=param)), status_code=400)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
 
 
 @api.exception_handler(Exception)
@@ -110,6 +121,13 @@ class Router:
     def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
         self._config = AppConfig.model_validate(config)
         self._tiers = tiers
+        access = self._config.access
+        keys = load_api_keys(access.api_keys_env, access.api_keys_file)
+        if access.require_api_keys and not keys:
+            raise ValueError(f"access.require_api_keys is set but no key was found in ${access.api_keys_env} "
+                             f"or {access.api_keys_file}")
+        self._gate = KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
+        logger.info("API keys: %s", f"{len(keys)} configured" if keys else "none, authentication is off")
         self._router = CascadeRouter(
             {name: _handle_backend(name, handle) for name, handle in tiers.items()},
             self._config.cascade, self._config.model_alias,
@@ -146,7 +164,17 @@ class Router:
 
     # HTTP API ----------------------------------------------------------------------------------
 
-    async def _respond(self, request, whole, chunks) -> Response:
+    async def _admit(self, raw: Request, request_type: type[BaseModel]) -> BaseModel:
+        """Authenticate and rate-limit first, then read and validate the body."""
+        self._gate.admit(raw.headers.get("authorization"))
+        body = await _read_body(raw, self._config.access.max_body_bytes)
+        try:
+            return request_type.model_validate_json(body)
+        except ValidationError as exc:
+            raise invalid_request(exc.errors()) from None
+
+    async def _respond(self, raw: Request, request_type, whole, chunks) -> Response:
+        request = await self._admit(raw, request_type)
         stream = await self._open(request)
         headers = _headers(stream.routing)
         if request.stream:
@@ -155,15 +183,17 @@ class Router:
         return JSONResponse((await whole(stream)).model_dump(), headers=headers)
 
     @api.post("/v1/chat/completions")
-    async def http_chat(self, request: ChatCompletionRequest) -> Response:
-        return await self._respond(request, openai_format.chat_response, openai_format.chat_chunks)
+    async def http_chat(self, raw: Request) -> Response:
+        return await self._respond(raw, ChatCompletionRequest, openai_format.chat_response, openai_format.chat_chunks)
 
     @api.post("/v1/completions")
-    async def http_completions(self, request: CompletionRequest) -> Response:
-        return await self._respond(request, openai_format.completion_response, openai_format.completion_chunks)
+    async def http_completions(self, raw: Request) -> Response:
+        return await self._respond(raw, CompletionRequest, openai_format.completion_response,
+                                   openai_format.completion_chunks)
 
     @api.get("/v1/models")
-    async def http_models(self) -> ModelList:
+    async def http_models(self, raw: Request) -> ModelList:
+        self._gate.admit(raw.headers.get("authorization"))
         return await self.models()
 
     @api.get("/health")

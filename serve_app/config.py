@@ -120,6 +120,23 @@ class RouterConfig(StrictModel):
     """Ray Serve options of the router deployment."""
 
 
+class AccessConfig(StrictModel):
+    """Who may call the API and how often. Keys never live in this file: only where to find them."""
+
+    api_keys_env: str | None = "SERVE_APP_API_KEYS"
+    """Environment variable holding comma-separated API keys; unset or empty means no keys from it."""
+    api_keys_file: str | None = None
+    """A secrets file with one API key per line (e.g. a mounted Kubernetes secret)."""
+    require_api_keys: bool = False
+    """Refuse to start when no key is found, instead of serving without authentication."""
+    requests_per_minute_per_key: float | None = Field(None, gt=0)
+    """Sustained request rate allowed per key (per router replica); null: unlimited."""
+    burst_per_key: PositiveInt | None = None
+    """Requests a key may send at once above the sustained rate; defaults to one minute's worth."""
+    max_body_bytes: PositiveInt = 1_048_576
+    """Largest request body accepted (413 beyond it)."""
+
+
 class AppConfig(StrictModel):
     """Arguments of `serve_app.app:build_app`."""
 
@@ -131,6 +148,8 @@ class AppConfig(StrictModel):
     """How the `auto` route combines the tiers."""
     router: RouterConfig = Field(default_factory=RouterConfig)
     """Options of the router deployment."""
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    """API keys, per-key rate limits and the request size bound."""
 
     @model_validator(mode="after")
     def _routes_are_consistent(self) -> AppConfig:

@@ -3,6 +3,7 @@ an error becomes the OpenAI error envelope."""
 
 from __future__ import annotations
 
+import math
 from http import HTTPStatus
 
 
@@ -20,6 +21,9 @@ class ServingError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class ClientError(ServingError):
@@ -40,6 +44,30 @@ class ModelNotFound(ClientError):
     code = "model_not_found"
 
 
+class AuthenticationFailed(ClientError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "invalid_api_key"
+
+
+class PayloadTooLarge(ClientError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "request_too_large"
+
+
+class RateLimited(ClientError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message, None)
+        self.args = (message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
 class ServerError(ServingError):
     code = "internal_error"
 
@@ -51,3 +79,12 @@ class BackendUnavailable(ServerError):
 
 def error_body(error: ServingError) -> dict:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def invalid_request(errors: list[dict]) -> InvalidRequest:
+    """A pydantic validation failure as the OpenAI error: the first problem, with its field as `param`."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.")
+    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+    return InvalidRequest(f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param)

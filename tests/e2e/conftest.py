@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 APP = "llm"
 DEPLOY_TIMEOUT_S = 900
+API_KEYS = ("sk-test-main", "sk-test-rate")
+"""Given to the cluster's processes as SERVE_APP_API_KEYS, as an operator would: authentication is on."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class Stack:
     dashboard_url: str
     gcs_address: str
     config: dict
+    api_key: str = API_KEYS[0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
 
 def free_port() -> int:
@@ -100,6 +107,7 @@ def stack(tmp_path_factory) -> Stack:
          f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS)},
     )
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
@@ -136,4 +144,4 @@ def serve_handles(stack):
 def client(stack):
     import openai
 
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", timeout=300, max_retries=0)
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, timeout=300, max_retries=0)

@@ -61,7 +61,7 @@ def test_chat_stream_matches_the_non_streamed_answer(client, route):
 
 def test_raw_stream_is_sse_ending_in_done(stack):
     body = {"model": "strong", "messages": [{"role": "user", "content": EASY}], "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=120) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-served-by"] == "strong"
@@ -145,7 +145,7 @@ def error_of(response: httpx.Response) -> dict:
     ({"model": "auto", "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "messages"),
 ])
 def test_bad_input_gets_an_openai_error(stack, body, status, param):
-    response = httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=60)
+    response = httpx.post(f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=60)
     assert response.status_code == status
     error = error_of(response)
     assert error["param"] == param and error["message"]
@@ -153,13 +153,13 @@ def test_bad_input_gets_an_openai_error(stack, body, status, param):
 
 def test_too_long_prompt_is_a_context_length_error(stack):
     body = {"model": "strong", "messages": [{"role": "user", "content": "word " * 3000}], "stream": True}
-    response = httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=60)
+    response = httpx.post(f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=60)
     assert response.status_code == 400 and error_of(response)["code"] == "context_length_exceeded"
 
 
 def test_malformed_json_is_a_400(stack):
     response = httpx.post(f"{stack.base_url}/chat/completions", content=b'{"model": "strong", "mess',
-                          headers={"content-type": "application/json"}, timeout=30)
+                          headers={"content-type": "application/json", **stack.headers}, timeout=30)
     assert response.status_code == 400 and "JSON" in error_of(response)["message"]
 
 

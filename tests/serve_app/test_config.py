@@ -79,7 +79,7 @@ def test_policies_import_neither_ray_nor_vllm():
     code = (
         "import sys\n"
         "import serve_app.cascade, serve_app.config, serve_app.errors, serve_app.generation, "
-        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers\n"
+        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers, serve_app.access\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch'))\n"
         "assert not heavy, heavy\n"
     )
