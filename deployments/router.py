@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -65,7 +65,7 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
             if isinstance(cause, ServingError):
                 raise cause from None
             raise ServerError(f"tier {name!r} failed: {type(cause).__name__}") from None
-        except (RayActorError, BackPressureError) as exc:
+        except (RayError, BackPressureError) as exc:  # replica died, none left, or queue full
             raise BackendUnavailable(f"tier {name!r} is unavailable: {type(exc).__name__}") from None
         finally:
             if not finished:
@@ -79,6 +79,8 @@ def _headers(routing: Routing) -> dict[str, str]:
                "x-cascade-escalated": str(routing.escalated).lower()}
     if routing.confidence is not None:
         headers["x-cascade-confidence"] = f"{routing.confidence:.4f}"
+    if routing.fallback_reason:
+        headers["x-fallback-reason"] = routing.fallback_reason
     return headers
 
 
@@ -129,8 +131,7 @@ class Router:
         self._gate = KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
         logger.info("API keys: %s", f"{len(keys)} configured" if keys else "none, authentication is off")
         self._router = CascadeRouter(
-            {name: _handle_backend(name, handle) for name, handle in tiers.items()},
-            self._config.cascade, self._config.model_alias,
+            {name: _handle_backend(name, handle) for name, handle in tiers.items()}, self._config, time.monotonic,
         )
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
@@ -197,5 +198,6 @@ class Router:
         return await self.models()
 
     @api.get("/health")
-    async def http_health(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def http_health(self) -> dict[str, Any]:
+        """Open to all: liveness of the router and the circuit state of each tier."""
+        return {"status": "ok", "circuits": self._router.breaker_states()}

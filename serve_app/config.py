@@ -66,6 +66,10 @@ class TierConfig(StrictModel):
     """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     """Ray Serve options of this tier's engine deployment."""
+    first_token_timeout_s: float = Field(60.0, gt=0)
+    """The router gives up on this tier (and falls back) when its first token takes longer."""
+    total_timeout_s: float = Field(600.0, gt=0)
+    """The router abandons a generation on this tier that runs longer than this in all."""
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -120,6 +124,20 @@ class RouterConfig(StrictModel):
     """Ray Serve options of the router deployment."""
 
 
+class ResilienceConfig(StrictModel):
+    """What the router does when a backend fails: fallback chains and circuit breakers."""
+
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    """Per route, the routes to try in order when its own backend fails server-side (errors, timeouts,
+    open circuit), e.g. {strong: [cheap]}. Client errors (4xx) never fall back."""
+    breaker_failure_threshold: PositiveInt = 5
+    """Failures within breaker_window_s that open a tier's circuit."""
+    breaker_window_s: float = Field(30.0, gt=0)
+    """The window over which failures are counted."""
+    breaker_cooldown_s: float = Field(15.0, gt=0)
+    """How long an open circuit fails fast before one probe request is let through."""
+
+
 class AccessConfig(StrictModel):
     """Who may call the API and how often. Keys never live in this file: only where to find them."""
 
@@ -150,6 +168,8 @@ class AppConfig(StrictModel):
     """Options of the router deployment."""
     access: AccessConfig = Field(default_factory=AccessConfig)
     """API keys, per-key rate limits and the request size bound."""
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    """Fallback chains and circuit breakers."""
 
     @model_validator(mode="after")
     def _routes_are_consistent(self) -> AppConfig:
@@ -160,6 +180,13 @@ class AppConfig(StrictModel):
         reserved = {AUTO_ROUTE, self.model_alias} & set(self.tiers)
         if reserved:
             raise ValueError(f"tiers: {sorted(reserved)} is reserved for the cascade route")
+        routes = {AUTO_ROUTE, *self.tiers}
+        for route, chain in self.resilience.fallbacks.items():
+            unknown = sorted({route, *chain} - routes)
+            if unknown:
+                raise ValueError(f"resilience.fallbacks.{route}: {unknown} are not routes; choose from {sorted(routes)}")
+            if route in chain or len(set(chain)) != len(chain):
+                raise ValueError(f"resilience.fallbacks.{route}: a chain may not repeat a route")
         return self
 
     def route_names(self) -> list[str]:

@@ -77,6 +77,15 @@ class BackendUnavailable(ServerError):
     code = "backend_unavailable"
 
 
+class CircuitOpen(BackendUnavailable):
+    code = "circuit_open"
+
+
+class BackendTimeout(ServerError):
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "timeout"
+
+
 def error_body(error: ServingError) -> dict:
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 

@@ -160,6 +160,8 @@ class Routing(BaseModel):
     escalated: bool = False
     confidence: float | None = None
     reason: str | None = None
+    fallback_reason: str | None = None
+    """Set when the route's own backend failed and another answered: what failed, and how."""
 
 
 class Usage(BaseModel):

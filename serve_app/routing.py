@@ -1,4 +1,4 @@
-"""Route a generation request to a tier, or through the cascade, over abstract backends.
+"""Route a generation request to a tier, through the cascade, or down a fallback chain.
 
 No Ray here: a backend is any function returning an async stream of `GenerationChunk`s, so the
 deployment hands in Ray Serve handles and the unit tests hand in fakes.
@@ -9,18 +9,29 @@ start. A client therefore never sees part of one answer followed by another, at 
 time-to-first-token on `auto` equal to the cheap tier's whole generation time.
 
 Every route opens its stream before returning: the first chunk has arrived (or the engine raised),
-so errors such as an over-long prompt still become an HTTP status rather than a broken stream.
+so errors still become an HTTP status, and a failing backend can still be replaced by the next one
+in the route's fallback chain. Once the first chunk is out, a failure ends the stream with an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from serve_app.cascade import decide
-from serve_app.config import AUTO_ROUTE, CascadeConfig
-from serve_app.errors import ModelNotFound, ServerError
+from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.config import AUTO_ROUTE, AppConfig
+from serve_app.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    CircuitOpen,
+    ClientError,
+    ModelNotFound,
+    ServerError,
+    ServingError,
+)
 from serve_app.generation import Backend, GenerationChunk, GenerationRequest
 from serve_app.protocol import Routing
 from serve_app.scorers import SCORERS
@@ -32,74 +43,140 @@ class RoutedStream:
     chunks: AsyncIterator[GenerationChunk]
 
 
-async def _replay(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-    try:
-        yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await rest.aclose()
-
-
 async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
     for chunk in chunks:
         yield chunk
 
 
-async def open_stream(backend: Backend, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-    """Start `backend` and wait for its first chunk, so that its errors are raised here."""
-    stream = backend(request)
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        raise ServerError("the engine ended the stream without output") from None
-    except BaseException:
-        await stream.aclose()
-        raise
-    return _replay(first, stream)
+class Tier:
+    """A backend behind its circuit breaker, with a first-token and a total timeout."""
+
+    def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker,
+                 first_token_timeout_s: float, total_timeout_s: float):
+        self.name = name
+        self.breaker = breaker
+        self._backend = backend
+        self._first_token_timeout_s = first_token_timeout_s
+        self._total_timeout_s = total_timeout_s
+
+    async def open(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Start a generation and wait for its first chunk, so that failures are raised here."""
+        if not self.breaker.allow():
+            raise CircuitOpen(f"tier {self.name!r} is failing; its circuit is open for "
+                              f"{self.breaker.retry_after_s():.0f} s more")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._total_timeout_s
+        stream = self._backend(request)
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + self._first_token_timeout_s)):
+                first = await anext(stream)
+        except ClientError:
+            self.breaker.record_success()  # the backend answered; the request was at fault
+            await stream.aclose()
+            raise
+        except (ServingError, StopAsyncIteration, TimeoutError) as exc:
+            self.breaker.record_failure()
+            await stream.aclose()
+            raise self._server_error(exc, "first token") from None
+        except BaseException:  # cancelled: the caller went away, the backend is not at fault
+            self.breaker.abandon()
+            await stream.aclose()
+            raise
+        self.breaker.record_success()
+        return self._rest(first, stream, deadline)
+
+    async def _rest(self, first: GenerationChunk, stream: AsyncIterator[GenerationChunk],
+                    deadline: float) -> AsyncIterator[GenerationChunk]:
+        try:
+            yield first
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except (ServerError, TimeoutError) as exc:
+                    self.breaker.record_failure()
+                    raise self._server_error(exc, "answer") from None
+                yield chunk
+        finally:
+            await stream.aclose()
+
+    def _server_error(self, exc: BaseException, stage: str) -> ServingError:
+        if isinstance(exc, TimeoutError):
+            return BackendTimeout(f"tier {self.name!r} timed out waiting for the {stage}")
+        if isinstance(exc, StopAsyncIteration):
+            return ServerError(f"tier {self.name!r} ended the stream without output")
+        return exc
 
 
 class CascadeRouter:
-    def __init__(self, backends: dict[str, Backend], cascade: CascadeConfig, model_alias: str):
-        self._backends = backends
-        self._cascade = cascade
-        self._scorer = SCORERS[cascade.scorer]
-        self._alias = model_alias
+    def __init__(self, backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float]):
+        r = config.resilience
+        self._tiers = {
+            name: Tier(name, backend,
+                       CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
+                       config.tiers[name].first_token_timeout_s, config.tiers[name].total_timeout_s)
+            for name, backend in backends.items()
+        }
+        self._cascade = config.cascade
+        self._scorer = SCORERS[config.cascade.scorer]
+        self._alias = config.model_alias
+        self._fallbacks = r.fallbacks
 
     @property
     def routes(self) -> list[str]:
-        return [AUTO_ROUTE, self._alias, *self._backends]
+        return [AUTO_ROUTE, self._alias, *self._tiers]
+
+    def breaker_states(self) -> dict[str, str]:
+        return {name: tier.breaker.state.value for name, tier in self._tiers.items()}
 
     def resolve(self, model: str) -> str:
         """The route a request's `model` names: a tier, or `auto` (also by the app's alias)."""
-        if model in self._backends:
+        if model in self._tiers:
             return model
         if model in (AUTO_ROUTE, self._alias):
             return AUTO_ROUTE
         raise ModelNotFound(f"The model {model!r} does not exist; choose one of {self.routes}.", param="model")
 
     async def open(self, model: str, request: GenerationRequest) -> RoutedStream:
+        """Open the route's stream, or the first of its fallbacks that opens. Client errors end the search."""
         route = self.resolve(model)
-        if route != AUTO_ROUTE:
-            return RoutedStream(Routing(route=route, served_by=route), await open_stream(self._backends[route], request))
-        return await self._cascade_stream(request)
+        failures: list[str] = []
+        for step in [route, *self._fallbacks.get(route, [])]:
+            attempt = dataclasses.replace(request, request_id=f"{request.request_id}-{step}")
+            try:
+                stream = await (self._cascade_stream(attempt) if step == AUTO_ROUTE else self._direct(step, attempt))
+            except ClientError:
+                raise
+            except ServingError as exc:
+                failures.append(f"{step}: {exc.code}")
+                continue
+            if failures:
+                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": "; ".join(failures)})
+            return stream
+        raise BackendUnavailable(f"No backend could answer route {route!r} ({'; '.join(failures)}).")
+
+    async def _direct(self, name: str, request: GenerationRequest) -> RoutedStream:
+        return RoutedStream(Routing(route=name, served_by=name), await self._tiers[name].open(request))
 
     async def _cascade_stream(self, request: GenerationRequest) -> RoutedStream:
-        cheap, strong = self._cascade.cheap_tier, self._cascade.strong_tier
+        cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
-        answer: list[GenerationChunk] = []
-        async for chunk in self._backends[cheap](probe):
-            answer.append(chunk)
+        answer = [chunk async for chunk in await cheap.open(probe)]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
-        decision = decide(logprobs, answer[-1].finish_reason if answer else None, self._scorer, self._cascade.threshold)
-        routing = Routing(
-            route=AUTO_ROUTE, served_by=strong if decision.escalate else cheap,
-            escalated=decision.escalate, confidence=round(decision.confidence, 6), reason=decision.reason,
-        )
+        decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
+        routing = Routing(route=AUTO_ROUTE, served_by=cheap.name, escalated=decision.escalate,
+                          confidence=round(decision.confidence, 6), reason=decision.reason)
         if decision.escalate:
-            retry = dataclasses.replace(request, request_id=f"{request.request_id}-{strong}")
-            return RoutedStream(routing, await open_stream(self._backends[strong], retry))
+            try:
+                escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong.name}")
+                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation))
+            except ClientError:
+                raise
+            except ServingError as exc:  # the strong tier failed: the cheap answer beats no answer
+                routing = routing.model_copy(update={"fallback_reason": f"{strong.name}: {exc.code}"})
         if wanted is None:
             for chunk in answer:
                 chunk.logprobs = None

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 APP = "llm"
 DEPLOY_TIMEOUT_S = 900
+RUN_MARKER = ("SERVE_APP_TEST_RUN", uuid.uuid4().hex)
+"""In the environment of every process the test cluster starts, so teardown finds orphans too."""
 API_KEYS = ("sk-test-main", "sk-test-rate")
 """Given to the cluster's processes as SERVE_APP_API_KEYS, as an operator would: authentication is on."""
 
@@ -88,7 +91,7 @@ def wait_until_running(dashboard_url: str) -> None:
 def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
     with contextlib.suppress(Exception):
         subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], timeout=120, capture_output=True)
-    stop_process_tree(head)
+    stop_process_tree(head, marker=RUN_MARKER)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +110,7 @@ def stack(tmp_path_factory) -> Stack:
          f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS)},
+        env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1]},
     )
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)

@@ -164,5 +164,5 @@ def test_malformed_json_is_a_400(stack):
 
 
 def test_service_still_answers_after_bad_input(client, stack):
-    assert httpx.get(f"{stack.http_url}/health", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(f"{stack.http_url}/health", timeout=10).json()["status"] == "ok"
     assert chat(client, "strong", max_tokens=4).parse().usage.completion_tokens == 4

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from serve_app.config import CascadeConfig
-from serve_app.errors import ContextLengthExceeded, ModelNotFound
+from serve_app.config import AppConfig
+from serve_app.errors import BackendUnavailable, ContextLengthExceeded, ModelNotFound, ServerError
 from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.routing import CascadeRouter
 
@@ -14,8 +14,8 @@ from serve_app.routing import CascadeRouter
 class FakeTier:
     """Streams fixed words, each token with probability `prob`; records what it was asked."""
 
-    def __init__(self, words, prob, error=None):
-        self.words, self.prob, self.error = words, prob, error
+    def __init__(self, words, prob, error=None, delay_s=0.0):
+        self.words, self.prob, self.error, self.delay_s = words, prob, error, delay_s
         self.requests: list[GenerationRequest] = []
         self.closed = 0
 
@@ -25,6 +25,7 @@ class FakeTier:
             raise self.error
         want = request.sampling.get("logprobs")
         try:
+            await asyncio.sleep(self.delay_s)
             for i, word in enumerate(self.words):
                 yield GenerationChunk(
                     text=word, token_ids=[i], prompt_tokens=3, completion_tokens=i + 1,
@@ -49,10 +50,30 @@ def open_and_drain(router, model, req):
     return asyncio.run(go())
 
 
-def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, **errors):
-    cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"))
-    strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"))
-    router = CascadeRouter({"cheap": cheap, "strong": strong}, CascadeConfig(threshold=threshold), "my-alias")
+def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5):
+    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s}
+    return AppConfig.model_validate({
+        "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
+        "cascade": {"threshold": threshold},
+        "resilience": {"fallbacks": fallbacks or {}, "breaker_failure_threshold": threshold_failures,
+                       "breaker_cooldown_s": 10.0},
+    })
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, **errors):
+    delays = delays or {}
+    cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
+    strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
+    router = CascadeRouter({"cheap": cheap, "strong": strong},
+                           config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2),
+                           clock or Clock())
     return router, cheap, strong
 
 
@@ -74,7 +95,8 @@ def test_confident_cheap_answer_is_kept_without_calling_strong(model):
     stream, chunks = open_and_drain(router, model, request())
     assert "".join(c.text for c in chunks) == "Paris."
     assert stream.routing.model_dump() == {
-        "route": "auto", "served_by": "cheap", "escalated": False, "confidence": pytest.approx(0.9), "reason": "confident"}
+        "route": "auto", "served_by": "cheap", "escalated": False, "confidence": pytest.approx(0.9),
+        "reason": "confident", "fallback_reason": None}
     assert strong.requests == []
 
 
@@ -128,3 +150,62 @@ def test_closing_a_direct_stream_closes_the_backend():
 
     assert run(read_one_then_close()).text == "Lyon"
     assert strong.closed == 1
+
+
+def test_server_error_falls_back_down_the_chain_and_says_why():
+    router, _, strong = make(fallbacks={"cheap": ["strong"]}, cheap=ServerError("boom"))
+    stream, chunks = open_and_drain(router, "cheap", request())
+    assert "".join(c.text for c in chunks) == "Lyon!"
+    assert stream.routing.route == "cheap" and stream.routing.served_by == "strong"
+    assert stream.routing.fallback_reason == "cheap: internal_error"
+    assert strong.requests[0].request_id == "r1-strong"
+
+
+def test_client_error_never_falls_back():
+    router, _, strong = make(fallbacks={"cheap": ["strong"]}, cheap=ContextLengthExceeded("too long"))
+    with pytest.raises(ContextLengthExceeded):
+        open_and_drain(router, "cheap", request())
+    assert strong.requests == []
+
+
+def test_without_a_fallback_a_failure_is_a_503_naming_what_failed():
+    router, _, _ = make(strong=ServerError("boom"))
+    with pytest.raises(BackendUnavailable, match="strong: internal_error"):
+        open_and_drain(router, "strong", request())
+
+
+def test_first_token_timeout_cancels_the_slow_tier_and_falls_back():
+    router, cheap, _ = make(fallbacks={"cheap": ["strong"]}, delays={"cheap": 5.0})
+    stream, chunks = open_and_drain(router, "cheap", request())
+    assert stream.routing.served_by == "strong" and stream.routing.fallback_reason == "cheap: timeout"
+    assert cheap.closed == 1  # the slow generation was cancelled, not left running
+
+
+def test_breaker_opens_after_repeated_failures_and_fails_fast():
+    clock = Clock()
+    router, cheap, _ = make(fallbacks={"cheap": ["strong"]}, clock=clock, cheap=ServerError("boom"))
+    for _ in range(2):
+        open_and_drain(router, "cheap", request())
+    assert router.breaker_states()["cheap"] == "open"
+    stream, _ = open_and_drain(router, "cheap", request())
+    assert stream.routing.fallback_reason == "cheap: circuit_open"
+    assert len(cheap.requests) == 2  # the open circuit kept the third request away from the tier
+    clock.now = 10.0
+    cheap.error = None
+    stream, _ = open_and_drain(router, "cheap", request())  # the probe succeeds and closes the circuit
+    assert stream.routing.served_by == "cheap" and router.breaker_states()["cheap"] == "closed"
+
+
+def test_cascade_serves_the_cheap_answer_when_escalation_fails():
+    router, _, _ = make(cheap_prob=0.2, strong=ServerError("boom"))
+    stream, chunks = open_and_drain(router, "auto", request())
+    assert "".join(c.text for c in chunks) == "Paris."
+    assert stream.routing.served_by == "cheap" and stream.routing.escalated
+    assert stream.routing.fallback_reason == "strong: internal_error"
+
+
+def test_cascade_falls_back_to_strong_when_cheap_fails():
+    router, _, _ = make(fallbacks={"auto": ["strong"]}, cheap=ServerError("boom"))
+    stream, chunks = open_and_drain(router, "auto", request())
+    assert stream.routing.route == "auto" and stream.routing.served_by == "strong"
+    assert stream.routing.fallback_reason == "auto: internal_error"
