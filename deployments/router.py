@@ -23,9 +23,11 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import openai_format
 from serve_app.access import KeyGate, load_api_keys
+from serve_app.admission import PRIORITY_BUDGET
 from serve_app.config import AppConfig
 from serve_app.errors import (
     BackendUnavailable,
+    InvalidRequest,
     PayloadTooLarge,
     ServerError,
     ServingError,
@@ -136,22 +138,27 @@ class Router:
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 
-    async def _open(self, request: ChatCompletionRequest | CompletionRequest) -> RoutedStream:
+    async def _open(self, request: ChatCompletionRequest | CompletionRequest, priority: str) -> RoutedStream:
+        if priority not in PRIORITY_BUDGET:
+            raise InvalidRequest(f"priority must be one of {sorted(PRIORITY_BUDGET)}", param="x-priority")
         generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
-        return await self._router.open(request.model, generation)
+        return await self._router.open(request.model, generation, priority)
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        return await openai_format.chat_response(await self._open(request))
+    async def chat(self, request: ChatCompletionRequest, priority: str = "normal") -> ChatCompletionResponse:
+        return await openai_format.chat_response(await self._open(request, priority))
 
-    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        async for chunk in openai_format.chat_chunks(await self._open(request), request.include_usage):
+    async def chat_stream(self, request: ChatCompletionRequest,
+                          priority: str = "normal") -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in openai_format.chat_chunks(await self._open(request, priority), request.include_usage):
             yield chunk
 
-    async def completions(self, request: CompletionRequest) -> CompletionResponse:
-        return await openai_format.completion_response(await self._open(request))
+    async def completions(self, request: CompletionRequest, priority: str = "normal") -> CompletionResponse:
+        return await openai_format.completion_response(await self._open(request, priority))
 
-    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
-        async for chunk in openai_format.completion_chunks(await self._open(request), request.include_usage):
+    async def completions_stream(self, request: CompletionRequest,
+                                 priority: str = "normal") -> AsyncIterator[CompletionResponse]:
+        stream = await self._open(request, priority)
+        async for chunk in openai_format.completion_chunks(stream, request.include_usage):
             yield chunk
 
     async def models(self) -> ModelList:
@@ -176,7 +183,7 @@ class Router:
 
     async def _respond(self, raw: Request, request_type, whole, chunks) -> Response:
         request = await self._admit(raw, request_type)
-        stream = await self._open(request)
+        stream = await self._open(request, raw.headers.get("x-priority", "normal"))
         headers = _headers(stream.routing)
         if request.stream:
             return StreamingResponse(_sse(chunks(stream, request.include_usage)),

@@ -70,6 +70,9 @@ class TierConfig(StrictModel):
     """The router gives up on this tier (and falls back) when its first token takes longer."""
     total_timeout_s: float = Field(600.0, gt=0)
     """The router abandons a generation on this tier that runs longer than this in all."""
+    concurrency_slots: PositiveInt = 32
+    """Requests this tier serves at once without queueing (all replicas together): its measured
+    batching capacity at acceptable TPOT. Load shedding queues beyond it only while the wait fits."""
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -136,6 +139,9 @@ class ResilienceConfig(StrictModel):
     """The window over which failures are counted."""
     breaker_cooldown_s: float = Field(15.0, gt=0)
     """How long an open circuit fails fast before one probe request is let through."""
+    shed_ttft_target_s: float | None = Field(None, gt=0)
+    """Reject (503 + Retry-After) a request whose expected time to first token on its tier exceeds
+    this, scaled by priority (x-priority: low 0.5x, normal 1x, high 2x); null: never shed."""
 
 
 class AccessConfig(StrictModel):

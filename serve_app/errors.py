@@ -14,16 +14,20 @@ class ServingError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, param)
+    def __init__(self, message: str, param: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message, param, retry_after_s)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
+        """When set, the caller may try again after this long: sent as Retry-After."""
 
     def __str__(self) -> str:
         return self.message
 
     def headers(self) -> dict[str, str]:
-        return {}
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class ClientError(ServingError):
@@ -59,14 +63,6 @@ class RateLimited(ClientError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: float = 1.0):
-        super().__init__(message, None)
-        self.args = (message, retry_after_s)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
-
 
 class ServerError(ServingError):
     code = "internal_error"
@@ -79,6 +75,12 @@ class BackendUnavailable(ServerError):
 
 class CircuitOpen(BackendUnavailable):
     code = "circuit_open"
+
+
+class Overloaded(BackendUnavailable):
+    """Shed before any work started: the expected wait would break the TTFT target."""
+
+    code = "overloaded"
 
 
 class BackendTimeout(ServerError):

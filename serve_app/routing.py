@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from serve_app.admission import TierLoad
 from serve_app.cascade import decide
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import AUTO_ROUTE, AppConfig
@@ -29,6 +30,7 @@ from serve_app.errors import (
     CircuitOpen,
     ClientError,
     ModelNotFound,
+    Overloaded,
     ServerError,
     ServingError,
 )
@@ -49,44 +51,59 @@ async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationC
 
 
 class Tier:
-    """A backend behind its circuit breaker, with a first-token and a total timeout."""
+    """A backend behind load shedding and a circuit breaker, with a first-token and a total timeout."""
 
-    def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker,
+    def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker, load: TierLoad | None,
                  first_token_timeout_s: float, total_timeout_s: float):
         self.name = name
         self.breaker = breaker
+        self.load = load
         self._backend = backend
         self._first_token_timeout_s = first_token_timeout_s
         self._total_timeout_s = total_timeout_s
 
-    async def open(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Start a generation and wait for its first chunk, so that failures are raised here."""
+    async def open(self, request: GenerationRequest, priority: str = "normal") -> AsyncIterator[GenerationChunk]:
+        """Admit, start a generation and wait for its first chunk, so that failures are raised here."""
+        if self.load is not None:  # shed before the breaker: a rejected request must not use up its probe
+            admission = self.load.admit(priority)
+            if not admission.admitted:
+                raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
+                                 f"{admission.estimated_wait_s:.1f} s)", retry_after_s=admission.retry_after_s)
         if not self.breaker.allow():
             raise CircuitOpen(f"tier {self.name!r} is failing; its circuit is open for "
-                              f"{self.breaker.retry_after_s():.0f} s more")
+                              f"{self.breaker.retry_after_s():.0f} s more", retry_after_s=self.breaker.retry_after_s())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._total_timeout_s
+        started = self.load.started() if self.load else 0.0
         stream = self._backend(request)
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._first_token_timeout_s)):
                 first = await anext(stream)
         except ClientError:
             self.breaker.record_success()  # the backend answered; the request was at fault
-            await stream.aclose()
+            await self._close(stream, started, completed=False)
             raise
         except (ServingError, StopAsyncIteration, TimeoutError) as exc:
             self.breaker.record_failure()
-            await stream.aclose()
+            await self._close(stream, started, completed=False)
             raise self._server_error(exc, "first token") from None
         except BaseException:  # cancelled: the caller went away, the backend is not at fault
             self.breaker.abandon()
-            await stream.aclose()
+            await self._close(stream, started, completed=False)
             raise
         self.breaker.record_success()
-        return self._rest(first, stream, deadline)
+        if self.load:
+            self.load.first_token(started)
+        return self._rest(first, stream, deadline, started)
+
+    async def _close(self, stream: AsyncIterator[GenerationChunk], started: float, completed: bool) -> None:
+        if self.load:
+            self.load.finished(started, completed)
+        await stream.aclose()
 
     async def _rest(self, first: GenerationChunk, stream: AsyncIterator[GenerationChunk],
-                    deadline: float) -> AsyncIterator[GenerationChunk]:
+                    deadline: float, started: float) -> AsyncIterator[GenerationChunk]:
+        completed = False
         try:
             yield first
             while True:
@@ -94,13 +111,14 @@ class Tier:
                     async with asyncio.timeout_at(deadline):
                         chunk = await anext(stream)
                 except StopAsyncIteration:
+                    completed = True
                     return
                 except (ServerError, TimeoutError) as exc:
                     self.breaker.record_failure()
                     raise self._server_error(exc, "answer") from None
                 yield chunk
         finally:
-            await stream.aclose()
+            await self._close(stream, started, completed)
 
     def _server_error(self, exc: BaseException, stage: str) -> ServingError:
         if isinstance(exc, TimeoutError):
@@ -114,10 +132,14 @@ class CascadeRouter:
     def __init__(self, backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float]):
         r = config.resilience
         self._tiers = {
-            name: Tier(name, backend,
-                       CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
-                       config.tiers[name].first_token_timeout_s, config.tiers[name].total_timeout_s)
+            name: Tier(
+                name, backend,
+                CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
+                TierLoad(tier.concurrency_slots, r.shed_ttft_target_s, clock) if r.shed_ttft_target_s else None,
+                tier.first_token_timeout_s, tier.total_timeout_s,
+            )
             for name, backend in backends.items()
+            for tier in [config.tiers[name]]
         }
         self._cascade = config.cascade
         self._scorer = SCORERS[config.cascade.scorer]
@@ -139,32 +161,37 @@ class CascadeRouter:
             return AUTO_ROUTE
         raise ModelNotFound(f"The model {model!r} does not exist; choose one of {self.routes}.", param="model")
 
-    async def open(self, model: str, request: GenerationRequest) -> RoutedStream:
+    async def open(self, model: str, request: GenerationRequest, priority: str = "normal") -> RoutedStream:
         """Open the route's stream, or the first of its fallbacks that opens. Client errors end the search."""
         route = self.resolve(model)
-        failures: list[str] = []
+        failures: list[ServingError] = []
+        reasons: list[str] = []
         for step in [route, *self._fallbacks.get(route, [])]:
             attempt = dataclasses.replace(request, request_id=f"{request.request_id}-{step}")
             try:
-                stream = await (self._cascade_stream(attempt) if step == AUTO_ROUTE else self._direct(step, attempt))
+                if step == AUTO_ROUTE:
+                    stream = await self._cascade_stream(attempt, priority)
+                else:
+                    stream = RoutedStream(Routing(route=step, served_by=step), await self._tiers[step].open(attempt, priority))
             except ClientError:
                 raise
             except ServingError as exc:
-                failures.append(f"{step}: {exc.code}")
+                failures.append(exc)
+                reasons.append(f"{step}: {exc.code}")
                 continue
             if failures:
-                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": "; ".join(failures)})
+                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": "; ".join(reasons)})
             return stream
-        raise BackendUnavailable(f"No backend could answer route {route!r} ({'; '.join(failures)}).")
+        waits = [e.retry_after_s for e in failures if e.retry_after_s is not None]
+        error = Overloaded if all(isinstance(e, Overloaded) for e in failures) else BackendUnavailable
+        raise error(f"No backend could answer route {route!r} ({'; '.join(reasons)}).",
+                    retry_after_s=min(waits) if waits else None)
 
-    async def _direct(self, name: str, request: GenerationRequest) -> RoutedStream:
-        return RoutedStream(Routing(route=name, served_by=name), await self._tiers[name].open(request))
-
-    async def _cascade_stream(self, request: GenerationRequest) -> RoutedStream:
+    async def _cascade_stream(self, request: GenerationRequest, priority: str) -> RoutedStream:
         cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
-        answer = [chunk async for chunk in await cheap.open(probe)]
+        answer = [chunk async for chunk in await cheap.open(probe, priority)]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
         decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap.name, escalated=decision.escalate,
@@ -172,7 +199,7 @@ class CascadeRouter:
         if decision.escalate:
             try:
                 escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong.name}")
-                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation))
+                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority))
             except ClientError:
                 raise
             except ServingError as exc:  # the strong tier failed: the cheap answer beats no answer

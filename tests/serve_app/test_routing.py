@@ -6,7 +6,7 @@ import math
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.errors import BackendUnavailable, ContextLengthExceeded, ModelNotFound, ServerError
+from serve_app.errors import BackendUnavailable, ContextLengthExceeded, ModelNotFound, Overloaded, ServerError
 from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.routing import CascadeRouter
 
@@ -50,13 +50,13 @@ def open_and_drain(router, model, req):
     return asyncio.run(go())
 
 
-def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5):
-    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s}
+def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None):
+    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 2}
     return AppConfig.model_validate({
         "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
         "cascade": {"threshold": threshold},
         "resilience": {"fallbacks": fallbacks or {}, "breaker_failure_threshold": threshold_failures,
-                       "breaker_cooldown_s": 10.0},
+                       "breaker_cooldown_s": 10.0, "shed_ttft_target_s": shed_s},
     })
 
 
@@ -67,12 +67,13 @@ class Clock:
         return self.now
 
 
-def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, **errors):
+def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, shed_s=None,
+         **errors):
     delays = delays or {}
     cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
     strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
     router = CascadeRouter({"cheap": cheap, "strong": strong},
-                           config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2),
+                           config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s),
                            clock or Clock())
     return router, cheap, strong
 
@@ -209,3 +210,42 @@ def test_cascade_falls_back_to_strong_when_cheap_fails():
     stream, chunks = open_and_drain(router, "auto", request())
     assert stream.routing.route == "auto" and stream.routing.served_by == "strong"
     assert stream.routing.fallback_reason == "auto: internal_error"
+
+
+def saturate(router, tier, in_flight, ttft_s=1.0, service_s=10.0):
+    load = router._tiers[tier].load
+    load.ttft.add(ttft_s)
+    load.service.add(service_s)
+    load.in_flight = in_flight
+
+
+def test_overloaded_tier_sheds_with_retry_after_before_calling_it():
+    router, _, strong = make(shed_s=5.0)
+    saturate(router, "strong", in_flight=3)  # 2 slots busy, 1 queued: wait 1 + 2 * 10 / 2 = 11 s
+    with pytest.raises(Overloaded) as caught:
+        open_and_drain(router, "strong", request())
+    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "6"}
+    assert strong.requests == []
+
+
+def test_overload_falls_back_to_a_tier_with_room():
+    router, _, _ = make(shed_s=5.0, fallbacks={"strong": ["cheap"]})
+    saturate(router, "strong", in_flight=3)
+    stream, _ = open_and_drain(router, "strong", request())
+    assert stream.routing.served_by == "cheap" and stream.routing.fallback_reason == "strong: overloaded"
+
+
+def test_low_priority_is_shed_where_normal_is_admitted():
+    router, _, _ = make(shed_s=5.0)
+    saturate(router, "strong", in_flight=1, ttft_s=3.0)  # wait 3 s: over low's 2.5 s budget
+    with pytest.raises(Overloaded):
+        asyncio.run(router.open("strong", request(), priority="low"))
+    stream, _ = open_and_drain(router, "strong", request())
+    assert stream.routing.served_by == "strong"
+
+
+def test_in_flight_count_returns_to_zero_after_streams_end_or_fail():
+    router, _, _ = make(shed_s=5.0, fallbacks={"cheap": ["strong"], "auto": ["strong"]}, cheap=ServerError("boom"))
+    open_and_drain(router, "cheap", request())
+    open_and_drain(router, "auto", request())
+    assert router._tiers["cheap"].load.in_flight == 0 and router._tiers["strong"].load.in_flight == 0

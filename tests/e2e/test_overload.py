@@ -1,0 +1,40 @@
+"""Past capacity, the router sheds early with 503 + Retry-After, and loses nothing.
+
+A bounded burst on loopback: a fixed number of concurrent requests, each with a fixed length.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BURST = 64
+
+
+def test_a_burst_past_capacity_is_shed_not_melted(stack):
+    body = {"model": "strong", "messages": [{"role": "user", "content": "Count from one to fifty."}],
+            "max_tokens": 48, "ignore_eos": True, "temperature": 0}
+    url = f"{stack.base_url}/chat/completions"
+    slots = stack.config["applications"][0]["args"]["tiers"]["strong"]["concurrency_slots"]
+    with httpx.Client(headers=stack.headers, timeout=300) as client, ThreadPoolExecutor(BURST) as pool:
+        # Teach the router both tiers' service time at this length (one full batch each), as live traffic would.
+        warm = list(pool.map(lambda m: client.post(url, json={**body, "model": m}), ["strong", "cheap"] * slots))
+        assert all(r.status_code == 200 for r in warm)
+        responses = list(pool.map(lambda _: client.post(url, json=body), range(BURST)))
+
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses  # nothing lost to a 500 or a dropped connection
+    shed = [r for r in responses if r.status_code == 503]
+    served = [r for r in responses if r.status_code == 200]
+    assert shed, "a burst of this size should exceed both tiers' capacity"
+    assert len(served) >= 2 * slots
+    for response in shed:
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["code"] == "overloaded"
+    for response in served:
+        assert response.json()["usage"]["completion_tokens"] == 48  # complete answers only
+    assert {r.headers["x-served-by"] for r in served} <= {"strong", "cheap"}
