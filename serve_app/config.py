@@ -139,6 +139,19 @@ class ResilienceConfig(StrictModel):
     """The window over which failures are counted."""
     breaker_cooldown_s: float = Field(15.0, gt=0)
     """How long an open circuit fails fast before one probe request is let through."""
+    retry_attempts: PositiveInt = 2
+    """Tries per backend (1: no retry) for retryable failures (a dead replica, an engine error),
+    only before the first byte reached the client; never for overload, open circuits or timeouts."""
+    retry_initial_backoff_s: float = Field(0.1, gt=0)
+    """First backoff; doubling with jitter after each failed try."""
+    retry_max_backoff_s: float = Field(2.0, gt=0)
+    """Longest single backoff."""
+    retry_deadline_s: float = Field(10.0, gt=0)
+    """No new try starts later than this after the first."""
+    answer_cache_max_entries: int = Field(1024, ge=0)
+    """Recent successful answers kept (0: no cache), served only when every backend failed."""
+    answer_cache_max_age_s: float = Field(600.0, gt=0)
+    """Cached answers older than this are never served."""
     shed_ttft_target_s: float | None = Field(None, gt=0)
     """Reject (503 + Retry-After) a request whose expected time to first token on its tier exceeds
     this, scaled by priority (x-priority: low 0.5x, normal 1x, high 2x); null: never shed."""

@@ -20,7 +20,10 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+
 from serve_app.admission import TierLoad
+from serve_app.answer_cache import AnswerCache, cache_key
 from serve_app.cascade import decide
 from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.config import AUTO_ROUTE, AppConfig
@@ -48,6 +51,12 @@ class RoutedStream:
 async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
     for chunk in chunks:
         yield chunk
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Worth another try at the same backend: it failed, but not by being overloaded, known broken
+    (open circuit) or slow (the timeout already spent the caller's patience); never a client error."""
+    return isinstance(error, ServerError) and not isinstance(error, (Overloaded, CircuitOpen, BackendTimeout))
 
 
 class Tier:
@@ -128,6 +137,10 @@ class Tier:
         return exc
 
 
+def _reasons(failures: list[tuple[str, ServingError]]) -> str:
+    return "; ".join(f"{step}: {error.code}" for step, error in failures)
+
+
 class CascadeRouter:
     def __init__(self, backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float]):
         r = config.resilience
@@ -145,6 +158,9 @@ class CascadeRouter:
         self._scorer = SCORERS[config.cascade.scorer]
         self._alias = config.model_alias
         self._fallbacks = r.fallbacks
+        self._retry = r
+        self._cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) \
+            if r.answer_cache_max_entries else None
 
     @property
     def routes(self) -> list[str]:
@@ -162,30 +178,64 @@ class CascadeRouter:
         raise ModelNotFound(f"The model {model!r} does not exist; choose one of {self.routes}.", param="model")
 
     async def open(self, model: str, request: GenerationRequest, priority: str = "normal") -> RoutedStream:
-        """Open the route's stream, or the first of its fallbacks that opens. Client errors end the search."""
+        """Open the route's stream, or else the first of its fallbacks that opens, or else a cached
+        answer. Client errors end the search at once."""
         route = self.resolve(model)
-        failures: list[ServingError] = []
-        reasons: list[str] = []
+        failures: list[tuple[str, ServingError]] = []
         for step in [route, *self._fallbacks.get(route, [])]:
-            attempt = dataclasses.replace(request, request_id=f"{request.request_id}-{step}")
             try:
-                if step == AUTO_ROUTE:
-                    stream = await self._cascade_stream(attempt, priority)
-                else:
-                    stream = RoutedStream(Routing(route=step, served_by=step), await self._tiers[step].open(attempt, priority))
+                stream = await self._with_retries(step, request, priority)
             except ClientError:
                 raise
             except ServingError as exc:
-                failures.append(exc)
-                reasons.append(f"{step}: {exc.code}")
+                failures.append((step, exc))
                 continue
             if failures:
-                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": "; ".join(reasons)})
-            return stream
-        waits = [e.retry_after_s for e in failures if e.retry_after_s is not None]
-        error = Overloaded if all(isinstance(e, Overloaded) for e in failures) else BackendUnavailable
-        raise error(f"No backend could answer route {route!r} ({'; '.join(reasons)}).",
+                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": _reasons(failures)})
+            return self._remembered(route, request, stream)
+        cached = self._cache.get(cache_key(route, request)) if self._cache else None
+        if cached is not None:
+            routing = Routing(route=route, served_by="cache", fallback_reason=f"{_reasons(failures)}; cached answer "
+                              f"from {cached.served_by}")
+            return RoutedStream(routing, _from_list(list(cached.chunks)))
+        waits = [e.retry_after_s for _, e in failures if e.retry_after_s is not None]
+        error = Overloaded if all(isinstance(e, Overloaded) for _, e in failures) else BackendUnavailable
+        raise error(f"No backend could answer route {route!r} ({_reasons(failures)}).",
                     retry_after_s=min(waits) if waits else None)
+
+    async def _with_retries(self, step: str, request: GenerationRequest, priority: str) -> RoutedStream:
+        r = self._retry
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(r.retry_attempts) | stop_after_delay(r.retry_deadline_s),
+            wait=wait_exponential_jitter(multiplier=r.retry_initial_backoff_s, max=r.retry_max_backoff_s,
+                                         jitter=r.retry_initial_backoff_s),
+            retry=retry_if_exception(is_retryable), reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                tagged = dataclasses.replace(request, request_id=f"{request.request_id}-{step}-{number}")
+                if step == AUTO_ROUTE:
+                    return await self._cascade_stream(tagged, priority)
+                return RoutedStream(Routing(route=step, served_by=step), await self._tiers[step].open(tagged, priority))
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
+        if self._cache is None:
+            return stream
+        key, source, cache = cache_key(route, request), stream.chunks, self._cache
+
+        async def tee() -> AsyncIterator[GenerationChunk]:
+            seen = []
+            try:
+                async for chunk in source:
+                    seen.append(chunk)
+                    yield chunk
+            finally:
+                await source.aclose()
+            cache.put(key, seen, stream.routing.served_by)
+
+        return RoutedStream(stream.routing, tee())
 
     async def _cascade_stream(self, request: GenerationRequest, priority: str) -> RoutedStream:
         cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]

@@ -50,13 +50,14 @@ def open_and_drain(router, model, req):
     return asyncio.run(go())
 
 
-def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None):
+def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1):
     tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 2}
     return AppConfig.model_validate({
         "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
         "cascade": {"threshold": threshold},
         "resilience": {"fallbacks": fallbacks or {}, "breaker_failure_threshold": threshold_failures,
-                       "breaker_cooldown_s": 10.0, "shed_ttft_target_s": shed_s},
+                       "breaker_cooldown_s": 10.0, "shed_ttft_target_s": shed_s, "retry_attempts": retries,
+                       "retry_initial_backoff_s": 0.001, "retry_max_backoff_s": 0.002},
     })
 
 
@@ -68,12 +69,13 @@ class Clock:
 
 
 def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, shed_s=None,
-         **errors):
+         retries=1, **errors):
     delays = delays or {}
     cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
     strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
     router = CascadeRouter({"cheap": cheap, "strong": strong},
-                           config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s),
+                           config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s,
+                                  retries=retries),
                            clock or Clock())
     return router, cheap, strong
 
@@ -159,7 +161,7 @@ def test_server_error_falls_back_down_the_chain_and_says_why():
     assert "".join(c.text for c in chunks) == "Lyon!"
     assert stream.routing.route == "cheap" and stream.routing.served_by == "strong"
     assert stream.routing.fallback_reason == "cheap: internal_error"
-    assert strong.requests[0].request_id == "r1-strong"
+    assert strong.requests[0].request_id == "r1-strong-1"
 
 
 def test_client_error_never_falls_back():
@@ -249,3 +251,64 @@ def test_in_flight_count_returns_to_zero_after_streams_end_or_fail():
     open_and_drain(router, "cheap", request())
     open_and_drain(router, "auto", request())
     assert router._tiers["cheap"].load.in_flight == 0 and router._tiers["strong"].load.in_flight == 0
+
+
+class Flaky(FakeTier):
+    """Fails its first `failures` calls with `error`, then answers."""
+
+    def __init__(self, words, failures, error):
+        super().__init__(words, 0.9)
+        self.failures, self.fail_with = failures, error
+
+    async def __call__(self, request):
+        if self.failures:
+            self.failures -= 1
+            self.requests.append(request)
+            raise self.fail_with
+        async for chunk in super().__call__(request):
+            yield chunk
+
+
+def test_a_transient_engine_error_is_retried_on_the_same_tier():
+    router, _, _ = make(retries=3)
+    flaky = Flaky(["ok"], failures=1, error=BackendUnavailable("replica died"))
+    router._tiers["strong"]._backend = flaky
+    stream, chunks = open_and_drain(router, "strong", request())
+    assert stream.routing.served_by == "strong" and stream.routing.fallback_reason is None
+    assert [r.request_id for r in flaky.requests] == ["r1-strong-1", "r1-strong-2"]
+    assert "".join(c.text for c in chunks) == "ok"
+
+
+def test_retries_are_bounded_then_the_chain_moves_on():
+    router, _, _ = make(retries=2, fallbacks={"strong": ["cheap"]})
+    flaky = Flaky(["ok"], failures=5, error=ServerError("engine error"))
+    router._tiers["strong"]._backend = flaky
+    stream, _ = open_and_drain(router, "strong", request())
+    assert len(flaky.requests) == 2 and stream.routing.served_by == "cheap"
+
+
+@pytest.mark.parametrize("error", [Overloaded("busy"), ContextLengthExceeded("long")])
+def test_overload_and_client_errors_are_not_retried(error):
+    router, _, _ = make(retries=3)
+    flaky = Flaky(["ok"], failures=5, error=error)
+    router._tiers["strong"]._backend = flaky
+    with pytest.raises(type(error)):
+        open_and_drain(router, "strong", request())
+    assert len(flaky.requests) == 1
+
+
+def test_when_everything_fails_a_recent_answer_is_served_from_the_cache():
+    router, cheap, strong = make(fallbacks={"strong": ["cheap"]})
+    first, _ = open_and_drain(router, "strong", request())
+    assert first.routing.served_by == "strong"
+    strong.error = cheap.error = ServerError("down")
+    stream, chunks = open_and_drain(router, "strong", request())
+    assert "".join(c.text for c in chunks) == "Lyon!"
+    assert stream.routing.served_by == "cache"
+    assert stream.routing.fallback_reason == "strong: internal_error; cheap: internal_error; cached answer from strong"
+
+
+def test_an_unseen_request_still_fails_when_everything_fails():
+    router, _, _ = make(strong=ServerError("down"))
+    with pytest.raises(BackendUnavailable):
+        open_and_drain(router, "strong", request())
