@@ -21,6 +21,7 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.external import ExternalBackend
 from serve_app import openai_format
 from serve_app.access import KeyGate, load_api_keys
 from serve_app.admission import PRIORITY_BUDGET
@@ -132,9 +133,9 @@ class Router:
                              f"or {access.api_keys_file}")
         self._gate = KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
         logger.info("API keys: %s", f"{len(keys)} configured" if keys else "none, authentication is off")
-        self._router = CascadeRouter(
-            {name: _handle_backend(name, handle) for name, handle in tiers.items()}, self._config, time.monotonic,
-        )
+        backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in tiers.items()}
+        backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
+        self._router = CascadeRouter(backends, self._config, time.monotonic)
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 

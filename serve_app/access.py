@@ -25,6 +25,11 @@ def load_api_keys(env_var: str | None, secrets_file: str | None) -> list[str]:
     return [k for k in keys if k]
 
 
+def secret_from_env(env_var: str | None) -> str | None:
+    """A credential (e.g. an external provider's key) from the environment, if named and set."""
+    return os.environ.get(env_var) or None if env_var else None
+
+
 @dataclass
 class TokenBucket:
     """`rate_per_s` tokens a second, at most `burst` saved up; one token per request."""

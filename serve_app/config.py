@@ -51,7 +51,19 @@ class DeploymentOptions(StrictModel):
         return self.model_dump(exclude_none=True)
 
 
-class TierConfig(StrictModel):
+class BackendLimits(StrictModel):
+    """How the router treats one backend (an engine tier or an external API)."""
+
+    first_token_timeout_s: float = Field(60.0, gt=0)
+    """The router gives up on this backend (and falls back) when its first token takes longer."""
+    total_timeout_s: float = Field(600.0, gt=0)
+    """The router abandons a generation on this backend that runs longer than this in all."""
+    concurrency_slots: PositiveInt = 32
+    """Requests this backend serves at once without queueing (all replicas together): its measured
+    batching capacity at acceptable TPOT. Load shedding queues beyond it only while the wait fits."""
+
+
+class TierConfig(BackendLimits):
     """One model tier: a vLLM engine deployment."""
 
     model_source: str
@@ -66,13 +78,6 @@ class TierConfig(StrictModel):
     """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     """Ray Serve options of this tier's engine deployment."""
-    first_token_timeout_s: float = Field(60.0, gt=0)
-    """The router gives up on this tier (and falls back) when its first token takes longer."""
-    total_timeout_s: float = Field(600.0, gt=0)
-    """The router abandons a generation on this tier that runs longer than this in all."""
-    concurrency_slots: PositiveInt = 32
-    """Requests this tier serves at once without queueing (all replicas together): its measured
-    batching capacity at acceptable TPOT. Load shedding queues beyond it only while the wait fits."""
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -95,6 +100,20 @@ class TierConfig(StrictModel):
         actor["runtime_env"] = runtime_env
         options["ray_actor_options"] = actor
         return options
+
+
+class ExternalConfig(BackendLimits):
+    """An OpenAI-compatible API (OpenAI, a hosted provider, another vLLM) used as a fallback step."""
+
+    base_url: str
+    """API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8100/v1."""
+    model: str
+    """The provider's model name."""
+    api_key_env: str | None = None
+    """Environment variable holding the provider's key (the key itself never goes in this file)."""
+    forward_extra_sampling: bool = True
+    """Send vLLM-only sampling options (top_k, repetition_penalty, ...) in the request body; turn
+    off for providers that reject unknown fields."""
 
 
 class CascadeConfig(StrictModel):
@@ -181,6 +200,8 @@ class AppConfig(StrictModel):
     """A model name that means the `auto` route, for clients that must name one model."""
     tiers: dict[str, TierConfig]
     """Engine tiers by route name (e.g. cheap, strong)."""
+    external: dict[str, ExternalConfig] = Field(default_factory=dict)
+    """OpenAI-compatible APIs by name, usable as steps of fallback chains (not as routes)."""
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     """How the `auto` route combines the tiers."""
     router: RouterConfig = Field(default_factory=RouterConfig)
@@ -199,11 +220,16 @@ class AppConfig(StrictModel):
         reserved = {AUTO_ROUTE, self.model_alias} & set(self.tiers)
         if reserved:
             raise ValueError(f"tiers: {sorted(reserved)} is reserved for the cascade route")
-        routes = {AUTO_ROUTE, *self.tiers}
+        clash = sorted(set(self.external) & {AUTO_ROUTE, self.model_alias, *self.tiers})
+        if clash:
+            raise ValueError(f"external: {clash} already name a route")
+        routes, steps = {AUTO_ROUTE, *self.tiers}, {AUTO_ROUTE, *self.tiers, *self.external}
         for route, chain in self.resilience.fallbacks.items():
-            unknown = sorted({route, *chain} - routes)
+            if route not in routes:
+                raise ValueError(f"resilience.fallbacks: {route!r} is not a route; choose from {sorted(routes)}")
+            unknown = sorted(set(chain) - steps)
             if unknown:
-                raise ValueError(f"resilience.fallbacks.{route}: {unknown} are not routes; choose from {sorted(routes)}")
+                raise ValueError(f"resilience.fallbacks.{route}: {unknown} are neither routes nor external APIs")
             if route in chain or len(set(chain)) != len(chain):
                 raise ValueError(f"resilience.fallbacks.{route}: a chain may not repeat a route")
         return self

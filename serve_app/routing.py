@@ -152,11 +152,12 @@ class CascadeRouter:
                 tier.first_token_timeout_s, tier.total_timeout_s,
             )
             for name, backend in backends.items()
-            for tier in [config.tiers[name]]
+            for tier in [config.tiers.get(name) or config.external[name]]
         }
         self._cascade = config.cascade
         self._scorer = SCORERS[config.cascade.scorer]
         self._alias = config.model_alias
+        self._routable = list(config.tiers)
         self._fallbacks = r.fallbacks
         self._retry = r
         self._cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) \
@@ -164,14 +165,14 @@ class CascadeRouter:
 
     @property
     def routes(self) -> list[str]:
-        return [AUTO_ROUTE, self._alias, *self._tiers]
+        return [AUTO_ROUTE, self._alias, *self._routable]
 
     def breaker_states(self) -> dict[str, str]:
         return {name: tier.breaker.state.value for name, tier in self._tiers.items()}
 
     def resolve(self, model: str) -> str:
         """The route a request's `model` names: a tier, or `auto` (also by the app's alias)."""
-        if model in self._tiers:
+        if model in self._routable:
             return model
         if model in (AUTO_ROUTE, self._alias):
             return AUTO_ROUTE

@@ -33,6 +33,27 @@ API_KEYS = ("sk-test-main", "sk-test-rate")
 
 
 @dataclass(frozen=True)
+class ExternalApi:
+    base_url: str
+    model: str
+
+
+def start_external_api(log_dir: Path) -> tuple[subprocess.Popen, ExternalApi]:
+    """vLLM's own OpenAI server on the strong model: the real provider behind the `backup` fallback."""
+    port, name = free_port(), "smollm2-135m-instruct"
+    log = open(log_dir / "external-api.log", "w")
+    process = subprocess.Popen(
+        [BIN / "python", "-m", "vllm.entrypoints.openai.api_server", "--model", ROOT / "models" / name,
+         "--served-model-name", name, "--host", "127.0.0.1", f"--port={port}", "--dtype=float32",
+         "--enforce-eager", "--max-model-len=2048"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+             RUN_MARKER[0]: RUN_MARKER[1]},
+    )
+    return process, ExternalApi(f"http://127.0.0.1:{port}/v1", name)
+
+
+@dataclass(frozen=True)
 class Stack:
     base_url: str
     """The OpenAI API root, e.g. http://127.0.0.1:PORT/v1."""
@@ -40,6 +61,7 @@ class Stack:
     dashboard_url: str
     gcs_address: str
     config: dict
+    external: ExternalApi
     api_key: str = API_KEYS[0]
 
     @property
@@ -102,20 +124,27 @@ def stack(tmp_path_factory) -> Stack:
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs_port, dashboard_port, http_port = free_port(), free_port(), free_port()
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
-    head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",
-         f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1]},
-    )
+    log_dir = tmp_path_factory.mktemp("logs")
+    external_process, external = start_external_api(log_dir)
+    log = open(log_dir / "ray-start.log", "w")
+    try:
+        head = subprocess.Popen(
+            [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",
+             f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1]},
+        )
+    except BaseException:
+        stop_process_tree(external_process, marker=RUN_MARKER)
+        raise
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
         config = yaml.safe_load((ROOT / "configs" / "local-cpu.yaml").read_text())
-        config["http_options"]["port"] = http_port  # the profile as shipped, on a port of the test's own
+        config["http_options"]["port"] = http_port  # the profile as shipped, on ports of the test's own
+        config["applications"][0]["args"]["external"]["backup"]["base_url"] = external.base_url
         config_path = tmp_path_factory.mktemp("config") / "local-cpu.yaml"
         config_path.write_text(yaml.safe_dump(config))
         subprocess.run([BIN / "serve", "deploy", str(config_path), "-a", dashboard_url],
@@ -123,9 +152,11 @@ def stack(tmp_path_factory) -> Stack:
         wait_until_running(dashboard_url)
         http_url = f"http://127.0.0.1:{http_port}"
         wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
-        yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config)
+        wait_for("the external API", lambda: get_json(f"{external.base_url}/models"), timeout_s=DEPLOY_TIMEOUT_S)
+        yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external)
     finally:
         stop_cluster(head, dashboard_url)
+        stop_process_tree(external_process, marker=RUN_MARKER)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

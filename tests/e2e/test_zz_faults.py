@@ -1,6 +1,6 @@
 """A tier dies: users see the fallback, the breaker opens and closes, Ray Serve brings the replica back.
 
-Named to run last: it kills the cheap tier's replica, and the tests before it want a healthy stack.
+Named to run last: it kills the tiers' replicas, and the tests before it want a healthy stack.
 """
 
 from __future__ import annotations
@@ -67,3 +67,14 @@ def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_hand
     import ray
 
     assert killed not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+
+
+def test_when_both_tiers_die_the_external_api_answers(stack, serve_handles):
+    kill_replica(serve_handles, "llm-strong")
+    kill_replica(serve_handles, "llm-cheap")
+    response = ask(stack, model="strong")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-served-by"] == "backup"
+    reason = response.headers["x-fallback-reason"]
+    assert reason.startswith("strong: ") and "cheap: " in reason
+    assert "Paris" in response.json()["choices"][0]["message"]["content"]
