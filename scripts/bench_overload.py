@@ -1,0 +1,203 @@
+"""Overload and fail-over benchmark: goodput with load shedding on versus off, and fail-over time.
+
+    .venv/bin/python scripts/bench_overload.py [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
+
+For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
+`shed_ttft_target_s: null`) it starts `serve run`, measures the sustainable request rate once (closed
+loop, `concurrency_slots` streams on the `strong` route), then offers `--overload` times that rate as
+an open-loop Poisson arrival stream for `--duration-s` (loopback only, bounded count and time) and
+reports goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles of the
+answered requests, and the shares answered / shed / failed. With shedding on it then kills the cheap
+tier's replica while requests for `cheap` keep coming and reports how long users waited for the
+fallback. Every process it starts is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from process_tree import stop_process_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = "http://127.0.0.1:8000"
+
+
+async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int) -> dict:
+    body = {"model": route, "messages": [{"role": "user", "content": f"Count from {i} to {i + 60}."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, "stream": True}
+    start = time.perf_counter()
+    first = None
+    try:
+        async with client.stream("POST", f"{URL}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return {"status": response.status_code, "latency_s": time.perf_counter() - start}
+            served_by = response.headers.get("x-served-by")
+            async for line in response.aiter_lines():
+                if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                    first = time.perf_counter()
+    except httpx.HTTPError as exc:
+        return {"status": 0, "error": type(exc).__name__, "latency_s": time.perf_counter() - start}
+    end = time.perf_counter()
+    ttft = (first or end) - start
+    return {"status": 200, "served_by": served_by, "ttft_s": ttft, "tpot_s": (end - (first or end)) / max(1, max_tokens - 1),
+            "latency_s": end - start}
+
+
+async def closed_loop_rate(route: str, concurrency: int, duration_s: float, max_tokens: int) -> float:
+    done = 0
+    deadline = time.perf_counter() + duration_s
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def worker(w: int):
+            nonlocal done
+            i = 0
+            while time.perf_counter() < deadline:
+                if (await one(client, route, 1000 * w + i, max_tokens))["status"] == 200:
+                    done += 1
+                i += 1
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def open_loop(route: str, rate: float, duration_s: float, max_tokens: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    tasks = []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=1000)) as client:
+        t, i = 0.0, 0
+        begin = time.perf_counter()
+        while t < duration_s:
+            await asyncio.sleep(max(0.0, begin + t - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(client, route, i, max_tokens)))
+            t += rng.expovariate(rate)
+            i += 1
+        return list(await asyncio.gather(*tasks))
+
+
+def summarize(results: list[dict], duration_s: float, ttft_slo_s: float, tpot_slo_s: float) -> dict:
+    answered = [r for r in results if r["status"] == 200]
+    shed = [r for r in results if r["status"] in (429, 503)]
+    good = [r for r in answered if r["ttft_s"] <= ttft_slo_s and r["tpot_s"] <= tpot_slo_s]
+    ttfts = sorted(r["ttft_s"] for r in answered)
+
+    def pct(values, q):
+        return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+
+    return {
+        "offered": len(results), "goodput_rps": round(len(good) / duration_s, 3),
+        "answered_share": round(len(answered) / len(results), 3), "shed_share": round(len(shed) / len(results), 3),
+        "failed_share": round(1 - (len(answered) + len(shed)) / len(results), 3),
+        "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
+        "shed_latency_p50_s": pct(sorted(r["latency_s"] for r in shed), 0.5),
+        "shed_latency_p99_s": pct(sorted(r["latency_s"] for r in shed), 0.99),
+        "served_by": {k: sum(1 for r in answered if r["served_by"] == k) for k in {r["served_by"] for r in answered}},
+    }
+
+
+async def failover(duration_s: float = 90.0) -> dict:
+    """Requests for `cheap` every 0.5 s; kill its replica; when did users get answers, and from whom?"""
+    import ray
+
+    ray.init(address="auto", log_to_driver=False)  # the cluster `serve run` started (auth off, see start())
+    try:
+        name = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-cheap" in a["name"])
+        async def timed(client: httpx.AsyncClient) -> dict:
+            sent = time.perf_counter()
+            return {**await one(client, "cheap", 7, 8), "sent_at": sent}
+
+        async with httpx.AsyncClient(timeout=600) as client:
+            killed_at = None
+            tasks = []
+            begin = time.perf_counter()
+            while time.perf_counter() - begin < duration_s:
+                if killed_at is None and time.perf_counter() - begin > 5:
+                    ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
+                    killed_at = time.perf_counter()
+                tasks.append(asyncio.create_task(timed(client)))
+                await asyncio.sleep(0.5)
+            results = [{**r, "sent_s": r["sent_at"] - killed_at} for r in await asyncio.gather(*tasks)]
+    finally:
+        ray.shutdown()
+    after = [r for r in results if r["sent_s"] >= 0]
+    fallback = [r for r in after if r.get("served_by") not in (None, "cheap")]
+    return {
+        "requests_after_kill": len(after),
+        "failed_after_kill": sum(1 for r in after if r["status"] != 200),
+        "first_fallback_latency_s": round(fallback[0]["latency_s"], 3) if fallback else None,
+        "fallback_latency_p50_s": round(statistics.median(r["latency_s"] for r in fallback), 3) if fallback else None,
+        "fallback_latency_max_s": round(max(r["latency_s"] for r in fallback), 3) if fallback else None,
+        "cheap_back_after_s": next((round(r["sent_s"], 1) for r in after if r.get("served_by") == "cheap"), None),
+    }
+
+
+def start(config: dict) -> subprocess.Popen:
+    path = Path(tempfile.mkdtemp()) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([ROOT / ".venv/bin/serve", "run", str(path)], cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # env: RAY_AUTH_MODE below
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{URL}/v1/models", timeout=10).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(2)
+    stop_process_tree(process, first_signal=signal.SIGINT)
+    sys.exit("serve run did not come up")
+
+
+def main() -> None:
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway loopback cluster; this driver joins it for the kill
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--overload", type=float, default=3.0, help="offered load as a multiple of the sustainable rate")
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--ttft-slo-s", type=float, default=10.0)
+    parser.add_argument("--tpot-slo-s", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "overload.json")
+    args = parser.parse_args()
+
+    shipped = yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text())
+    unshed = json.loads(json.dumps(shipped))
+    unshed["applications"][0]["args"]["resilience"]["shed_ttft_target_s"] = None
+    slots = shipped["applications"][0]["args"]["tiers"]["strong"]["concurrency_slots"]
+    report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
+                    "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
+    for mode, config in (("shedding_on", shipped), ("shedding_off", unshed)):
+        process = start(config)
+        try:
+            if "sustainable_rps" not in report:
+                report["sustainable_rps"] = round(asyncio.run(closed_loop_rate("strong", slots, 45, args.max_tokens)), 3)
+            rate = report["sustainable_rps"] * args.overload
+            results = asyncio.run(open_loop("strong", rate, args.duration_s, args.max_tokens, seed=1))
+            report[mode] = {"offered_rps": round(rate, 3), **summarize(results, args.duration_s, args.ttft_slo_s, args.tpot_slo_s)}
+            print(mode, json.dumps(report[mode]), flush=True)
+            if mode == "shedding_on":
+                time.sleep(30)  # let the overload drain
+                report["failover"] = asyncio.run(failover())
+                print("failover", json.dumps(report["failover"]), flush=True)
+        finally:
+            stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
