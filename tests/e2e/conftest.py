@@ -69,6 +69,13 @@ class Stack:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+def error_of(response) -> dict:
+    """The OpenAI error envelope of an httpx response, checked for its four fields."""
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,17 +8,11 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEYS
+from tests.e2e.conftest import API_KEYS, error_of
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {"model": "strong", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-def error_of(response: httpx.Response) -> dict:
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": API_KEYS[0]}])

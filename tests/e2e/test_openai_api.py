@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.conftest import error_of
+
 pytestmark = pytest.mark.e2e
 
 EASY = "What is the capital of France?"
@@ -124,12 +126,6 @@ def test_logprobs_are_returned_when_asked(client):
     assert len(content) == 6 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
     assert "".join(t.token for t in content) == response.choices[0].message.content
     assert chat(client, "cheap", max_tokens=6).parse().choices[0].logprobs is None
-
-
-def error_of(response: httpx.Response) -> dict:
-    body = response.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
