@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-BURST = 96
+BURST = 64
 
 
 def test_a_burst_past_capacity_is_shed_not_melted(stack):
@@ -34,13 +34,16 @@ def test_a_burst_past_capacity_is_shed_not_melted(stack):
         responses = list(pool.map(send, range(BURST)))
 
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 503}, statuses  # nothing lost to a 500 or a dropped connection
+    # Nothing lost to a 500 or a dropped connection; 429 is the per-key rate limit (60 burst) doing its job.
+    assert set(statuses) <= {200, 429, 503}, statuses
     shed = [r for r in responses if r.status_code == 503]
     served = [r for r in responses if r.status_code == 200]
     assert shed and served, statuses  # past capacity some are shed, and the admitted are served
     for response in shed:
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["error"]["code"] == "overloaded"
+    for response in (r for r in responses if r.status_code == 429):
+        assert int(response.headers["retry-after"]) >= 1
     for response in served:
         assert response.json()["usage"]["completion_tokens"] == 48  # complete answers only
     assert {r.headers["x-served-by"] for r in served} <= {"strong", "cheap", "backup"}
