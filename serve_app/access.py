@@ -27,7 +27,9 @@ def load_api_keys(env_var: str | None, secrets_file: str | None) -> list[str]:
 
 def secret_from_env(env_var: str | None) -> str | None:
     """A credential (e.g. an external provider's key) from the environment, if named and set."""
-    return os.environ.get(env_var) or None if env_var else None
+    if not env_var:
+        return None
+    return os.environ.get(env_var) or None
 
 
 @dataclass
