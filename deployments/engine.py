@@ -17,7 +17,7 @@ from typing import Any
 from ray import serve
 
 from serve_app.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
 
 logger = logging.getLogger("ray.serve")
 
@@ -91,10 +91,12 @@ class LLMServer:
         except (TypeError, ValueError, VLLMClientError) as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Accepted | GenerationChunk]:
+        """`Accepted` at once (this replica is alive and has the request), then the answer's deltas."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        yield Accepted()
         prompt_ids = self._prompt_ids(request)
         params = self._sampling_params(request, len(prompt_ids))
         produced = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -109,6 +110,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _timeout_header(raw: Request) -> float | None:
+    value = raw.headers.get("x-request-timeout")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest("x-request-timeout must be a number of seconds", param="x-request-timeout") from None
+
+
 @api.exception_handler(ServingError)
 async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
@@ -136,38 +147,49 @@ class Router:
         backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in tiers.items()}
         backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
         self._router = CascadeRouter(backends, self._config, time.monotonic)
+        self._model_infos: dict[str, dict[str, Any]] | None = None
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 
-    async def _open(self, request: ChatCompletionRequest | CompletionRequest, priority: str) -> RoutedStream:
+    async def _open(self, request: ChatCompletionRequest | CompletionRequest, priority: str,
+                    timeout_s: float | None) -> RoutedStream:
         if priority not in PRIORITY_BUDGET:
             raise InvalidRequest(f"priority must be one of {sorted(PRIORITY_BUDGET)}", param="x-priority")
+        if timeout_s is not None and not (0 < timeout_s < math.inf):
+            raise InvalidRequest("the request timeout must be a positive number of seconds", param="x-request-timeout")
         generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
-        return await self._router.open(request.model, generation, priority)
+        return await self._router.open(request.model, generation, priority, timeout_s)
 
-    async def chat(self, request: ChatCompletionRequest, priority: str = "normal") -> ChatCompletionResponse:
-        return await openai_format.chat_response(await self._open(request, priority))
+    async def chat(self, request: ChatCompletionRequest, priority: str = "normal",
+                   timeout_s: float | None = None) -> ChatCompletionResponse:
+        """`timeout_s` bounds the whole request (every try and fallback) within the tiers' own timeouts."""
+        return await openai_format.chat_response(await self._open(request, priority, timeout_s))
 
-    async def chat_stream(self, request: ChatCompletionRequest,
-                          priority: str = "normal") -> AsyncIterator[ChatCompletionChunk]:
-        async for chunk in openai_format.chat_chunks(await self._open(request, priority), request.include_usage):
+    async def chat_stream(self, request: ChatCompletionRequest, priority: str = "normal",
+                          timeout_s: float | None = None) -> AsyncIterator[ChatCompletionChunk]:
+        stream = await self._open(request, priority, timeout_s)
+        async for chunk in openai_format.chat_chunks(stream, request.include_usage):
             yield chunk
 
-    async def completions(self, request: CompletionRequest, priority: str = "normal") -> CompletionResponse:
-        return await openai_format.completion_response(await self._open(request, priority))
+    async def completions(self, request: CompletionRequest, priority: str = "normal",
+                          timeout_s: float | None = None) -> CompletionResponse:
+        return await openai_format.completion_response(await self._open(request, priority, timeout_s))
 
-    async def completions_stream(self, request: CompletionRequest,
-                                 priority: str = "normal") -> AsyncIterator[CompletionResponse]:
-        stream = await self._open(request, priority)
+    async def completions_stream(self, request: CompletionRequest, priority: str = "normal",
+                                 timeout_s: float | None = None) -> AsyncIterator[CompletionResponse]:
+        stream = await self._open(request, priority, timeout_s)
         async for chunk in openai_format.completion_chunks(stream, request.include_usage):
             yield chunk
 
     async def models(self) -> ModelList:
-        infos = await asyncio.gather(*(h.model_info.remote() for h in self._tiers.values()))
-        by_tier = dict(zip(self._tiers, infos, strict=True))
+        if self._model_infos is None:  # asked once: a tier's model is fixed for the life of this router
+            infos = await asyncio.gather(*(h.model_info.remote() for h in self._tiers.values()))
+            self._model_infos = dict(zip(self._tiers, infos, strict=True))
+        by_tier = self._model_infos
         cascade = by_tier[self._config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
-        cards += [ModelCard(id=name, root=cascade["model"], max_model_len=min(i["max_model_len"] for i in infos))
+        shortest = min(info["max_model_len"] for info in by_tier.values())
+        cards += [ModelCard(id=name, root=cascade["model"], max_model_len=shortest)
                   for name in ("auto", self._config.model_alias)]
         return ModelList(data=cards)
 
@@ -184,7 +206,7 @@ class Router:
 
     async def _respond(self, raw: Request, request_type, whole, chunks) -> Response:
         request = await self._admit(raw, request_type)
-        stream = await self._open(request, raw.headers.get("x-priority", "normal"))
+        stream = await self._open(request, raw.headers.get("x-priority", "normal"), _timeout_header(raw))
         headers = _headers(stream.routing)
         if request.stream:
             return StreamingResponse(_sse(chunks(stream, request.include_usage)),

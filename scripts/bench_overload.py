@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_overload.py [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
 
 For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
-`shed_ttft_target_s: null`) it starts `serve run`, measures the sustainable request rate once (closed
+`shed_ttft_target_s: null`; in both, the strong route does not fall back to the cheap tier unless
+`--fallback-to-cheap`, since here both tiers share the same two cores) it starts `serve run`, measures the sustainable request rate once (closed
 loop, `concurrency_slots` streams on the `strong` route), then offers `--overload` times that rate as
 an open-loop Poisson arrival stream for `--duration-s` (loopback only, bounded count and time) and
 reports goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles of the
@@ -170,14 +171,22 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--ttft-slo-s", type=float, default=10.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.5)
+    parser.add_argument("--fallback-to-cheap", action="store_true",
+                        help="keep the shipped strong -> cheap fallback (both tiers share this machine's cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "overload.json")
     args = parser.parse_args()
 
     shipped = yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text())
+    if not args.fallback_to_cheap:
+        # Both tiers share these two cores: under overload, strong's fallback to cheap would only move
+        # the excess onto the same CPU (on GPUs each tier has its own). Measure one tier's shedding.
+        chains = shipped["applications"][0]["args"]["resilience"]["fallbacks"]
+        chains["strong"] = [step for step in chains["strong"] if step != "cheap"]
     unshed = json.loads(json.dumps(shipped))
     unshed["applications"][0]["args"]["resilience"]["shed_ttft_target_s"] = None
     slots = shipped["applications"][0]["args"]["tiers"]["strong"]["concurrency_slots"]
     report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
+                    "strong_fallbacks": shipped["applications"][0]["args"]["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
     for mode, config in (("shedding_on", shipped), ("shedding_off", unshed)):
         process = start(config)

@@ -1,13 +1,19 @@
 """Load shedding: admit a request to a tier only if it can expect its first token within the target.
 
-Continuous batching lets a tier work on `slots` requests at once at about the TTFT recently observed;
-requests beyond that wait for a slot, each slot freeing after about the recent mean service time
-(Little's law). The estimate for one more request is therefore
+A tier works on `slots` requests at once (its deployment's `max_ongoing_requests` times its replicas;
+Ray Serve queues the rest in the handle). While a slot is free, a newcomer waits about the TTFT
+recently observed on an unqueued request. Beyond that it waits for the work ahead of it to drain.
+That work is counted in tokens, so a queue of long answers weighs more than one of short ones:
 
-    wait = ttft_ewma + max(0, in_flight + 1 - slots) * service_ewma / slots
+    work = sum over in-flight requests of (expected length - tokens produced so far)
+    expected length = max_tokens * (recent completion tokens / max_tokens)   # EOS ends most early
+    wait = ttft + work * tpot / slots                                       # slots decode in parallel
 
-and it is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority, so low
-priority traffic is shed first. Pure: the clock is injected, the router reports starts and ends.
+and the request is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority,
+so low-priority traffic is shed first. A backend whose speed is not known yet (no first token seen)
+takes one request at a time: a slow start, as load balancers give new hosts, so that a burst is not
+sent to a backend that may not be able to carry it. Pure: the clock is injected; the router reports each request's
+start, first token, progress and end through its `Ticket`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 
 PRIORITY_BUDGET = {"low": 0.5, "normal": 1.0, "high": 2.0}
 """Share of the TTFT target each priority may expect to wait before it is shed."""
+UNBOUNDED_BUDGET_TOKENS = 1024
+"""Token budget assumed for a request without max_tokens (it may run to the end of the context)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,48 +35,87 @@ class Admission:
 
 
 class Ewma:
-    def __init__(self, alpha: float):
+    def __init__(self, alpha: float, initial: float | None = None):
         self.alpha = alpha
-        self.value: float | None = None
+        self.value = initial
 
     def add(self, sample: float) -> None:
         self.value = sample if self.value is None else self.alpha * sample + (1 - self.alpha) * self.value
 
 
-class TierLoad:
-    """In-flight requests and recent TTFT / service time of one tier, as the router sees them."""
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One admitted request as its tier's load sees it."""
 
-    def __init__(self, slots: int, ttft_target_s: float, clock: Callable[[], float], alpha: float = 0.2):
+    budget_tokens: int
+    started_at: float
+    queued: bool
+    """Started with every slot busy: its TTFT includes queueing and does not teach the TTFT estimate."""
+    produced: int = 0
+    first_token_at: float | None = None
+
+
+class TierLoad:
+    """In-flight work and recent speed of one tier, as the router sees them."""
+
+    def __init__(self, slots: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2):
         self.slots = slots
         self.ttft_target_s = ttft_target_s
-        self.in_flight = 0
         self.ttft = Ewma(alpha)
-        self.service = Ewma(alpha)
+        """Seconds from dispatch to first token of requests that found a free slot."""
+        self.tpot = Ewma(alpha)
+        """Seconds per output token after the first, at the batch sizes recently seen."""
+        self.length_share = Ewma(alpha, initial=1.0)
+        """Completion tokens over max_tokens of recent answers: the share of its budget a request uses."""
+        self._in_flight: set[Ticket] = set()
         self._clock = clock
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def work_tokens(self) -> float:
+        """Output tokens the in-flight requests are still expected to produce."""
+        share = self.length_share.value
+        return sum(max(1.0, t.budget_tokens * share - t.produced) for t in self._in_flight)
+
     def estimate_wait_s(self) -> float:
-        queued = max(0, self.in_flight + 1 - self.slots)
-        if queued and self.service.value is None:
+        if self.ttft.value is None:  # slow start: a backend not yet seen answering gets one request at a time
+            return 0.0 if self.in_flight == 0 else float("inf")
+        if self.slot_free():
+            return self.ttft.value
+        if self.tpot.value is None:
             return float("inf")  # no request has finished yet: nothing to promise a queued one
-        return (self.ttft.value or 0.0) + queued * (self.service.value or 0.0) / self.slots
+        return self.ttft.value + self.work_tokens() * self.tpot.value / self.slots
 
     def admit(self, priority: str = "normal") -> Admission:
         wait = self.estimate_wait_s()
+        if self.ttft_target_s is None:  # shedding is off: the load is only observed
+            return Admission(True, wait)
         budget = self.ttft_target_s * PRIORITY_BUDGET[priority]
         if wait <= budget or self.in_flight == 0:  # an idle tier always takes one request
             return Admission(True, wait)
-        # Retry when enough of the queue ahead should have drained to fit the budget.
+        # Retry when enough of the work ahead should have drained to fit the budget.
         excess = wait - budget if wait != float("inf") else self.ttft_target_s
         return Admission(False, wait, retry_after_s=max(1.0, excess))
 
-    def started(self) -> float:
-        self.in_flight += 1
-        return self._clock()
+    def slot_free(self) -> bool:
+        return self.in_flight < self.slots
 
-    def first_token(self, started_at: float) -> None:
-        self.ttft.add(self._clock() - started_at)
+    def started(self, max_tokens: int | None) -> Ticket:
+        ticket = Ticket(max_tokens or UNBOUNDED_BUDGET_TOKENS, self._clock(), queued=not self.slot_free())
+        self._in_flight.add(ticket)
+        return ticket
 
-    def finished(self, started_at: float, completed: bool) -> None:
-        self.in_flight -= 1
-        if completed:
-            self.service.add(self._clock() - started_at)
+    def first_token(self, ticket: Ticket) -> None:
+        ticket.first_token_at = self._clock()
+        if not ticket.queued:
+            self.ttft.add(ticket.first_token_at - ticket.started_at)
+
+    def finished(self, ticket: Ticket, completed: bool) -> None:
+        self._in_flight.discard(ticket)
+        if not completed or ticket.first_token_at is None:
+            return
+        self.length_share.add(min(1.0, ticket.produced / ticket.budget_tokens))
+        if ticket.produced > 1:
+            self.tpot.add((self._clock() - ticket.first_token_at) / (ticket.produced - 1))

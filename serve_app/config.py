@@ -60,7 +60,9 @@ class BackendLimits(StrictModel):
     """The router abandons a generation on this backend that runs longer than this in all."""
     concurrency_slots: PositiveInt = 32
     """Requests this backend serves at once without queueing (all replicas together): its measured
-    batching capacity at acceptable TPOT. Load shedding queues beyond it only while the wait fits."""
+    batching capacity at acceptable TPOT. For an engine tier, its deployment's max_ongoing_requests
+    times its replicas, so that Ray Serve queues the rest. Load shedding admits requests beyond it
+    only while their expected wait fits the TTFT target."""
 
 
 class TierConfig(BackendLimits):
@@ -78,6 +80,23 @@ class TierConfig(BackendLimits):
     """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     """Ray Serve options of this tier's engine deployment."""
+    dispatch_timeout_s: float | None = Field(5.0, gt=0)
+    """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
+    acknowledges at once) before the tier counts as having no live replica (it died, its replacement
+    is starting) and the request falls back. Null: only the first-token timeout applies."""
+
+    @model_validator(mode="after")
+    def _slots_fit_the_replicas(self) -> TierConfig:
+        options = self.deployment
+        replicas = options.num_replicas or (options.autoscaling_config or {}).get("min_replicas", 1)
+        if self.dispatch_timeout_s is not None and replicas == 0:
+            raise ValueError("a tier that scales to zero waits for a replica to start: set dispatch_timeout_s: null")
+        if self.dispatch_timeout_s is not None and self.concurrency_slots > options.max_ongoing_requests * replicas:
+            raise ValueError(
+                f"concurrency_slots ({self.concurrency_slots}) exceeds what {replicas} replica(s) take at once "
+                f"(max_ongoing_requests {options.max_ongoing_requests}): requests would queue in Ray Serve while "
+                f"the router counts a free slot, and time out as if no replica were alive")
+        return self
 
     @field_validator("engine_kwargs")
     @classmethod

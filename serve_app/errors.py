@@ -77,6 +77,12 @@ class CircuitOpen(BackendUnavailable):
     code = "circuit_open"
 
 
+class NoLiveReplica(BackendUnavailable):
+    """No replica took the request while the tier had room: its replicas died or are starting."""
+
+    code = "no_live_replica"
+
+
 class Overloaded(BackendUnavailable):
     """Shed before any work started: the expected wait would break the TTFT target."""
 

@@ -41,5 +41,12 @@ class GenerationChunk:
     finish_reason: str | None = None
 
 
-Backend = Callable[[GenerationRequest], AsyncIterator[GenerationChunk]]
-"""A tier as the router sees it: a function returning an async stream of chunks."""
+@dataclass(slots=True)
+class Accepted:
+    """Yielded first by an engine replica the moment it takes a request, before any work: tells the
+    router a live replica has it, so a request nobody takes can be failed over quickly."""
+
+
+Backend = Callable[[GenerationRequest], AsyncIterator[Accepted | GenerationChunk]]
+"""A tier as the router sees it: a function returning an async stream of chunks, optionally
+preceded by one `Accepted`."""

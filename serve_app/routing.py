@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
-from serve_app.admission import TierLoad
+from serve_app.admission import Ticket, TierLoad
 from serve_app.answer_cache import AnswerCache, cache_key
 from serve_app.cascade import decide
 from serve_app.circuit_breaker import CircuitBreaker
@@ -33,11 +34,12 @@ from serve_app.errors import (
     CircuitOpen,
     ClientError,
     ModelNotFound,
+    NoLiveReplica,
     Overloaded,
     ServerError,
     ServingError,
 )
-from serve_app.generation import Backend, GenerationChunk, GenerationRequest
+from serve_app.generation import Accepted, Backend, GenerationChunk, GenerationRequest
 from serve_app.protocol import Routing
 from serve_app.scorers import SCORERS
 
@@ -55,63 +57,79 @@ async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationC
 
 def is_retryable(error: BaseException) -> bool:
     """Worth another try at the same backend: it failed, but not by being overloaded, known broken
-    (open circuit) or slow (the timeout already spent the caller's patience); never a client error."""
-    return isinstance(error, ServerError) and not isinstance(error, (Overloaded, CircuitOpen, BackendTimeout))
+    (open circuit, no live replica) or slow (the timeout already spent the caller's patience); never a
+    client error."""
+    return isinstance(error, ServerError) and not isinstance(
+        error, (Overloaded, CircuitOpen, BackendTimeout, NoLiveReplica))
 
 
 class Tier:
-    """A backend behind load shedding and a circuit breaker, with a first-token and a total timeout."""
+    """A backend behind load shedding and a circuit breaker, with dispatch, first-token and total timeouts."""
 
-    def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker, load: TierLoad | None,
-                 first_token_timeout_s: float, total_timeout_s: float):
+    def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker, load: TierLoad,
+                 first_token_timeout_s: float, total_timeout_s: float, dispatch_timeout_s: float | None = None):
         self.name = name
         self.breaker = breaker
         self.load = load
         self._backend = backend
         self._first_token_timeout_s = first_token_timeout_s
         self._total_timeout_s = total_timeout_s
+        self._dispatch_timeout_s = dispatch_timeout_s
 
-    async def open(self, request: GenerationRequest, priority: str = "normal") -> AsyncIterator[GenerationChunk]:
-        """Admit, start a generation and wait for its first chunk, so that failures are raised here."""
-        if self.load is not None:  # shed before the breaker: a rejected request must not use up its probe
-            admission = self.load.admit(priority)
-            if not admission.admitted:
-                raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
-                                 f"{admission.estimated_wait_s:.1f} s)", retry_after_s=admission.retry_after_s)
+    async def open(self, request: GenerationRequest, priority: str = "normal",
+                   deadline: float | None = None) -> AsyncIterator[GenerationChunk]:
+        """Admit, start a generation and wait for its first chunk, so that failures are raised here.
+        `deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it."""
+        admission = self.load.admit(priority)  # before the breaker: a shed request must not use up its probe
+        if not admission.admitted:
+            raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
+                             f"{admission.estimated_wait_s:.1f} s)", retry_after_s=admission.retry_after_s)
         if not self.breaker.allow():
             raise CircuitOpen(f"tier {self.name!r} is failing; its circuit is open for "
                               f"{self.breaker.retry_after_s():.0f} s more", retry_after_s=self.breaker.retry_after_s())
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._total_timeout_s
-        started = self.load.started() if self.load else 0.0
+        now = loop.time()
+        caller_deadline = deadline if deadline is not None else math.inf
+        deadline = min(now + self._total_timeout_s, caller_deadline)
+        first_token_deadline = min(deadline, now + self._first_token_timeout_s)
+        # With a slot free, a live replica takes the request at once; waiting longer means it has none.
+        dispatch_deadline = now + self._dispatch_timeout_s \
+            if self._dispatch_timeout_s is not None and self.load.slot_free() else math.inf
+        ticket = self.load.started(request.sampling.get("max_tokens"))
         stream = self._backend(request)
+        first = None
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + self._first_token_timeout_s)):
+            async with asyncio.timeout_at(min(first_token_deadline, dispatch_deadline)):
                 first = await anext(stream)
+            if isinstance(first, Accepted):
+                async with asyncio.timeout_at(first_token_deadline):
+                    first = await anext(stream)
         except ClientError:
             self.breaker.record_success()  # the backend answered; the request was at fault
-            await self._close(stream, started, completed=False)
+            await self._close(stream, ticket, completed=False)
             raise
         except (ServingError, StopAsyncIteration, TimeoutError) as exc:
-            self.breaker.record_failure()
-            await self._close(stream, started, completed=False)
+            self._judge(exc, caller_deadline)
+            await self._close(stream, ticket, completed=False)
+            if isinstance(exc, TimeoutError) and first is None and loop.time() >= dispatch_deadline:
+                raise NoLiveReplica(f"no replica of tier {self.name!r} took the request within "
+                                    f"{self._dispatch_timeout_s:g} s") from None
             raise self._server_error(exc, "first token") from None
         except BaseException:  # cancelled: the caller went away, the backend is not at fault
             self.breaker.abandon()
-            await self._close(stream, started, completed=False)
+            await self._close(stream, ticket, completed=False)
             raise
         self.breaker.record_success()
-        if self.load:
-            self.load.first_token(started)
-        return self._rest(first, stream, deadline, started)
+        self.load.first_token(ticket)
+        ticket.produced = first.completion_tokens
+        return self._rest(first, stream, deadline, caller_deadline, ticket)
 
-    async def _close(self, stream: AsyncIterator[GenerationChunk], started: float, completed: bool) -> None:
-        if self.load:
-            self.load.finished(started, completed)
+    async def _close(self, stream: AsyncIterator[GenerationChunk], ticket: Ticket, completed: bool) -> None:
+        self.load.finished(ticket, completed)
         await stream.aclose()
 
     async def _rest(self, first: GenerationChunk, stream: AsyncIterator[GenerationChunk],
-                    deadline: float, started: float) -> AsyncIterator[GenerationChunk]:
+                    deadline: float, caller_deadline: float, ticket: Ticket) -> AsyncIterator[GenerationChunk]:
         completed = False
         try:
             yield first
@@ -123,11 +141,19 @@ class Tier:
                     completed = True
                     return
                 except (ServerError, TimeoutError) as exc:
-                    self.breaker.record_failure()
+                    self._judge(exc, caller_deadline)
                     raise self._server_error(exc, "answer") from None
+                ticket.produced = chunk.completion_tokens
                 yield chunk
         finally:
-            await self._close(stream, started, completed)
+            await self._close(stream, ticket, completed)
+
+    def _judge(self, exc: BaseException, caller_deadline: float) -> None:
+        """Count a failure against the tier, unless it was the caller's own timeout that ran out."""
+        if isinstance(exc, TimeoutError) and asyncio.get_running_loop().time() >= caller_deadline:
+            self.breaker.abandon()
+        else:
+            self.breaker.record_failure()
 
     def _server_error(self, exc: BaseException, stage: str) -> ServingError:
         if isinstance(exc, TimeoutError):
@@ -148,8 +174,8 @@ class CascadeRouter:
             name: Tier(
                 name, backend,
                 CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
-                TierLoad(tier.concurrency_slots, r.shed_ttft_target_s, clock) if r.shed_ttft_target_s else None,
-                tier.first_token_timeout_s, tier.total_timeout_s,
+                TierLoad(tier.concurrency_slots, r.shed_ttft_target_s, clock),
+                tier.first_token_timeout_s, tier.total_timeout_s, getattr(tier, "dispatch_timeout_s", None),
             )
             for name, backend in backends.items()
             for tier in [config.tiers.get(name) or config.external[name]]
@@ -178,14 +204,20 @@ class CascadeRouter:
             return AUTO_ROUTE
         raise ModelNotFound(f"The model {model!r} does not exist; choose one of {self.routes}.", param="model")
 
-    async def open(self, model: str, request: GenerationRequest, priority: str = "normal") -> RoutedStream:
+    async def open(self, model: str, request: GenerationRequest, priority: str = "normal",
+                   timeout_s: float | None = None) -> RoutedStream:
         """Open the route's stream, or else the first of its fallbacks that opens, or else a cached
-        answer. Client errors end the search at once."""
+        answer. Client errors end the search at once. `timeout_s` bounds the whole search and answer
+        (every try and fallback), within each tier's own timeouts."""
         route = self.resolve(model)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s if timeout_s is not None else None
         failures: list[tuple[str, ServingError]] = []
         for step in [route, *self._fallbacks.get(route, [])]:
+            if deadline is not None and loop.time() >= deadline:
+                break
             try:
-                stream = await self._with_retries(step, request, priority)
+                stream = await self._with_retries(step, request, priority, deadline)
             except ClientError:
                 raise
             except ServingError as exc:
@@ -199,12 +231,15 @@ class CascadeRouter:
             routing = Routing(route=route, served_by="cache", fallback_reason=f"{_reasons(failures)}; cached answer "
                               f"from {cached.served_by}")
             return RoutedStream(routing, _from_list(list(cached.chunks)))
+        if deadline is not None and loop.time() >= deadline:
+            raise BackendTimeout(f"The request's timeout of {timeout_s:g} s expired ({_reasons(failures)}).")
         waits = [e.retry_after_s for _, e in failures if e.retry_after_s is not None]
         error = Overloaded if all(isinstance(e, Overloaded) for _, e in failures) else BackendUnavailable
         raise error(f"No backend could answer route {route!r} ({_reasons(failures)}).",
                     retry_after_s=min(waits) if waits else None)
 
-    async def _with_retries(self, step: str, request: GenerationRequest, priority: str) -> RoutedStream:
+    async def _with_retries(self, step: str, request: GenerationRequest, priority: str,
+                            deadline: float | None) -> RoutedStream:
         r = self._retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(r.retry_attempts) | stop_after_delay(r.retry_deadline_s),
@@ -217,8 +252,9 @@ class CascadeRouter:
                 number = attempt.retry_state.attempt_number
                 tagged = dataclasses.replace(request, request_id=f"{request.request_id}-{step}-{number}")
                 if step == AUTO_ROUTE:
-                    return await self._cascade_stream(tagged, priority)
-                return RoutedStream(Routing(route=step, served_by=step), await self._tiers[step].open(tagged, priority))
+                    return await self._cascade_stream(tagged, priority, deadline)
+                tier = self._tiers[step]
+                return RoutedStream(Routing(route=step, served_by=step), await tier.open(tagged, priority, deadline))
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
@@ -238,11 +274,11 @@ class CascadeRouter:
 
         return RoutedStream(stream.routing, tee())
 
-    async def _cascade_stream(self, request: GenerationRequest, priority: str) -> RoutedStream:
+    async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float | None) -> RoutedStream:
         cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
-        answer = [chunk async for chunk in await cheap.open(probe, priority)]
+        answer = [chunk async for chunk in await cheap.open(probe, priority, deadline)]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
         decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap.name, escalated=decision.escalate,
@@ -250,7 +286,7 @@ class CascadeRouter:
         if decision.escalate:
             try:
                 escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong.name}")
-                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority))
+                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority, deadline))
             except ClientError:
                 raise
             except ServingError as exc:  # the strong tier failed: the cheap answer beats no answer

@@ -46,7 +46,9 @@ def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_hand
     for response in during:
         assert response.status_code == 200, response.text
         assert response.headers["x-served-by"] == "strong"
-        assert response.headers["x-fallback-reason"].startswith("cheap: ")
+        # No live replica takes the request (dispatch timeout), or its replica died under it: either
+        # way it fails over within seconds, not after the 20 s first-token timeout.
+        assert response.headers["x-fallback-reason"] in ("cheap: no_live_replica", "cheap: backend_unavailable")
     assert circuits(stack)["cheap"] == "open"
 
     # The open circuit answers from the fallback without waiting on the dead tier.

@@ -1,8 +1,8 @@
-"""Load-shedding decisions from in-flight counts and observed times."""
+"""Load-shedding decisions from in-flight work and observed speed."""
 
 import pytest
 
-from serve_app.admission import TierLoad
+from serve_app.admission import UNBOUNDED_BUDGET_TOKENS, TierLoad
 
 
 class Clock:
@@ -13,11 +13,13 @@ class Clock:
         return self.now
 
 
-def loaded(in_flight, ttft_s=1.0, service_s=8.0, slots=4, target_s=5.0):
+def loaded(budgets, ttft_s=1.0, tpot_s=0.1, slots=4, target_s=5.0):
+    """A tier with requests of the given max_tokens in flight, none of which has produced a token."""
     load = TierLoad(slots=slots, ttft_target_s=target_s, clock=Clock())
     load.ttft.add(ttft_s)
-    load.service.add(service_s)
-    load.in_flight = in_flight
+    load.tpot.add(tpot_s)
+    for budget in budgets:
+        load.started(budget)
     return load
 
 
@@ -27,46 +29,93 @@ def test_idle_tier_admits_even_with_no_history():
 
 
 def test_within_slots_the_wait_is_the_observed_ttft():
-    assert loaded(in_flight=3).estimate_wait_s() == pytest.approx(1.0)
-    assert loaded(in_flight=3).admit().admitted
+    load = loaded([100] * 3)
+    assert load.estimate_wait_s() == pytest.approx(1.0)
+    assert load.admit().admitted
 
 
-def test_queue_beyond_slots_adds_drain_time_and_is_shed_past_the_target():
-    # 4 slots busy, 2 queued ahead: the 7th waits for 3 slot turnovers of 8 s / 4 slots.
-    load = loaded(in_flight=6)
-    assert load.estimate_wait_s() == pytest.approx(1.0 + 3 * 8.0 / 4)
+def test_with_every_slot_busy_the_wait_is_the_work_ahead_over_the_slots():
+    # 6 requests of 40 tokens: 240 tokens at 0.1 s each, decoded 4 at a time.
+    load = loaded([40] * 6)
+    assert load.estimate_wait_s() == pytest.approx(1.0 + 240 * 0.1 / 4)
     decision = load.admit()
     assert not decision.admitted and decision.retry_after_s == pytest.approx(2.0)
 
 
+def test_the_estimate_is_length_aware():
+    short, long = loaded([8] * 6), loaded([400] * 6)
+    assert short.admit().admitted
+    assert not long.admit().admitted
+    assert long.estimate_wait_s() > 10 * short.estimate_wait_s() - 10
+
+
+def test_tokens_already_produced_are_not_counted_again():
+    load = loaded([40] * 4)
+    before = load.work_tokens()
+    ticket = next(iter(load._in_flight))
+    ticket.produced = 30
+    assert load.work_tokens() == pytest.approx(before - 30)
+
+
 def test_low_priority_is_shed_before_normal_and_high_after():
-    load = loaded(in_flight=5)  # wait 3 s against a 5 s target
+    load = loaded([12] * 8)  # wait 1 + 96 * 0.1 / 4 = 3.4 s against a 5 s target
     assert not load.admit("low").admitted
     assert load.admit("normal").admitted
-    assert loaded(in_flight=7).admit("high").admitted  # wait 7 s, high may wait up to 10 s
+    assert loaded([30] * 8).admit("high").admitted  # wait 7 s, high may wait up to 10 s
 
 
-def test_times_are_learned_from_reported_requests():
+def test_speed_and_length_are_learned_from_reported_requests():
     clock = Clock()
     load = TierLoad(slots=2, ttft_target_s=5.0, clock=clock, alpha=1.0)
-    started = load.started()
+    ticket = load.started(max_tokens=100)
     clock.now = 0.5
-    load.first_token(started)
-    clock.now = 4.0
-    load.finished(started, completed=True)
-    assert (load.ttft.value, load.service.value, load.in_flight) == (0.5, 4.0, 0)
+    load.first_token(ticket)
+    ticket.produced = 11
+    clock.now = 1.5
+    load.finished(ticket, completed=True)
+    assert load.ttft.value == 0.5
+    assert load.tpot.value == pytest.approx(0.1)
+    assert load.length_share.value == pytest.approx(0.11)
+    assert load.in_flight == 0
 
 
-def test_failed_requests_do_not_teach_service_time():
+def test_learned_length_share_scales_the_expected_work():
+    load = loaded([100] * 4)
+    load.length_share.value = 0.25  # answers recently used a quarter of their max_tokens
+    assert load.work_tokens() == pytest.approx(4 * 25)
+
+
+def test_a_queued_request_does_not_teach_the_unqueued_ttft():
+    clock = Clock()
+    load = TierLoad(slots=1, ttft_target_s=5.0, clock=clock, alpha=1.0)
+    first = load.started(10)
+    queued = load.started(10)
+    clock.now = 0.2
+    load.first_token(first)
+    clock.now = 9.0
+    load.first_token(queued)
+    assert load.ttft.value == pytest.approx(0.2)
+
+
+def test_failed_requests_teach_nothing():
     load = TierLoad(slots=2, ttft_target_s=5.0, clock=Clock())
-    load.finished(load.started(), completed=False)
-    assert load.service.value is None and load.in_flight == 0
+    load.finished(load.started(10), completed=False)
+    assert load.tpot.value is None and load.length_share.value == 1.0 and load.in_flight == 0
 
 
-def test_without_history_only_the_slots_are_admitted():
-    load = TierLoad(slots=2, ttft_target_s=5.0, clock=Clock())
-    load.in_flight = 1
-    assert load.admit().admitted
-    load.in_flight = 2
+def test_slow_start_until_a_first_token_then_only_the_slots_until_a_finished_request():
+    clock = Clock()
+    load = TierLoad(slots=2, ttft_target_s=5.0, clock=clock)
+    first = load.started(10)
     decision = load.admit()
-    assert not decision.admitted and decision.retry_after_s == 5.0
+    assert not decision.admitted and decision.retry_after_s == 5.0  # speed unknown: one at a time
+    clock.now = 0.3
+    load.first_token(first)
+    assert load.admit().admitted  # the second slot, at the TTFT just seen
+    load.started(10)
+    assert not load.admit().admitted  # queueing needs a finished request's TPOT first
+
+
+def test_a_request_without_max_tokens_counts_a_long_budget():
+    load = loaded([None])
+    assert load.work_tokens() == UNBOUNDED_BUDGET_TOKENS

@@ -71,6 +71,21 @@ def test_replicas_and_autoscaling_are_exclusive():
     assert "tiers.cheap.deployment" in message
 
 
+def test_slots_beyond_what_the_replicas_take_are_refused():
+    message = broken(lambda a: a["tiers"]["cheap"].update(concurrency_slots=1000))
+    assert "concurrency_slots (1000) exceeds" in message
+
+
+def test_scale_to_zero_needs_no_dispatch_timeout():
+    def scale_to_zero(args):
+        args["tiers"]["cheap"]["deployment"].update(num_replicas=None, autoscaling_config={"min_replicas": 0})
+    assert "dispatch_timeout_s: null" in broken(scale_to_zero)
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    scale_to_zero(args)
+    args["tiers"]["cheap"]["dispatch_timeout_s"] = None
+    AppConfig.model_validate(args)
+
+
 def test_tier_may_not_shadow_the_cascade_route():
     assert "reserved" in broken(lambda a: a["tiers"].update(auto=a["tiers"]["cheap"]))
 

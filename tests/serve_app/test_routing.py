@@ -6,8 +6,15 @@ import math
 import pytest
 
 from serve_app.config import AppConfig
-from serve_app.errors import BackendUnavailable, ContextLengthExceeded, ModelNotFound, Overloaded, ServerError
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    ContextLengthExceeded,
+    ModelNotFound,
+    Overloaded,
+    ServerError,
+)
+from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.routing import CascadeRouter
 
 
@@ -50,8 +57,10 @@ def open_and_drain(router, model, req):
     return asyncio.run(go())
 
 
-def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1):
-    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 2}
+def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1,
+           dispatch_s=None):
+    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 2,
+            "dispatch_timeout_s": dispatch_s}
     return AppConfig.model_validate({
         "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
         "cascade": {"threshold": threshold},
@@ -69,13 +78,13 @@ class Clock:
 
 
 def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, shed_s=None,
-         retries=1, **errors):
+         retries=1, dispatch_s=None, **errors):
     delays = delays or {}
     cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
     strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
     router = CascadeRouter({"cheap": cheap, "strong": strong},
                            config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s,
-                                  retries=retries),
+                                  retries=retries, dispatch_s=dispatch_s),
                            clock or Clock())
     return router, cheap, strong
 
@@ -184,6 +193,89 @@ def test_first_token_timeout_cancels_the_slow_tier_and_falls_back():
     assert cheap.closed == 1  # the slow generation was cancelled, not left running
 
 
+def test_the_callers_timeout_bounds_the_whole_chain_and_spares_the_breaker():
+    router, cheap, strong = make(fallbacks={"cheap": ["strong"]}, delays={"cheap": 5.0, "strong": 5.0})
+
+    async def go():
+        await router.open("cheap", request(), timeout_s=0.05)
+
+    with pytest.raises(BackendTimeout, match="timeout of 0.05 s expired") as caught:
+        asyncio.run(go())
+    assert caught.value.status == 504
+    assert cheap.closed == 1 and strong.requests == []  # no time was left for the fallback
+    assert router.breaker_states() == {"cheap": "closed", "strong": "closed"}
+    assert not router._tiers["cheap"].breaker._failures  # not counted as a failure of the tier
+
+
+def test_a_callers_timeout_longer_than_the_tiers_does_not_extend_it():
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, delays={"cheap": 5.0})
+
+    async def go():
+        stream = await router.open("cheap", request(), timeout_s=30.0)
+        return stream.routing
+
+    routing = asyncio.run(go())
+    assert routing.served_by == "strong" and routing.fallback_reason == "cheap: timeout"
+
+
+class Unanswered:
+    """A tier whose calls nobody takes (its replica died; Ray Serve holds them for a replacement)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def __call__(self, request):
+        self.calls += 1
+        await asyncio.sleep(60)
+        yield  # pragma: no cover
+
+
+class AcceptsThenStalls:
+    """A live replica that takes the request and then is slow to produce its first token."""
+
+    async def __call__(self, request):
+        yield Accepted()
+        await asyncio.sleep(60)
+        yield  # pragma: no cover
+
+
+def test_a_request_no_replica_takes_fails_over_after_the_dispatch_timeout_without_retry():
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, retries=3)
+    dead = router._tiers["cheap"]._backend = Unanswered()
+    stream, chunks = open_and_drain(router, "cheap", request())
+    assert stream.routing.served_by == "strong" and stream.routing.fallback_reason == "cheap: no_live_replica"
+    assert dead.calls == 1  # the same dead tier is not tried again
+    assert router._tiers["cheap"].breaker._failures
+
+
+def test_an_accepted_request_gets_the_full_first_token_timeout():
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
+    router._tiers["cheap"]._backend = AcceptsThenStalls()
+    stream, _ = open_and_drain(router, "cheap", request())
+    assert stream.routing.fallback_reason == "cheap: timeout"  # 0.2 s first-token timeout, not 0.02 s
+
+
+def test_with_every_slot_busy_waiting_for_a_replica_is_queueing_not_death():
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
+    saturate(router, "cheap", in_flight=2)  # Ray Serve queues the request until a slot frees
+    router._tiers["cheap"]._backend = Unanswered()
+    stream, _ = open_and_drain(router, "cheap", request())
+    assert stream.routing.fallback_reason == "cheap: timeout"
+
+
+def test_accepted_markers_never_reach_the_caller():
+    class Acking(FakeTier):
+        async def __call__(self, request):
+            yield Accepted()
+            async for chunk in super().__call__(request):
+                yield chunk
+
+    router, _, _ = make(dispatch_s=1.0)
+    router._tiers["strong"]._backend = Acking(["Lyon", "!"], 0.9)
+    _, chunks = open_and_drain(router, "strong", request())
+    assert all(isinstance(c, GenerationChunk) for c in chunks) and "".join(c.text for c in chunks) == "Lyon!"
+
+
 def test_breaker_opens_after_repeated_failures_and_fails_fast():
     clock = Clock()
     router, cheap, _ = make(fallbacks={"cheap": ["strong"]}, clock=clock, cheap=ServerError("boom"))
@@ -214,19 +306,21 @@ def test_cascade_falls_back_to_strong_when_cheap_fails():
     assert stream.routing.fallback_reason == "auto: internal_error"
 
 
-def saturate(router, tier, in_flight, ttft_s=1.0, service_s=10.0):
+def saturate(router, tier, in_flight, ttft_s=1.0, tpot_s=0.4):
+    """`in_flight` requests of 10 tokens on `tier` (2 slots), none of which has produced a token yet."""
     load = router._tiers[tier].load
     load.ttft.add(ttft_s)
-    load.service.add(service_s)
-    load.in_flight = in_flight
+    load.tpot.add(tpot_s)
+    for _ in range(in_flight):
+        load.started(max_tokens=10)
 
 
 def test_overloaded_tier_sheds_with_retry_after_before_calling_it():
     router, _, strong = make(shed_s=5.0)
-    saturate(router, "strong", in_flight=3)  # 2 slots busy, 1 queued: wait 1 + 2 * 10 / 2 = 11 s
+    saturate(router, "strong", in_flight=3)  # both slots busy: wait 1 + 30 tokens * 0.4 s / 2 slots = 7 s
     with pytest.raises(Overloaded) as caught:
         open_and_drain(router, "strong", request())
-    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "6"}
+    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "2"}
     assert strong.requests == []
 
 
