@@ -151,7 +151,12 @@ def stack(tmp_path_factory) -> Stack:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
         config = yaml.safe_load((ROOT / "configs" / "local-cpu.yaml").read_text())
         config["http_options"]["port"] = http_port  # the profile as shipped, on ports of the test's own
-        config["applications"][0]["args"]["external"]["backup"]["base_url"] = external.base_url
+        backup = config["applications"][0]["args"]["external"]["backup"]
+        backup["base_url"] = external.base_url
+        # The stand-in provider is a third engine on the same two cores as both tiers: while the overload
+        # test saturates them it cannot carry the concurrent requests a remote provider would (even two
+        # pass the 20 s first-token timeout), so the router is told its real capacity and patience here.
+        backup.update(concurrency_slots=1, first_token_timeout_s=60)
         config_path = tmp_path_factory.mktemp("config") / "local-cpu.yaml"
         config_path.write_text(yaml.safe_dump(config))
         subprocess.run([BIN / "serve", "deploy", str(config_path), "-a", dashboard_url],
