@@ -8,9 +8,9 @@ For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same wit
 loop, `concurrency_slots` streams on the `strong` route), then offers `--overload` times that rate as
 an open-loop Poisson arrival stream for `--duration-s` (loopback only, bounded count and time) and
 reports goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles of the
-answered requests, and the shares answered / shed / failed. With shedding on it then kills the cheap
-tier's replica while requests for `cheap` keep coming and reports how long users waited for the
-fallback. Every process it starts is stopped before it exits.
+answered requests, and the shares answered / shed / failed. Then, on a fresh `serve run` as shipped,
+it kills the cheap tier's replica while requests for `cheap` keep coming and reports how long users
+waited for the fallback (`--parts` picks either). Every process it starts is stopped before it exits.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -44,8 +45,9 @@ async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int) ->
     try:
         async with client.stream("POST", f"{URL}/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                await response.aread()
-                return {"status": response.status_code, "latency_s": time.perf_counter() - start}
+                error = json.loads(await response.aread()).get("error", {})
+                return {"status": response.status_code, "latency_s": time.perf_counter() - start,
+                        "code": error.get("code"), "message": error.get("message")}
             served_by = response.headers.get("x-served-by")
             async for line in response.aiter_lines():
                 if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
@@ -104,12 +106,13 @@ def summarize(results: list[dict], duration_s: float, ttft_slo_s: float, tpot_sl
         "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
         "shed_latency_p50_s": pct(sorted(r["latency_s"] for r in shed), 0.5),
         "shed_latency_p99_s": pct(sorted(r["latency_s"] for r in shed), 0.99),
-        "served_by": {k: sum(1 for r in answered if r["served_by"] == k) for k in {r["served_by"] for r in answered}},
+        "served_by": dict(Counter(r["served_by"] for r in answered)),
+        "rejected_by": dict(Counter(r.get("message") or r.get("error") for r in results if r["status"] != 200)),
     }
 
 
-async def failover(duration_s: float = 90.0) -> dict:
-    """Requests for `cheap` every 0.5 s; kill its replica; when did users get answers, and from whom?"""
+async def failover(duration_s: float, interval_s: float) -> dict:
+    """Requests for `cheap` every `interval_s`; kill its replica; when did users get answers, and from whom?"""
     import ray
 
     ray.init(address="auto", log_to_driver=False)  # the cluster `serve run` started (auth off, see start())
@@ -128,7 +131,7 @@ async def failover(duration_s: float = 90.0) -> dict:
                     ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
                     killed_at = time.perf_counter()
                 tasks.append(asyncio.create_task(timed(client)))
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(interval_s)
             results = [{**r, "sent_s": r["sent_at"] - killed_at} for r in await asyncio.gather(*tasks)]
     finally:
         ray.shutdown()
@@ -171,6 +174,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--ttft-slo-s", type=float, default=10.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.5)
+    parser.add_argument("--parts", default="goodput,failover", help="comma-separated: goodput, failover")
+    parser.add_argument("--failover-interval-s", type=float, default=1.5,
+                        help="gap between `cheap` requests while its replica is killed (within the strong tier's capacity)")
+    parser.add_argument("--failover-duration-s", type=float, default=150.0)
     parser.add_argument("--fallback-to-cheap", action="store_true",
                         help="keep the shipped strong -> cheap fallback (both tiers share this machine's cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "overload.json")
@@ -188,7 +195,8 @@ def main() -> None:
     report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
                     "strong_fallbacks": shipped["applications"][0]["args"]["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
-    for mode, config in (("shedding_on", shipped), ("shedding_off", unshed)):
+    modes = [("shedding_on", shipped), ("shedding_off", unshed)] if "goodput" in args.parts else []
+    for mode, config in modes:
         process = start(config)
         try:
             if "sustainable_rps" not in report:
@@ -197,10 +205,14 @@ def main() -> None:
             results = asyncio.run(open_loop("strong", rate, args.duration_s, args.max_tokens, seed=1))
             report[mode] = {"offered_rps": round(rate, 3), **summarize(results, args.duration_s, args.ttft_slo_s, args.tpot_slo_s)}
             print(mode, json.dumps(report[mode]), flush=True)
-            if mode == "shedding_on":
-                time.sleep(30)  # let the overload drain
-                report["failover"] = asyncio.run(failover())
-                print("failover", json.dumps(report["failover"]), flush=True)
+        finally:
+            stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
+    if "failover" in args.parts:
+        process = start(shipped)
+        try:
+            report["failover"] = {"interval_s": args.failover_interval_s,
+                                  **asyncio.run(failover(args.failover_duration_s, args.failover_interval_s))}
+            print("failover", json.dumps(report["failover"]), flush=True)
         finally:
             stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
     args.out.parent.mkdir(parents=True, exist_ok=True)

