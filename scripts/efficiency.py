@@ -1,0 +1,95 @@
+"""MBU and MFU per tier on this machine: probe peak memory bandwidth and FLOP/s, time decoding, divide.
+
+    .venv/bin/python scripts/efficiency.py [--base-url http://127.0.0.1:8000/v1] [--config configs/local-cpu.yaml]
+
+Run it against an idle service (e.g. `scripts/serve.sh` in another shell): it first probes the
+machine (multi-threaded array copy for bandwidth, a float32 matrix product for FLOP/s; best of
+several runs), then times single-stream decoding per tier (`scripts/request_latency.py`) and applies
+serve_app/efficiency.py with each tier's model shape (its config.json and manifest.json) and dtype.
+Batch 1, so weights dominate the bytes read and the figures are an upper-bound-friendly case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import openai
+import yaml
+from request_latency import one
+
+from serve_app.config import AppConfig
+from serve_app.efficiency import ModelShape, bytes_per_step, mbu, mfu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def probe_bandwidth(gib: float = 1.0, threads: int | None = None, repeats: int = 5) -> float:
+    """Bytes per second moved by a parallel copy of `gib` GiB (read + write counted), best of `repeats`."""
+    threads = threads or os.cpu_count() or 1
+    n = int(gib * 2**30) // 4
+    src, dst = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    bounds = np.linspace(0, n, threads + 1, dtype=np.int64)
+    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(*p), parts))  # numpy releases the GIL for the copy
+            best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best
+
+
+def probe_flops(size: int = 2048, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a  # warm-up (BLAS threads)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def tier_shape(tier) -> ModelShape:
+    folder = Path(tier.resolved_model())
+    config = json.loads((folder / "config.json").read_text())
+    parameters = json.loads((folder / "manifest.json").read_text())["parameters"]
+    dtype = tier.engine_kwargs.get("dtype", config.get("dtype", "bfloat16"))
+    return ModelShape.from_hf_config(config, parameters, dtype)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/local-cpu.yaml")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"))
+    args = parser.parse_args()
+
+    app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    peak_bw, peak_flops = probe_bandwidth(), probe_flops()
+    print(json.dumps({"peak_memory_gb_s": round(peak_bw / 1e9, 2), "peak_gflops": round(peak_flops / 1e9, 1)}))
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, timeout=300)
+    prompt = "What is the capital of France?"
+    one(client, next(iter(app.tiers)), prompt, 4)  # warm-up
+    for name, tier in app.tiers.items():
+        shape = tier_shape(tier)
+        tpot = sorted(one(client, name, prompt, args.max_tokens)[1] for _ in range(args.repeats))[args.repeats // 2]
+        context = 40 + args.max_tokens // 2  # chat-templated prompt plus half the answer, on average
+        print(json.dumps({
+            "tier": name, "parameters": shape.parameters, "weight_gb": round(shape.weight_bytes / 1e9, 3),
+            "bytes_per_step_gb": round(bytes_per_step(shape, 1, context) / 1e9, 3), "tpot_ms": round(1000 * tpot, 1),
+            "achieved_gb_s": round(bytes_per_step(shape, 1, context) / tpot / 1e9, 2),
+            "mbu": round(mbu(shape, tpot, peak_bw, 1, context), 3), "mfu": round(mfu(shape, tpot, peak_flops), 4),
+        }))
+
+
+if __name__ == "__main__":
+    main()
