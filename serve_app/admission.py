@@ -12,8 +12,8 @@ That work is counted in tokens, so a queue of long answers weighs more than one 
 and the request is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority,
 so low-priority traffic is shed first. A backend whose speed is not known yet (no first token seen)
 takes one request at a time: a slow start, as load balancers give new hosts, so that a burst is not
-sent to a backend that may not be able to carry it. Pure: the clock is injected; the router reports each request's
-start, first token, progress and end through its `Ticket`.
+sent to a backend that may not be able to carry it. Pure: the clock is injected; the router reports
+each request's start, first token, progress and end through its `Ticket`.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class SelfHosted:
     """Share of that throughput planned for at the peak (headroom for bursts and rollouts)."""
     min_replicas: int = 1
 
+    @property
+    def monthly_usd_per_replica(self) -> float:
+        return self.hourly_usd_per_replica * HOURS_PER_MONTH
+
     def requests_per_day_per_replica(self, traffic: Traffic) -> float:
         """Daily volume one replica carries when the peak hour runs at `utilization` of its throughput."""
         peak_rps = self.output_tokens_per_s * self.utilization / traffic.output_tokens
@@ -64,16 +68,16 @@ def monthly_api_cost(traffic: Traffic, price: ApiPrice) -> float:
 
 
 def monthly_self_hosted_cost(traffic: Traffic, hosting: SelfHosted) -> float:
-    return hosting.replicas(traffic) * hosting.hourly_usd_per_replica * HOURS_PER_MONTH
+    return hosting.replicas(traffic) * hosting.monthly_usd_per_replica
 
 
 def _regions(traffic: Traffic, price: ApiPrice, hosting: SelfHosted) -> tuple[float, float, float]:
     """Per-replica daily capacity, the volume at which the API costs what n replicas do (per n), and
     k: what a full replica's volume would cost on the API over what the replica costs (> 1: it pays)."""
     capacity = hosting.requests_per_day_per_replica(traffic)
-    monthly_per_replica = hosting.hourly_usd_per_replica * HOURS_PER_MONTH
     api_per_day = DAYS_PER_MONTH * price.per_request(traffic)  # monthly API cost per request/day
-    return capacity, monthly_per_replica / api_per_day, capacity * api_per_day / monthly_per_replica
+    replica = hosting.monthly_usd_per_replica
+    return capacity, replica / api_per_day, capacity * api_per_day / replica
 
 
 def first_cheaper_requests_per_day(traffic: Traffic, price: ApiPrice, hosting: SelfHosted) -> float | None:

@@ -77,9 +77,9 @@ class Tier:
         self._dispatch_timeout_s = dispatch_timeout_s
 
     async def open(self, request: GenerationRequest, priority: str = "normal",
-                   deadline: float | None = None) -> AsyncIterator[GenerationChunk]:
+                   caller_deadline: float = math.inf) -> AsyncIterator[GenerationChunk]:
         """Admit, start a generation and wait for its first chunk, so that failures are raised here.
-        `deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it."""
+        `caller_deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it."""
         admission = self.load.admit(priority)  # before the breaker: a shed request must not use up its probe
         if not admission.admitted:
             raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
@@ -89,7 +89,6 @@ class Tier:
                               f"{self.breaker.retry_after_s():.0f} s more", retry_after_s=self.breaker.retry_after_s())
         loop = asyncio.get_running_loop()
         now = loop.time()
-        caller_deadline = deadline if deadline is not None else math.inf
         deadline = min(now + self._total_timeout_s, caller_deadline)
         first_token_deadline = min(deadline, now + self._first_token_timeout_s)
         # With a slot free, a live replica takes the request at once; waiting longer means it has none.
@@ -211,10 +210,10 @@ class CascadeRouter:
         (every try and fallback), within each tier's own timeouts."""
         route = self.resolve(model)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s if timeout_s is not None else None
+        deadline = loop.time() + timeout_s if timeout_s is not None else math.inf
         failures: list[tuple[str, ServingError]] = []
         for step in [route, *self._fallbacks.get(route, [])]:
-            if deadline is not None and loop.time() >= deadline:
+            if loop.time() >= deadline:
                 break
             try:
                 stream = await self._with_retries(step, request, priority, deadline)
@@ -231,7 +230,7 @@ class CascadeRouter:
             routing = Routing(route=route, served_by="cache", fallback_reason=f"{_reasons(failures)}; cached answer "
                               f"from {cached.served_by}")
             return RoutedStream(routing, _from_list(list(cached.chunks)))
-        if deadline is not None and loop.time() >= deadline:
+        if loop.time() >= deadline:
             raise BackendTimeout(f"The request's timeout of {timeout_s:g} s expired ({_reasons(failures)}).")
         waits = [e.retry_after_s for _, e in failures if e.retry_after_s is not None]
         error = Overloaded if all(isinstance(e, Overloaded) for _, e in failures) else BackendUnavailable
@@ -239,7 +238,7 @@ class CascadeRouter:
                     retry_after_s=min(waits) if waits else None)
 
     async def _with_retries(self, step: str, request: GenerationRequest, priority: str,
-                            deadline: float | None) -> RoutedStream:
+                            deadline: float) -> RoutedStream:
         r = self._retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(r.retry_attempts) | stop_after_delay(r.retry_deadline_s),
@@ -274,7 +273,7 @@ class CascadeRouter:
 
         return RoutedStream(stream.routing, tee())
 
-    async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float | None) -> RoutedStream:
+    async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float) -> RoutedStream:
         cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
