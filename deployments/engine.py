@@ -9,15 +9,22 @@ the request in the engine.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+from deployments.metrics import EngineMetrics
+from serve_app import efficiency, tracing
+from serve_app.config import TracingConfig
 from serve_app.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.metering import ProcessorSharing
 
 logger = logging.getLogger("ray.serve")
 
@@ -32,19 +39,63 @@ def check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
         raise ValueError(f"engine_kwargs: {unknown} are not vLLM AsyncEngineArgs fields")
 
 
+def _probe_peaks(bandwidth_gb_s: float | None, tflops: float | None) -> tuple[float, float]:
+    """Configured peaks, or probed ones; one probe at a time per node, so replicas starting together
+    do not halve each other's figure."""
+    if bandwidth_gb_s is not None and tflops is not None:
+        return bandwidth_gb_s * 1e9, tflops * 1e12
+    with open(Path(tempfile.gettempdir()) / "serve_app-peak-probe.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return (bandwidth_gb_s * 1e9 if bandwidth_gb_s else efficiency.probe_bandwidth(0.25, repeats=3),
+                tflops * 1e12 if tflops else efficiency.probe_flops(1024, repeats=3))
+
+
+class _Efficiency:
+    """MBU and MFU of each finished answer, from the model's shape and the configured or probed peaks."""
+
+    def __init__(self, model_dir: str, hf_config: dict[str, Any], dtype: str, peaks: tuple[float, float]):
+        self.shape = efficiency.ModelShape.from_hf_config(hf_config, efficiency.count_parameters(model_dir), dtype)
+        self.peak_bytes_per_s, self.peak_flops = peaks
+
+    def of(self, tpot_s: float, batch: float, context_tokens: int) -> tuple[float, float]:
+        batch = max(1, round(batch))
+        return (efficiency.mbu(self.shape, tpot_s, self.peak_bytes_per_s, batch, context_tokens),
+                efficiency.mfu(self.shape, tpot_s, self.peak_flops, batch))
+
+
 @serve.deployment(name="llm")
 class LLMServer:
-    def __init__(self, model: str, engine_kwargs: dict[str, Any], served_model_name: str | None = None):
+    def __init__(self, model: str, engine_kwargs: dict[str, Any], served_model_name: str | None = None,
+                 tier: str = "llm", tracing_config: dict[str, Any] | None = None,
+                 peak_memory_bandwidth_gb_s: float | None = None, peak_tflops: float | None = None):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         check_engine_kwargs(engine_kwargs)
+        tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
+        self._tier = tier
+        self._metrics = EngineMetrics(tier)
         started = time.monotonic()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs))
+        # vLLM's own metrics (vllm:num_requests_running, KV cache usage, ...) go to Ray's endpoint too.
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs),
+                                                 stat_loggers=[RayPrometheusStatLogger])
+        self._metrics.start_phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
         self._model = served_model_name or model
+        self._meter = ProcessorSharing(time.monotonic)
+        self._efficiency = None
+        if Path(model).is_dir():
+            dtype = str(self._engine.model_config.dtype).removeprefix("torch.")
+            self._efficiency = _Efficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
+                                           _probe_peaks(peak_memory_bandwidth_gb_s, peak_tflops))
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
+
+    def _vllm_trace_headers(self, request: GenerationRequest) -> dict[str, str] | None:
+        """vLLM's own request span joins the trace when its engine exports spans (engine_kwargs
+        otlp_traces_endpoint); without it vLLM would warn on every request."""
+        return (request.trace_context or None) if self._engine.observability_config.otlp_traces_endpoint else None
 
     async def model_info(self) -> dict[str, Any]:
         return {"model": self._model, "max_model_len": self._max_model_len}
@@ -99,11 +150,16 @@ class LLMServer:
         yield Accepted()
         prompt_ids = self._prompt_ids(request)
         params = self._sampling_params(request, len(prompt_ids))
-        produced = 0
+        produced, finished = 0, False
+        span = tracing.start_generation(self._model, self._tier, request.trace_context)
+        mark, joined, first_token_at = self._meter.join(), time.monotonic(), None
         try:
-            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id):
+            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id,
+                                                      trace_headers=self._vllm_trace_headers(request)):
                 completion = output.outputs[0]
                 produced += len(completion.token_ids)
+                first_token_at = first_token_at or time.monotonic()
+                finished = completion.finish_reason is not None
                 yield GenerationChunk(
                     text=completion.text,
                     token_ids=list(completion.token_ids),
@@ -111,6 +167,7 @@ class LLMServer:
                     completion_tokens=produced,
                     logprobs=_token_logprobs(completion, params.logprobs),
                     finish_reason=completion.finish_reason,
+                    replica_seconds=self._meter.held(mark),
                 )
         except VLLMClientError as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
@@ -119,6 +176,24 @@ class LLMServer:
         except Exception as exc:
             logger.exception("generation failed for request %s", request.request_id)
             raise ServerError(f"generation failed: {type(exc).__name__}") from None
+        finally:
+            held = self._meter.leave(mark)
+            span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids), "gen_ai.usage.output_tokens": produced,
+                                 "serve_app.replica_seconds": held})
+            if first_token_at is not None:
+                span.set_attribute("serve_app.ttft_s", first_token_at - joined)
+            if finished and produced > 1:
+                self._record_efficiency(first_token_at, held, joined, len(prompt_ids), produced)
+            span.end()
+
+    def _record_efficiency(self, first_token_at: float, held: float, joined: float, prompt: int, produced: int) -> None:
+        """MBU/MFU of this answer: TPOT over its decode, at its mean batch (its life over its replica share)."""
+        if self._efficiency is None or held <= 0:
+            return
+        now = time.monotonic()
+        tpot = (now - first_token_at) / (produced - 1)
+        mbu, mfu = self._efficiency.of(tpot, (now - joined) / held, prompt + produced // 2)
+        self._metrics.efficiency(mbu, mfu, self._efficiency.peak_bytes_per_s)
 
 
 def _token_logprobs(completion, top_k: int | None) -> list[TokenLogprob] | None:

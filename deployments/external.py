@@ -45,7 +45,8 @@ class ExternalBackend:
 
     async def __call__(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         arguments = self._arguments(request)
-        common = {"model": self._config.model, "stream": True, "stream_options": {"include_usage": True}}
+        common = {"model": self._config.model, "stream": True, "stream_options": {"include_usage": True},
+                  "extra_headers": request.trace_context}  # the provider may join the trace
         produced, prompt_tokens = 0, 0
         try:
             if request.messages is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
@@ -23,7 +24,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.external import ExternalBackend
-from serve_app import openai_format
+from deployments.metrics import RouterMetrics
+from serve_app import openai_format, telemetry, tracing
 from serve_app.access import KeyGate, load_api_keys
 from serve_app.admission import PRIORITY_BUDGET
 from serve_app.config import AppConfig
@@ -48,6 +50,7 @@ from serve_app.protocol import (
     Routing,
 )
 from serve_app.routing import CascadeRouter, RoutedStream
+from serve_app.telemetry import Ledger
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
 logger = logging.getLogger("ray.serve")
@@ -78,9 +81,11 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
     return stream
 
 
-def _headers(routing: Routing) -> dict[str, str]:
+def _headers(routing: Routing, span: trace.Span) -> dict[str, str]:
     headers = {"x-route": routing.route, "x-served-by": routing.served_by,
                "x-cascade-escalated": str(routing.escalated).lower()}
+    if span.get_span_context().is_valid:
+        headers["x-trace-id"] = format(span.get_span_context().trace_id, "032x")
     if routing.confidence is not None:
         headers["x-cascade-confidence"] = f"{routing.confidence:.4f}"
     if routing.fallback_reason:
@@ -148,36 +153,75 @@ class Router:
         backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
         self._router = CascadeRouter(backends, self._config, time.monotonic)
         self._model_infos: dict[str, dict[str, Any]] | None = None
+        tracing.configure(self._config.observability.tracing, self._config.observability.service_name)
+        self._metrics = RouterMetrics()
+        self._metrics.backends(self._router.backend_states())
+        self._record_content = self._config.observability.tracing.record_content
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 
     async def _open(self, request: ChatCompletionRequest | CompletionRequest, priority: str,
-                    timeout_s: float | None) -> RoutedStream:
-        if priority not in PRIORITY_BUDGET:
-            raise InvalidRequest(f"priority must be one of {sorted(PRIORITY_BUDGET)}", param="x-priority")
-        if timeout_s is not None and not (0 < timeout_s < math.inf):
-            raise InvalidRequest("the request timeout must be a positive number of seconds", param="x-request-timeout")
-        generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
-        return await self._router.open(request.model, generation, priority, timeout_s)
+                    timeout_s: float | None, trace_context: dict[str, str] | None) -> RoutedStream:
+        """Route the request inside its trace's ingress span; the span ends and the metrics are
+        recorded when the answer has been consumed, or here if routing fails."""
+        chat = isinstance(request, ChatCompletionRequest)
+        ledger = Ledger(time.monotonic(), output_text=[] if self._record_content else None)
+        content = None
+        if self._record_content:
+            content = [m.as_template_input() for m in request.messages] if chat else request.prompt_text
+        span = tracing.start_request(
+            "chat" if chat else "text_completion", request.model, tracing.extract(trace_context), content,
+            {"max_tokens": request.requested_max_tokens, "temperature": request.temperature,
+             "top_p": request.top_p, "seed": request.seed})
+        try:
+            if priority not in PRIORITY_BUDGET:
+                raise InvalidRequest(f"priority must be one of {sorted(PRIORITY_BUDGET)}", param="x-priority")
+            if timeout_s is not None and not (0 < timeout_s < math.inf):
+                raise InvalidRequest("the request timeout must be a positive number of seconds", param="x-request-timeout")
+            generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                stream = await self._router.open(request.model, generation, priority, timeout_s, ledger)
+        except BaseException as exc:
+            ledger.error = exc if isinstance(exc, ServingError) else None
+            ledger.cancelled = not isinstance(exc, ServingError)
+            ledger.finished_s = time.monotonic()
+            self._finish(ledger, span)
+            raise
+        ledger.routing = stream.routing
+        stream.chunks = telemetry.watched(stream.chunks, ledger, time.monotonic, lambda done: self._finish(done, span))
+        stream.span = span
+        return stream
+
+    def _finish(self, ledger: Ledger, span: trace.Span) -> None:
+        try:
+            self._metrics.record(ledger)
+            self._metrics.backends(self._router.backend_states())
+            output = None if ledger.output_text is None else "".join(ledger.output_text)
+            tracing.end_request(span, ledger, output)
+        except Exception:  # observability must never fail a request
+            logger.exception("recording a finished request failed")
 
     async def chat(self, request: ChatCompletionRequest, priority: str = "normal",
-                   timeout_s: float | None = None) -> ChatCompletionResponse:
-        """`timeout_s` bounds the whole request (every try and fallback) within the tiers' own timeouts."""
-        return await openai_format.chat_response(await self._open(request, priority, timeout_s))
+                   timeout_s: float | None = None, trace_context: dict[str, str] | None = None) -> ChatCompletionResponse:
+        """`timeout_s` bounds the whole request (every try and fallback) within the tiers' own timeouts;
+        `trace_context` (W3C headers, e.g. from `opentelemetry.propagate.inject`) makes it part of the
+        caller's trace."""
+        return await openai_format.chat_response(await self._open(request, priority, timeout_s, trace_context))
 
-    async def chat_stream(self, request: ChatCompletionRequest, priority: str = "normal",
-                          timeout_s: float | None = None) -> AsyncIterator[ChatCompletionChunk]:
-        stream = await self._open(request, priority, timeout_s)
+    async def chat_stream(self, request: ChatCompletionRequest, priority: str = "normal", timeout_s: float | None = None,
+                          trace_context: dict[str, str] | None = None) -> AsyncIterator[ChatCompletionChunk]:
+        stream = await self._open(request, priority, timeout_s, trace_context)
         async for chunk in openai_format.chat_chunks(stream, request.include_usage):
             yield chunk
 
-    async def completions(self, request: CompletionRequest, priority: str = "normal",
-                          timeout_s: float | None = None) -> CompletionResponse:
-        return await openai_format.completion_response(await self._open(request, priority, timeout_s))
+    async def completions(self, request: CompletionRequest, priority: str = "normal", timeout_s: float | None = None,
+                          trace_context: dict[str, str] | None = None) -> CompletionResponse:
+        return await openai_format.completion_response(await self._open(request, priority, timeout_s, trace_context))
 
     async def completions_stream(self, request: CompletionRequest, priority: str = "normal",
-                                 timeout_s: float | None = None) -> AsyncIterator[CompletionResponse]:
-        stream = await self._open(request, priority, timeout_s)
+                                 timeout_s: float | None = None,
+                                 trace_context: dict[str, str] | None = None) -> AsyncIterator[CompletionResponse]:
+        stream = await self._open(request, priority, timeout_s, trace_context)
         async for chunk in openai_format.completion_chunks(stream, request.include_usage):
             yield chunk
 
@@ -206,12 +250,14 @@ class Router:
 
     async def _respond(self, raw: Request, request_type, whole, chunks) -> Response:
         request = await self._admit(raw, request_type)
-        stream = await self._open(request, raw.headers.get("x-priority", "normal"), _timeout_header(raw))
-        headers = _headers(stream.routing)
-        if request.stream:
+        stream = await self._open(request, raw.headers.get("x-priority", "normal"), _timeout_header(raw), raw.headers)
+        headers = _headers(stream.routing, stream.span)
+        if request.stream:  # the cost is known only at the end: it is in the usage chunk, if asked for
             return StreamingResponse(_sse(chunks(stream, request.include_usage)),
                                      media_type="text/event-stream", headers=headers)
-        return JSONResponse((await whole(stream)).model_dump(), headers=headers)
+        body = (await whole(stream)).model_dump()
+        headers["x-request-cost-usd"] = f"{stream.ledger.cost_usd:.9f}"
+        return JSONResponse(body, headers=headers)
 
     @api.post("/v1/chat/completions")
     async def http_chat(self, raw: Request) -> Response:
@@ -230,4 +276,5 @@ class Router:
     @api.get("/health")
     async def http_health(self) -> dict[str, Any]:
         """Open to all: liveness of the router and the circuit state of each tier."""
+        self._metrics.backends(self._router.backend_states())
         return {"status": "ok", "circuits": self._router.breaker_states()}

@@ -14,46 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import openai
 import yaml
 from request_latency import one
 
 from serve_app.config import AppConfig
-from serve_app.efficiency import ModelShape, bytes_per_step, mbu, mfu
+from serve_app.efficiency import ModelShape, bytes_per_step, mbu, mfu, probe_bandwidth, probe_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def probe_bandwidth(gib: float = 1.0, threads: int | None = None, repeats: int = 5) -> float:
-    """Bytes per second moved by a parallel copy of `gib` GiB (read + write counted), best of `repeats`."""
-    threads = threads or os.cpu_count() or 1
-    n = int(gib * 2**30) // 4
-    src, dst = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
-    bounds = np.linspace(0, n, threads + 1, dtype=np.int64)
-    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(lambda p: np.copyto(*p), parts))  # numpy releases the GIL for the copy
-            best = min(best, time.perf_counter() - start)
-    return 2 * n * 4 / best
-
-
-def probe_flops(size: int = 2048, repeats: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    a @ a  # warm-up (BLAS threads)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def tier_shape(tier) -> ModelShape:

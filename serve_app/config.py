@@ -7,10 +7,11 @@ so a typo fails `serve deploy` with a message naming the field instead of being 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from serve_app.metering import Price
 from serve_app.scorers import SCORERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,14 @@ class TierConfig(BackendLimits):
     """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     """Ray Serve options of this tier's engine deployment."""
+    usd_per_replica_hour: float = Field(0.0, ge=0)
+    """What one replica costs per hour (its GPU or CPU share of a node); prices each request by the
+    replica-seconds it held (serve_app.metering)."""
+    peak_memory_bandwidth_gb_s: float | None = Field(None, gt=0)
+    """The replica's accelerator memory bandwidth, for MBU (e.g. 3350 for an H100 SXM); null: probed on
+    the replica's CPU when it starts."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Dense TFLOP/s at the engine's dtype, for MFU (e.g. 989 for an H100 SXM in bf16); null: probed."""
     dispatch_timeout_s: float | None = Field(5.0, gt=0)
     """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
     acknowledges at once) before the tier counts as having no live replica (it died, its replacement
@@ -104,6 +113,10 @@ class TierConfig(BackendLimits):
         if "model" in value:
             raise ValueError("give the model as model_source, not engine_kwargs.model")
         return value
+
+    @property
+    def price(self) -> Price:
+        return Price(usd_per_replica_hour=self.usd_per_replica_hour)
 
     def resolved_model(self) -> str:
         if self.model_source.startswith("./"):
@@ -130,9 +143,18 @@ class ExternalConfig(BackendLimits):
     """The provider's model name."""
     api_key_env: str | None = None
     """Environment variable holding the provider's key (the key itself never goes in this file)."""
+    usd_per_million_input_tokens: float = Field(0.0, ge=0)
+    """The provider's price for prompt tokens."""
+    usd_per_million_output_tokens: float = Field(0.0, ge=0)
+    """The provider's price for generated tokens."""
     forward_extra_sampling: bool = True
     """Send vLLM-only sampling options (top_k, repetition_penalty, ...) in the request body; turn
     off for providers that reject unknown fields."""
+
+    @property
+    def price(self) -> Price:
+        return Price(usd_per_million_input_tokens=self.usd_per_million_input_tokens,
+                     usd_per_million_output_tokens=self.usd_per_million_output_tokens)
 
 
 class CascadeConfig(StrictModel):
@@ -212,6 +234,32 @@ class AccessConfig(StrictModel):
     """Largest request body accepted (413 beyond it)."""
 
 
+class TracingConfig(StrictModel):
+    """OpenTelemetry traces of every request (serve_app.tracing)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    """Where spans go: an OTLP/HTTP collector, each replica's log, or nowhere."""
+    otlp_endpoint: str | None = None
+    """The collector's traces URL, e.g. http://otel-collector:4318/v1/traces; null: the standard
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else localhost:4318."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of new traces kept; a client's `traceparent` decides for the traces it starts."""
+    export_interval_ms: PositiveInt = 5000
+    """How long finished spans wait to be sent in a batch."""
+    record_content: bool = False
+    """Put prompts and answers on the request spans (gen_ai.input.messages / gen_ai.output.messages).
+    Off by default: they may hold personal data."""
+
+
+class ObservabilityConfig(StrictModel):
+    """Traces (metrics are always on, through Ray's Prometheus endpoint)."""
+
+    service_name: str = "serve_app"
+    """`service.name` of the spans."""
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    """Span export."""
+
+
 class AppConfig(StrictModel):
     """Arguments of `serve_app.app:build_app`."""
 
@@ -229,6 +277,8 @@ class AppConfig(StrictModel):
     """API keys, per-key rate limits and the request size bound."""
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     """Fallback chains and circuit breakers."""
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    """Traces."""
 
     @model_validator(mode="after")
     def _routes_are_consistent(self) -> AppConfig:

@@ -6,13 +6,21 @@ cache, and emits one token per sequence; at small batches it is bound by memory 
     MBU = (weight bytes + batch * KV bytes per sequence) / TPOT / peak memory bandwidth
     MFU = 2 * parameters * batch / TPOT / peak FLOP/s          (a forward pass is ~2 FLOPs per weight)
 
-with TPOT the time of one decode step. Pure arithmetic; the peaks come from config (GPU profiles) or
-from a probe (scripts/efficiency.py on this CPU).
+with TPOT the time of one decode step. Pure arithmetic, plus the probes that measure a CPU's peaks
+(the GPU profiles give theirs in config) and a parameter count read from safetensors headers.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "int8": 1}
 
@@ -51,3 +59,44 @@ def mbu(model: ModelShape, tpot_s: float, peak_bytes_per_s: float, batch: int = 
 
 def mfu(model: ModelShape, tpot_s: float, peak_flops: float, batch: int = 1) -> float:
     return 2 * model.parameters * batch / tpot_s / peak_flops
+
+
+def count_parameters(folder: str | Path) -> int:
+    """Parameters stored in a model folder's safetensors files, from their headers alone."""
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def probe_bandwidth(gib: float = 1.0, threads: int | None = None, repeats: int = 5) -> float:
+    """Bytes per second moved by a parallel copy of `gib` GiB (read + write counted), best of `repeats`."""
+    threads = threads or os.cpu_count() or 1
+    n = int(gib * 2**30) // 4
+    src, dst = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    bounds = np.linspace(0, n, threads + 1, dtype=np.int64)
+    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(lambda p: np.copyto(*p), parts))  # numpy releases the GIL for the copy
+            best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best
+
+def probe_flops(size: int = 2048, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a  # warm-up (BLAS threads)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

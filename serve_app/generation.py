@@ -20,6 +20,8 @@ class GenerationRequest:
     """Raw completion prompt; exactly one of `prompt` and `messages` is set."""
     messages: list[dict[str, Any]] | None = None
     """Chat messages; the engine applies its own model's chat template."""
+    trace_context: dict[str, str] = field(default_factory=dict)
+    """W3C trace headers (`traceparent`, ...) of the router's attempt span, so the engine's span joins the trace."""
 
 
 @dataclass(slots=True)
@@ -39,6 +41,8 @@ class GenerationChunk:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    replica_seconds: float = 0.0
+    """Cumulative share of an engine replica the request has held (serve_app.metering); 0 from an API."""
 
 
 @dataclass(slots=True)

@@ -37,9 +37,11 @@ def generation_request(request: ChatCompletionRequest | CompletionRequest, defau
     return GenerationRequest(request_id, sampling, prompt=request.prompt_text)
 
 
-def _usage(chunk: GenerationChunk) -> Usage:
+def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:
+    """Called once the stream is exhausted, when the ledger holds every attempt's cost."""
     return Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
-                 total_tokens=chunk.prompt_tokens + chunk.completion_tokens)
+                 total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
+                 cost_usd=round(stream.ledger.cost_usd, 9) if stream.ledger else None)
 
 
 def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> ChatLogprobs | None:
@@ -80,7 +82,7 @@ async def _collect(stream: RoutedStream) -> tuple[str, list[TokenLogprob] | None
 async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
     text, logprobs, last = await _collect(stream)
     return ChatCompletionResponse(
-        model=stream.routing.served_by, usage=_usage(last), routing=stream.routing,
+        model=stream.routing.served_by, usage=_usage(last, stream), routing=stream.routing,
         choices=[ChatChoice(message=AssistantMessage(content=text), logprobs=_chat_logprobs(logprobs),
                             finish_reason=last.finish_reason)],
     )
@@ -89,7 +91,7 @@ async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
 async def completion_response(stream: RoutedStream) -> CompletionResponse:
     text, logprobs, last = await _collect(stream)
     return CompletionResponse(
-        model=stream.routing.served_by, usage=_usage(last), routing=stream.routing,
+        model=stream.routing.served_by, usage=_usage(last, stream), routing=stream.routing,
         choices=[CompletionChoice(text=text, logprobs=_completion_logprobs(logprobs, 0), finish_reason=last.finish_reason)],
     )
 
@@ -109,7 +111,7 @@ async def chat_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterato
                 finish_reason=chunk.finish_reason,
             )])
     if include_usage and last is not None:
-        yield ChatCompletionChunk(**head, choices=[], usage=_usage(last))
+        yield ChatCompletionChunk(**head, choices=[], usage=_usage(last, stream))
 
 
 async def completion_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterator[CompletionResponse]:
@@ -123,4 +125,4 @@ async def completion_chunks(stream: RoutedStream, include_usage: bool) -> AsyncI
             )])
             offset, first = offset + len(chunk.text), False
     if include_usage and last is not None:
-        yield CompletionResponse(**head, choices=[], usage=_usage(last))
+        yield CompletionResponse(**head, choices=[], usage=_usage(last, stream))

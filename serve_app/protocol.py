@@ -168,6 +168,9 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cost_usd: float | None = None
+    """Extension: the estimated cost of the request, every attempt included (a cascade's discarded
+    cheap answer, failed tries), from the configured prices (serve_app.metering)."""
 
 
 class TopLogprob(BaseModel):

@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
+from serve_app import tracing
 from serve_app.admission import Ticket, TierLoad
 from serve_app.answer_cache import AnswerCache, cache_key
 from serve_app.cascade import decide
-from serve_app.circuit_breaker import CircuitBreaker
+from serve_app.circuit_breaker import BreakerState, CircuitBreaker
 from serve_app.config import AUTO_ROUTE, AppConfig
 from serve_app.errors import (
     BackendTimeout,
@@ -40,14 +43,20 @@ from serve_app.errors import (
     ServingError,
 )
 from serve_app.generation import Accepted, Backend, GenerationChunk, GenerationRequest
+from serve_app.metering import FREE, Price
 from serve_app.protocol import Routing
 from serve_app.scorers import SCORERS
+from serve_app.telemetry import Attempt, Ledger
 
 
 @dataclass(slots=True)
 class RoutedStream:
     routing: Routing
     chunks: AsyncIterator[GenerationChunk]
+    ledger: Ledger | None = None
+    """The request's attempts so far; complete (with their costs) once `chunks` is exhausted."""
+    span: Any = None
+    """The request's trace span, when a deployment traces it."""
 
 
 async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
@@ -64,10 +73,12 @@ def is_retryable(error: BaseException) -> bool:
 
 
 class Tier:
-    """A backend behind load shedding and a circuit breaker, with dispatch, first-token and total timeouts."""
+    """A backend behind load shedding and a circuit breaker, with dispatch, first-token and total timeouts.
+    Each try is an `Attempt` in the request's ledger and a span in its trace."""
 
     def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker, load: TierLoad,
-                 first_token_timeout_s: float, total_timeout_s: float, dispatch_timeout_s: float | None = None):
+                 first_token_timeout_s: float, total_timeout_s: float, dispatch_timeout_s: float | None = None,
+                 price: Price = FREE, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.breaker = breaker
         self.load = load
@@ -75,11 +86,24 @@ class Tier:
         self._first_token_timeout_s = first_token_timeout_s
         self._total_timeout_s = total_timeout_s
         self._dispatch_timeout_s = dispatch_timeout_s
+        self._price = price
+        self._clock = clock
 
-    async def open(self, request: GenerationRequest, priority: str = "normal",
-                   caller_deadline: float = math.inf) -> AsyncIterator[GenerationChunk]:
+    async def open(self, request: GenerationRequest, priority: str = "normal", caller_deadline: float = math.inf,
+                   ledger: Ledger | None = None) -> AsyncIterator[GenerationChunk]:
         """Admit, start a generation and wait for its first chunk, so that failures are raised here.
         `caller_deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it."""
+        attempt = (ledger or Ledger(self._clock())).attempt(self.name, self._clock())
+        span = tracing.start_attempt(attempt)
+        request = dataclasses.replace(request, trace_context=tracing.carrier(span))
+        try:
+            return await self._open(request, priority, caller_deadline, attempt, span)
+        except BaseException as exc:
+            self._end(attempt, span, exc)
+            raise
+
+    async def _open(self, request: GenerationRequest, priority: str, caller_deadline: float,
+                    attempt: Attempt, span) -> AsyncIterator[GenerationChunk]:
         admission = self.load.admit(priority)  # before the breaker: a shed request must not use up its probe
         if not admission.admitted:
             raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
@@ -120,16 +144,25 @@ class Tier:
             raise
         self.breaker.record_success()
         self.load.first_token(ticket)
+        attempt.first_token_s = self._clock()
+        _count(attempt, first)
         ticket.produced = first.completion_tokens
-        return self._rest(first, stream, deadline, caller_deadline, ticket)
+        return self._rest(first, stream, deadline, caller_deadline, ticket, attempt, span)
 
     async def _close(self, stream: AsyncIterator[GenerationChunk], ticket: Ticket, completed: bool) -> None:
         self.load.finished(ticket, completed)
         await stream.aclose()
 
-    async def _rest(self, first: GenerationChunk, stream: AsyncIterator[GenerationChunk],
-                    deadline: float, caller_deadline: float, ticket: Ticket) -> AsyncIterator[GenerationChunk]:
-        completed = False
+    def _end(self, attempt: Attempt, span, error: BaseException | None) -> None:
+        attempt.finished_s = self._clock()
+        attempt.cost_usd = self._price.of(attempt.input_tokens, attempt.output_tokens, attempt.replica_seconds)
+        if error is not None:
+            attempt.error = getattr(error, "code", None) or "cancelled"
+        tracing.end_attempt(span, attempt)
+
+    async def _rest(self, first: GenerationChunk, stream: AsyncIterator[GenerationChunk], deadline: float,
+                    caller_deadline: float, ticket: Ticket, attempt: Attempt, span) -> AsyncIterator[GenerationChunk]:
+        completed, error = False, None
         try:
             yield first
             while True:
@@ -141,11 +174,17 @@ class Tier:
                     return
                 except (ServerError, TimeoutError) as exc:
                     self._judge(exc, caller_deadline)
-                    raise self._server_error(exc, "answer") from None
+                    error = self._server_error(exc, "answer")
+                    raise error from None
                 ticket.produced = chunk.completion_tokens
+                _count(attempt, chunk)
                 yield chunk
+        except BaseException as exc:
+            error = error or exc
+            raise
         finally:
             await self._close(stream, ticket, completed)
+            self._end(attempt, span, None if completed else error or GeneratorExit())
 
     def _judge(self, exc: BaseException, caller_deadline: float) -> None:
         """Count a failure against the tier, unless it was the caller's own timeout that ran out."""
@@ -162,6 +201,11 @@ class Tier:
         return exc
 
 
+def _count(attempt: Attempt, chunk: GenerationChunk) -> None:
+    attempt.input_tokens, attempt.output_tokens = chunk.prompt_tokens, chunk.completion_tokens
+    attempt.replica_seconds = chunk.replica_seconds
+
+
 def _reasons(failures: list[tuple[str, ServingError]]) -> str:
     return "; ".join(f"{step}: {error.code}" for step, error in failures)
 
@@ -175,10 +219,12 @@ class CascadeRouter:
                 CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
                 TierLoad(tier.concurrency_slots, r.shed_ttft_target_s, clock),
                 tier.first_token_timeout_s, tier.total_timeout_s, getattr(tier, "dispatch_timeout_s", None),
+                tier.price, clock,
             )
             for name, backend in backends.items()
             for tier in [config.tiers.get(name) or config.external[name]]
         }
+        self._clock = clock
         self._cascade = config.cascade
         self._scorer = SCORERS[config.cascade.scorer]
         self._alias = config.model_alias
@@ -192,6 +238,10 @@ class CascadeRouter:
     def routes(self) -> list[str]:
         return [AUTO_ROUTE, self._alias, *self._routable]
 
+    def backend_states(self) -> dict[str, tuple[BreakerState, int, int]]:
+        """Per backend: circuit state, requests in flight, concurrency slots."""
+        return {name: (tier.breaker.state, tier.load.in_flight, tier.load.slots) for name, tier in self._tiers.items()}
+
     def breaker_states(self) -> dict[str, str]:
         return {name: tier.breaker.state.value for name, tier in self._tiers.items()}
 
@@ -204,11 +254,18 @@ class CascadeRouter:
         raise ModelNotFound(f"The model {model!r} does not exist; choose one of {self.routes}.", param="model")
 
     async def open(self, model: str, request: GenerationRequest, priority: str = "normal",
-                   timeout_s: float | None = None) -> RoutedStream:
+                   timeout_s: float | None = None, ledger: Ledger | None = None) -> RoutedStream:
         """Open the route's stream, or else the first of its fallbacks that opens, or else a cached
         answer. Client errors end the search at once. `timeout_s` bounds the whole search and answer
-        (every try and fallback), within each tier's own timeouts."""
-        route = self.resolve(model)
+        (every try and fallback), within each tier's own timeouts. Every try is recorded in `ledger`."""
+        ledger = ledger or Ledger(self._clock())
+        stream = await self._open(model, request, priority, timeout_s, ledger)
+        stream.ledger = ledger
+        return stream
+
+    async def _open(self, model: str, request: GenerationRequest, priority: str, timeout_s: float | None,
+                    ledger: Ledger) -> RoutedStream:
+        route = ledger.route = self.resolve(model)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s if timeout_s is not None else math.inf
         failures: list[tuple[str, ServingError]] = []
@@ -216,7 +273,7 @@ class CascadeRouter:
             if loop.time() >= deadline:
                 break
             try:
-                stream = await self._with_retries(step, request, priority, deadline)
+                stream = await self._with_retries(step, request, priority, deadline, ledger)
             except ClientError:
                 raise
             except ServingError as exc:
@@ -238,7 +295,7 @@ class CascadeRouter:
                     retry_after_s=min(waits) if waits else None)
 
     async def _with_retries(self, step: str, request: GenerationRequest, priority: str,
-                            deadline: float) -> RoutedStream:
+                            deadline: float, ledger: Ledger) -> RoutedStream:
         r = self._retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(r.retry_attempts) | stop_after_delay(r.retry_deadline_s),
@@ -251,9 +308,9 @@ class CascadeRouter:
                 number = attempt.retry_state.attempt_number
                 tagged = dataclasses.replace(request, request_id=f"{request.request_id}-{step}-{number}")
                 if step == AUTO_ROUTE:
-                    return await self._cascade_stream(tagged, priority, deadline)
+                    return await self._cascade_stream(tagged, priority, deadline, ledger)
                 tier = self._tiers[step]
-                return RoutedStream(Routing(route=step, served_by=step), await tier.open(tagged, priority, deadline))
+                return RoutedStream(Routing(route=step, served_by=step), await tier.open(tagged, priority, deadline, ledger))
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
@@ -273,11 +330,12 @@ class CascadeRouter:
 
         return RoutedStream(stream.routing, tee())
 
-    async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float) -> RoutedStream:
+    async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
+                              ledger: Ledger) -> RoutedStream:
         cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
-        answer = [chunk async for chunk in await cheap.open(probe, priority, deadline)]
+        answer = [chunk async for chunk in await cheap.open(probe, priority, deadline, ledger)]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
         decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap.name, escalated=decision.escalate,
@@ -285,7 +343,7 @@ class CascadeRouter:
         if decision.escalate:
             try:
                 escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong.name}")
-                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority, deadline))
+                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority, deadline, ledger))
             except ClientError:
                 raise
             except ServingError as exc:  # the strong tier failed: the cheap answer beats no answer

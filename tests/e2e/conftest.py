@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.otlp_receiver import SpanCollector
 from scripts.process_tree import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +63,10 @@ class Stack:
     gcs_address: str
     config: dict
     external: ExternalApi
+    metrics_url: str
+    """Ray's Prometheus endpoint on the head node."""
+    spans: SpanCollector
+    """Every span the stack's processes exported (the profile's tracing, pointed at this collector)."""
     api_key: str = API_KEYS[0]
 
     @property
@@ -129,9 +134,10 @@ def stack(tmp_path_factory) -> Stack:
     # need no shared secret.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs_port, dashboard_port, http_port = free_port(), free_port(), free_port()
+    gcs_port, dashboard_port, http_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     log_dir = tmp_path_factory.mktemp("logs")
+    spans = SpanCollector()
     external_process, external = start_external_api(log_dir)
     log = open(log_dir / "ray-start.log", "w")
     try:
@@ -139,13 +145,15 @@ def stack(tmp_path_factory) -> Stack:
             [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",
              f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={metrics_port}",
              f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1]},
+            env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1],
+                 "RAY_metrics_report_interval_ms": "2000"},  # metrics reach the endpoint within 2 s, not 10
         )
     except BaseException:
         stop_process_tree(external_process, marker=RUN_MARKER)
+        spans.close()
         raise
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
@@ -157,6 +165,8 @@ def stack(tmp_path_factory) -> Stack:
         # test saturates them it cannot carry the concurrent requests a remote provider would (even two
         # pass the 20 s first-token timeout), so the router is told its real capacity and patience here.
         backup.update(concurrency_slots=1, first_token_timeout_s=60)
+        args = config["applications"][0]["args"]
+        args["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint, "export_interval_ms": 500}}
         config_path = tmp_path_factory.mktemp("config") / "local-cpu.yaml"
         config_path.write_text(yaml.safe_dump(config))
         subprocess.run([BIN / "serve", "deploy", str(config_path), "-a", dashboard_url],
@@ -165,10 +175,12 @@ def stack(tmp_path_factory) -> Stack:
         http_url = f"http://127.0.0.1:{http_port}"
         wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
         wait_for("the external API", lambda: get_json(f"{external.base_url}/models"), timeout_s=DEPLOY_TIMEOUT_S)
-        yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external)
+        yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external,
+                    f"http://127.0.0.1:{metrics_port}/metrics", spans)
     finally:
         stop_cluster(head, dashboard_url)
         stop_process_tree(external_process, marker=RUN_MARKER)
+        spans.close()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -94,8 +94,20 @@ def test_policies_import_neither_ray_nor_vllm():
     code = (
         "import sys\n"
         "import serve_app.cascade, serve_app.config, serve_app.errors, serve_app.generation, "
-        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers, serve_app.access\n"
+        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers, serve_app.access, "
+        "serve_app.telemetry, serve_app.tracing, serve_app.metering, serve_app.efficiency\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch'))\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_span_exporter_is_named():
+    message = broken(lambda a: a.update(observability={"tracing": {"exporter": "jaeger"}}))
+    assert "observability.tracing.exporter" in message and "'otlp'" in message
+
+
+def test_prices_are_per_backend_kind():
+    message = broken(lambda a: a["tiers"]["cheap"].update(usd_per_million_output_tokens=1.0))
+    assert "tiers.cheap.usd_per_million_output_tokens" in message
+    assert "tiers.cheap.usd_per_replica_hour" in broken(lambda a: a["tiers"]["cheap"].update(usd_per_replica_hour=-1))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve_app.efficiency import ModelShape, bytes_per_step, mbu, mfu
+from serve_app.efficiency import ModelShape, bytes_per_step, count_parameters, mbu, mfu
 
 SMOLLM2 = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
            "num_hidden_layers": 30}
@@ -31,3 +31,18 @@ def test_mbu_counts_weights_once_per_step_and_kv_per_sequence():
 def test_mfu_is_two_flops_per_weight_per_token():
     shape = ModelShape(7_000_000_000, 32, 8, 128, 2, 2)
     assert mfu(shape, tpot_s=0.025, peak_flops=1e15, batch=64) == pytest.approx(2 * 7e9 * 64 / 0.025 / 1e15)
+
+
+def test_parameters_are_counted_from_safetensors_headers(tmp_path):
+    import json
+    import struct
+
+    def write(name, tensors):
+        header = json.dumps({"__metadata__": {"format": "pt"}, **{
+            k: {"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]} for k, shape in tensors.items()}}).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(header)) + header)
+
+    write("model-00001.safetensors", {"embed": [100, 8], "norm": [8]})
+    write("model-00002.safetensors", {"layer.0.w": [8, 8]})
+    (tmp_path / "config.json").write_text("{}")
+    assert count_parameters(tmp_path) == 800 + 8 + 64

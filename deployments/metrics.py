@@ -1,0 +1,138 @@
+"""Prometheus metrics through Ray's metrics endpoint (`ray.serve.metrics`, which tags each series
+with its application, deployment and replica). Ray prefixes every name with `ray_`; the Grafana
+dashboard in docs/grafana/ reads these names. vLLM's own engine metrics (`ray_vllm:*`) come from
+its Ray stat logger in deployments/engine.py.
+
+Thin: the router fills a `Ledger` per request (serve_app.telemetry) and hands it over here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from serve_app.circuit_breaker import BreakerState
+from serve_app.telemetry import Ledger
+
+LATENCY_BUCKETS_S = [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300]
+TOKEN_INTERVAL_BUCKETS_S = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2]
+CIRCUIT_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+ROUTER_METRICS = {
+    "serve_app_requests": "Requests by route, the backend that answered and outcome (serve_app.telemetry.OUTCOMES).",
+    "serve_app_attempts": "Tries at a backend by result: ok, or the error code that sent the request on (fallback reason).",
+    "serve_app_ttft_seconds": "Time from the request reaching the router to its first answer chunk.",
+    "serve_app_tpot_seconds": "Mean time per output token after the first, per request.",
+    "serve_app_e2e_seconds": "Time from the request reaching the router to the end of its answer.",
+    "serve_app_input_tokens": "Prompt tokens processed, per backend (every attempt, not only the one served).",
+    "serve_app_output_tokens": "Tokens generated, per backend (every attempt).",
+    "serve_app_cost_usd": "Estimated cost of the requests' attempts, per backend (configured prices).",
+    "serve_app_replica_seconds": "Engine replica time the requests held (processor sharing), per backend.",
+    "serve_app_circuit_state": "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.",
+    "serve_app_backend_in_flight": "Requests the router has in flight at each backend.",
+    "serve_app_backend_queued": "Requests in flight beyond the backend's concurrency slots (queued in Ray Serve).",
+}
+ENGINE_METRICS = {
+    "serve_app_engine_start_seconds": "Seconds each phase of the replica's start took (engine_init, warm_up).",
+    "serve_app_engine_mbu": "Model bandwidth utilization of the last answer: bytes read per decode step / TPOT / peak.",
+    "serve_app_engine_mfu": "Model FLOPs utilization of the last answer: 2 * parameters * batch / TPOT / peak.",
+    "serve_app_engine_peak_memory_bandwidth_bytes": "The peak memory bandwidth MBU is measured against (config or probe).",
+}
+"""Every metric this project defines, with its help text; the dashboard test checks against these."""
+
+
+class GaugeBoard:
+    """The last value of every gauge series, re-sent each second from a daemon thread: Ray (2.60)
+    drops a gauge series that was not set within two metric export intervals, so a value set once
+    (a start phase, a circuit state while idle) would otherwise vanish from the endpoint."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self._values: dict[tuple, tuple[Any, float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+        self._interval_s = interval_s
+        threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True).start()
+
+    def set(self, gauge, value: float, tags: dict[str, str]) -> None:
+        with self._lock:
+            self._values[(id(gauge), *sorted(tags.items()))] = (gauge, value, tags)
+        gauge.set(value, tags)
+
+    def _refresh(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            with self._lock:
+                values = list(self._values.values())
+            for gauge, value, tags in values:
+                gauge.set(value, tags)
+
+
+class RouterMetrics:
+    def __init__(self):
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        def counter(name, *tags):
+            return Counter(name, ROUTER_METRICS[name], tag_keys=tags)
+
+        def histogram(name, buckets):
+            return Histogram(name, ROUTER_METRICS[name], boundaries=buckets, tag_keys=("route", "served_by"))
+
+        def gauge(name):
+            return Gauge(name, ROUTER_METRICS[name], tag_keys=("backend",))
+
+        self._requests = counter("serve_app_requests", "route", "served_by", "outcome")
+        self._attempts = counter("serve_app_attempts", "backend", "result")
+        self._ttft = histogram("serve_app_ttft_seconds", LATENCY_BUCKETS_S)
+        self._tpot = histogram("serve_app_tpot_seconds", TOKEN_INTERVAL_BUCKETS_S)
+        self._e2e = histogram("serve_app_e2e_seconds", LATENCY_BUCKETS_S)
+        self._input_tokens = counter("serve_app_input_tokens", "backend")
+        self._output_tokens = counter("serve_app_output_tokens", "backend")
+        self._cost = counter("serve_app_cost_usd", "backend")
+        self._replica_seconds = counter("serve_app_replica_seconds", "backend")
+        self._board = GaugeBoard()
+        self._circuit = gauge("serve_app_circuit_state")
+        self._in_flight = gauge("serve_app_backend_in_flight")
+        self._queued = gauge("serve_app_backend_queued")
+
+    def record(self, ledger: Ledger) -> None:
+        routing = ledger.routing
+        route = routing.route if routing else ledger.route or "none"
+        served_by = routing.served_by if routing and ledger.error is None else "none"
+        self._requests.inc(1, {"route": route, "served_by": served_by, "outcome": ledger.outcome})
+        latency_tags = {"route": route, "served_by": served_by}
+        for histogram, value in ((self._ttft, ledger.ttft_s), (self._tpot, ledger.tpot_s), (self._e2e, ledger.e2e_s)):
+            if value is not None and ledger.error is None and not ledger.cancelled:
+                histogram.observe(value, latency_tags)
+        for attempt in ledger.attempts:
+            tags = {"backend": attempt.backend}
+            self._attempts.inc(1, {**tags, "result": attempt.error or "ok"})
+            for counter, value in ((self._input_tokens, attempt.input_tokens), (self._output_tokens, attempt.output_tokens),
+                                   (self._cost, attempt.cost_usd), (self._replica_seconds, attempt.replica_seconds)):
+                if value:
+                    counter.inc(value, tags)
+
+    def backends(self, states: dict[str, tuple[BreakerState, int, int]]) -> None:
+        """Per backend: (circuit state, requests in flight, concurrency slots)."""
+        for backend, (state, in_flight, slots) in states.items():
+            tags = {"backend": backend}
+            self._board.set(self._circuit, CIRCUIT_VALUE[state], tags)
+            self._board.set(self._in_flight, in_flight, tags)
+            self._board.set(self._queued, max(0, in_flight - slots), tags)
+
+
+class EngineMetrics:
+    def __init__(self, tier: str):
+        from ray.serve.metrics import Gauge
+
+        self._tags = {"tier": tier}
+        self._board = GaugeBoard()
+        self._gauges = {name: Gauge(name, text, tag_keys=("tier", "phase") if name.endswith("start_seconds") else ("tier",))
+                        for name, text in ENGINE_METRICS.items()}
+
+    def start_phase(self, phase: str, seconds: float) -> None:
+        self._board.set(self._gauges["serve_app_engine_start_seconds"], seconds, {**self._tags, "phase": phase})
+
+    def efficiency(self, mbu: float, mfu: float, peak_bytes_per_s: float) -> None:
+        for name, value in (("serve_app_engine_mbu", mbu), ("serve_app_engine_mfu", mfu),
+                            ("serve_app_engine_peak_memory_bandwidth_bytes", peak_bytes_per_s)):
+            self._board.set(self._gauges[name], value, self._tags)

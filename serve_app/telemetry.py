@@ -1,0 +1,137 @@
+"""The record of one request: every attempt at a backend, what was served, how fast and at what cost.
+
+The router fills a `Ledger` while it routes (one `Attempt` per try at a backend, cascade steps and
+fallbacks included); when the request ends, the deployment turns it into metrics and span
+attributes. Pure: no Ray, no OpenTelemetry; times come from an injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from serve_app.errors import ClientError, Overloaded, ServingError
+from serve_app.generation import GenerationChunk
+from serve_app.protocol import Routing
+
+OUTCOMES = ("served", "escalated", "fallback", "cached", "shed", "rejected", "failed", "cancelled")
+"""How a request ended: answered by its route's own backend, by the strong tier after the cascade
+escalated, by a fallback step, from the answer cache; refused at capacity (503), refused as a
+client error (4xx), failed; or abandoned by the client before the answer ended."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at one backend."""
+
+    backend: str
+    number: int
+    """1 for the first try at this backend within the request, 2 for its retry, ..."""
+    started_s: float
+    first_token_s: float | None = None
+    finished_s: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    replica_seconds: float = 0.0
+    """Share of an engine replica the attempt held (processor sharing), as the engine metered it."""
+    cost_usd: float = 0.0
+    error: str | None = None
+    """The error code when the attempt failed (e.g. timeout, overloaded, circuit_open)."""
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.started_s
+
+
+@dataclass(slots=True)
+class Ledger:
+    """Everything the router did for one request."""
+
+    started_s: float
+    attempts: list[Attempt] = field(default_factory=list)
+    route: str | None = None
+    """The route the request's model named, once resolved."""
+    routing: Routing | None = None
+    first_byte_s: float | None = None
+    """When the first answer chunk left the router (what the client's TTFT measures)."""
+    finished_s: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """Of the answer served (the usage the client sees); other attempts' tokens are in `attempts`."""
+    finish_reason: str | None = None
+    error: ServingError | None = None
+    cancelled: bool = False
+    """The client went away before the answer ended."""
+    output_text: list[str] | None = None
+    """The answer's text, kept only when traces record content."""
+
+    def attempt(self, backend: str, now: float) -> Attempt:
+        number = 1 + sum(a.backend == backend for a in self.attempts)
+        self.attempts.append(Attempt(backend, number, now))
+        return self.attempts[-1]
+
+    @property
+    def cost_usd(self) -> float:
+        """Every attempt's cost: a cascade pays for the cheap answer it threw away too."""
+        return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_byte_s is None else self.first_byte_s - self.started_s
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.finished_s is None else self.finished_s - self.started_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time between output tokens after the first, as vLLM's benchmark defines it."""
+        if self.first_byte_s is None or self.finished_s is None or self.output_tokens < 2:
+            return None
+        return (self.finished_s - self.first_byte_s) / (self.output_tokens - 1)
+
+    @property
+    def outcome(self) -> str:
+        if self.error is not None:
+            if isinstance(self.error, ClientError):
+                return "rejected"
+            return "shed" if isinstance(self.error, Overloaded) and self.first_byte_s is None else "failed"
+        if self.cancelled:
+            return "cancelled"
+        routing = self.routing
+        if routing is None:
+            return "failed"
+        if routing.served_by == "cache":
+            return "cached"
+        if routing.fallback_reason:
+            return "fallback"
+        return "escalated" if routing.escalated else "served"
+
+    @property
+    def failed_attempts(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.error is not None]
+
+
+async def watched(chunks: AsyncIterator[GenerationChunk], ledger: Ledger, clock: Callable[[], float],
+                  on_end: Callable[[Ledger], None]) -> AsyncIterator[GenerationChunk]:
+    """`chunks` as they are, noting the first byte, the usage and how the answer ended in `ledger`;
+    `on_end` runs once the stream is over, however it ends."""
+    try:
+        async for chunk in chunks:
+            if ledger.first_byte_s is None:
+                ledger.first_byte_s = clock()
+            ledger.input_tokens, ledger.output_tokens = chunk.prompt_tokens, chunk.completion_tokens
+            ledger.finish_reason = chunk.finish_reason or ledger.finish_reason
+            if ledger.output_text is not None:
+                ledger.output_text.append(chunk.text)
+            yield chunk
+    except ServingError as exc:
+        ledger.error = exc
+        raise
+    except BaseException:
+        ledger.cancelled = True
+        raise
+    finally:
+        await chunks.aclose()  # at once, not when collected: it releases the backend's slot
+        ledger.finished_s = clock()
+        on_end(ledger)
