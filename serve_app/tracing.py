@@ -106,7 +106,7 @@ def end_request(span: Span, ledger: Ledger, output: str | None = None) -> None:
         "gen_ai.usage.input_tokens": ledger.input_tokens if routing else None,
         "gen_ai.usage.output_tokens": ledger.output_tokens if routing else None,
         "gen_ai.response.finish_reasons": [ledger.finish_reason] if ledger.finish_reason else None,
-        "gen_ai.output.messages": output,
+        "gen_ai.output.messages": None if output is None else json.dumps([{"role": "assistant", "content": output}]),
     })
     if routing is not None:
         _set(span, {

@@ -161,3 +161,15 @@ def test_tpot_and_ttft_come_from_first_byte_and_end():
     ledger = Ledger(10.0, first_byte_s=10.5, finished_s=12.5, output_tokens=5)
     assert (ledger.ttft_s, ledger.e2e_s, ledger.tpot_s) == (0.5, 2.5, 0.5)
     assert Ledger(0.0, first_byte_s=1.0, finished_s=2.0, output_tokens=1).tpot_s is None
+
+
+def test_content_is_on_the_span_only_when_the_caller_passes_it():
+    messages = [{"role": "user", "content": "secret"}]
+    recorded = tracing.start_request("chat", "cheap", tracing.extract({}), messages, {"max_tokens": 4})
+    tracing.end_request(recorded, Ledger(0.0), output="answer")
+    plain = tracing.start_request("chat", "cheap", tracing.extract({}), None, {"max_tokens": 4})
+    tracing.end_request(plain, Ledger(0.0))
+    first, second = EXPORTER.get_finished_spans()
+    assert first.attributes["gen_ai.input.messages"] == '[{"role": "user", "content": "secret"}]'
+    assert first.attributes["gen_ai.output.messages"] == '[{"role": "assistant", "content": "answer"}]'
+    assert not any(k.startswith(("gen_ai.input", "gen_ai.output")) for k in second.attributes)
