@@ -20,8 +20,8 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import EngineMetrics
-from serve_app import efficiency, tracing
-from serve_app.config import TracingConfig
+from serve_app import efficiency, model_store, tracing
+from serve_app.config import ModelStoreConfig, TracingConfig
 from serve_app.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.metering import ProcessorSharing
@@ -67,7 +67,8 @@ class _Efficiency:
 class LLMServer:
     def __init__(self, model: str, engine_kwargs: dict[str, Any], served_model_name: str | None = None,
                  tier: str = "llm", tracing_config: dict[str, Any] | None = None,
-                 peak_memory_bandwidth_gb_s: float | None = None, peak_tflops: float | None = None):
+                 peak_memory_bandwidth_gb_s: float | None = None, peak_tflops: float | None = None,
+                 model_store: dict[str, Any] | None = None):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -76,6 +77,9 @@ class LLMServer:
         tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
         self._tier = tier
         self._metrics = EngineMetrics(tier)
+        self._model = served_model_name or model
+        if model.startswith("s3://"):
+            model = self._fetch(model, ModelStoreConfig.model_validate(model_store or {}))
         started = time.monotonic()
         # vLLM's own metrics (vllm:num_requests_running, KV cache usage, ...) go to Ray's endpoint too.
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs),
@@ -83,7 +87,6 @@ class LLMServer:
         self._metrics.start_phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
-        self._model = served_model_name or model
         self._meter = ProcessorSharing(time.monotonic)
         self._efficiency = None
         if Path(model).is_dir():
@@ -91,6 +94,19 @@ class LLMServer:
             self._efficiency = _Efficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
                                            _probe_peaks(peak_memory_bandwidth_gb_s, peak_tflops))
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
+
+    def _fetch(self, uri: str, store: ModelStoreConfig) -> str:
+        """The model into this node's cache (once per node: other replicas wait on the lock), timed."""
+        cache_dir = model_store.node_cache_dir(store.cache_dir)
+        result = model_store.ensure_cached(uri, cache_dir, settings=store.transfer(), verify_checksums=store.verify_checksums)
+        self._metrics.start_phase("fetch", result.seconds)
+        logger.info("model %s in %s: %.1f s, %.0f MB downloaded (%.0f MB/s)", uri, result.path, result.seconds,
+                    result.downloaded_bytes / 1e6, result.bytes_per_s / 1e6)
+        if store.warm_page_cache:
+            warm_started = time.monotonic()
+            model_store.warm_page_cache(result.path)
+            self._metrics.start_phase("page_cache_warm", time.monotonic() - warm_started)
+        return str(result.path)
 
     def _vllm_trace_headers(self, request: GenerationRequest) -> dict[str, str] | None:
         """vLLM's own request span joins the trace when its engine exports spans (engine_kwargs

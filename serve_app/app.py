@@ -23,6 +23,7 @@ def build_app(args: dict[str, Any]) -> Application:
         name: LLMServer.options(name=f"llm-{name}", **tier.replica_options()).bind(
             tier.resolved_model(), tier.engine_kwargs, tier.served_model_name, name,
             config.observability.tracing.model_dump(), tier.peak_memory_bandwidth_gb_s, tier.peak_tflops,
+            config.model_store.model_dump(),
         )
         for name, tier in config.tiers.items()
     }

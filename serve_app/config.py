@@ -70,7 +70,8 @@ class TierConfig(BackendLimits):
     """One model tier: a vLLM engine deployment."""
 
     model_source: str
-    """A local folder (absolute, or starting with ./ relative to the project root) or a hub model id."""
+    """A local folder (absolute, or starting with ./ relative to the project root), an s3://bucket/prefix
+    uploaded by scripts/model_store.py (fetched into each node's cache, see `model_store`), or a hub id."""
     served_model_name: str | None = None
     """Name of the underlying model reported by the engine; defaults to `model_source`."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -117,6 +118,10 @@ class TierConfig(BackendLimits):
     @property
     def price(self) -> Price:
         return Price(usd_per_replica_hour=self.usd_per_replica_hour)
+
+    @property
+    def from_s3(self) -> bool:
+        return self.model_source.startswith("s3://")
 
     def resolved_model(self) -> str:
         if self.model_source.startswith("./"):
@@ -234,6 +239,31 @@ class AccessConfig(StrictModel):
     """Largest request body accepted (413 beyond it)."""
 
 
+class ModelStoreConfig(StrictModel):
+    """How replicas fetch `s3://` model sources into their node's cache (serve_app.model_store). The
+    endpoint, region and credentials are boto3's own (AWS_ENDPOINT_URL_S3, AWS_PROFILE, roles, ...)."""
+
+    cache_dir: str = "/tmp/serve_app/models"
+    """Node-local cache folder; a node may override it with SERVE_APP_MODEL_CACHE_DIR in its environment."""
+    max_concurrency: PositiveInt = 8
+    """Concurrent ranged GETs per file."""
+    chunk_size_mb: int = Field(8, ge=5)
+    """Size of each ranged GET (S3 multipart parts are at least 5 MiB)."""
+    max_attempts: PositiveInt = 3
+    """Tries per S3 call (botocore's standard retry mode, with backoff)."""
+    verify_checksums: bool = True
+    """Check each file's sha256 against the manifest after download and before using a cached copy
+    (sizes are always checked)."""
+    warm_page_cache: bool = False
+    """Read the weights once before the engine starts, so it loads them from memory."""
+
+    def transfer(self):
+        from serve_app.model_store import TransferSettings
+
+        return TransferSettings(max_concurrency=self.max_concurrency, chunk_size_bytes=self.chunk_size_mb * 2**20,
+                                max_attempts=self.max_attempts)
+
+
 class TracingConfig(StrictModel):
     """OpenTelemetry traces of every request (serve_app.tracing)."""
 
@@ -279,6 +309,8 @@ class AppConfig(StrictModel):
     """Fallback chains and circuit breakers."""
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     """Traces."""
+    model_store: ModelStoreConfig = Field(default_factory=ModelStoreConfig)
+    """Fetching s3:// model sources into each node's cache."""
 
     @model_validator(mode="after")
     def _routes_are_consistent(self) -> AppConfig:

@@ -67,6 +67,8 @@ class Stack:
     """Ray's Prometheus endpoint on the head node."""
     spans: SpanCollector
     """Every span the stack's processes exported (the profile's tracing, pointed at this collector)."""
+    model_cache_dir: Path
+    """The node's model cache, where the cheap tier's weights land from S3."""
     api_key: str = API_KEYS[0]
 
     @property
@@ -122,6 +124,29 @@ def wait_until_running(dashboard_url: str) -> None:
         time.sleep(3)
 
 
+CHEAP_S3_URI = "s3://models/smollm2-135m-instruct-pruned/v1"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def start_model_store() -> tuple[object, dict[str, str]]:
+    """A real S3 endpoint over HTTP on 127.0.0.1 (moto's server) holding the cheap model, uploaded with
+    the project's own tool; returns the server and the environment that points boto3 at it."""
+    from moto.server import ThreadedMotoServer
+
+    from serve_app.model_store import upload
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}"}
+    os.environ.update(env)  # this process uploads; the cluster's processes get `env` explicitly
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="models")
+    upload(ROOT / "models" / "smollm2-135m-instruct-pruned", CHEAP_S3_URI)
+    return server, env
+
+
 def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
     with contextlib.suppress(Exception):
         subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], timeout=120, capture_output=True)
@@ -138,6 +163,8 @@ def stack(tmp_path_factory) -> Stack:
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     log_dir = tmp_path_factory.mktemp("logs")
     spans = SpanCollector()
+    store, s3_env = start_model_store()
+    model_cache_dir = tmp_path_factory.mktemp("model-cache")
     external_process, external = start_external_api(log_dir)
     log = open(log_dir / "ray-start.log", "w")
     try:
@@ -149,11 +176,13 @@ def stack(tmp_path_factory) -> Stack:
              f"--runtime-env-agent-port={free_port()}", "--num-cpus=4", f"--temp-dir={temp_dir}"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "SERVE_APP_API_KEYS": ",".join(API_KEYS), RUN_MARKER[0]: RUN_MARKER[1],
-                 "RAY_metrics_report_interval_ms": "2000"},  # metrics reach the endpoint within 2 s, not 10
+                 "RAY_metrics_report_interval_ms": "2000",  # metrics reach the endpoint within 2 s, not 10
+                 **s3_env, "SERVE_APP_MODEL_CACHE_DIR": str(model_cache_dir)},
         )
     except BaseException:
         stop_process_tree(external_process, marker=RUN_MARKER)
         spans.close()
+        store.stop()
         raise
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
@@ -166,6 +195,7 @@ def stack(tmp_path_factory) -> Stack:
         # pass the 20 s first-token timeout), so the router is told its real capacity and patience here.
         backup.update(concurrency_slots=1, first_token_timeout_s=60)
         args = config["applications"][0]["args"]
+        args["tiers"]["cheap"]["model_source"] = CHEAP_S3_URI  # fetched from S3 into the node's cache
         args["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint, "export_interval_ms": 500}}
         config_path = tmp_path_factory.mktemp("config") / "local-cpu.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -176,11 +206,12 @@ def stack(tmp_path_factory) -> Stack:
         wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
         wait_for("the external API", lambda: get_json(f"{external.base_url}/models"), timeout_s=DEPLOY_TIMEOUT_S)
         yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external,
-                    f"http://127.0.0.1:{metrics_port}/metrics", spans)
+                    f"http://127.0.0.1:{metrics_port}/metrics", spans, model_cache_dir)
     finally:
         stop_cluster(head, dashboard_url)
         stop_process_tree(external_process, marker=RUN_MARKER)
         spans.close()
+        store.stop()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -95,7 +95,7 @@ def test_policies_import_neither_ray_nor_vllm():
         "import sys\n"
         "import serve_app.cascade, serve_app.config, serve_app.errors, serve_app.generation, "
         "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers, serve_app.access, "
-        "serve_app.telemetry, serve_app.tracing, serve_app.metering, serve_app.efficiency\n"
+        "serve_app.telemetry, serve_app.tracing, serve_app.metering, serve_app.efficiency, serve_app.model_store\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch'))\n"
         "assert not heavy, heavy\n"
     )
@@ -111,3 +111,12 @@ def test_prices_are_per_backend_kind():
     message = broken(lambda a: a["tiers"]["cheap"].update(usd_per_million_output_tokens=1.0))
     assert "tiers.cheap.usd_per_million_output_tokens" in message
     assert "tiers.cheap.usd_per_replica_hour" in broken(lambda a: a["tiers"]["cheap"].update(usd_per_replica_hour=-1))
+
+
+def test_an_s3_model_source_is_kept_as_a_uri():
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    args["tiers"]["cheap"]["model_source"] = "s3://models/cheap/v1"
+    config = AppConfig.model_validate(args)
+    assert config.tiers["cheap"].from_s3 and config.tiers["cheap"].resolved_model() == "s3://models/cheap/v1"
+    assert config.model_store.transfer().chunk_size_bytes == 8 * 2**20
+    assert "model_store.chunk_size_mb" in broken(lambda a: a.update(model_store={"chunk_size_mb": 1}))
