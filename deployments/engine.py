@@ -69,14 +69,17 @@ class LLMServer:
                  tier: str = "llm", tracing_config: dict[str, Any] | None = None,
                  peak_memory_bandwidth_gb_s: float | None = None, peak_tflops: float | None = None,
                  model_store: dict[str, Any] | None = None):
+        imports_started = time.monotonic()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-        check_engine_kwargs(engine_kwargs)
-        tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
         self._tier = tier
         self._metrics = EngineMetrics(tier)
+        self._start_phases: dict[str, float] = {}
+        self._phase("import", time.monotonic() - imports_started)
+        check_engine_kwargs(engine_kwargs)
+        tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
         self._model = served_model_name or model
         if model.startswith("s3://"):
             model = self._fetch(model, ModelStoreConfig.model_validate(model_store or {}))
@@ -84,7 +87,7 @@ class LLMServer:
         # vLLM's own metrics (vllm:num_requests_running, KV cache usage, ...) go to Ray's endpoint too.
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs),
                                                  stat_loggers=[RayPrometheusStatLogger])
-        self._metrics.start_phase("engine_init", time.monotonic() - started)
+        self._phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
         self._max_model_len = self._engine.model_config.max_model_len
         self._meter = ProcessorSharing(time.monotonic)
@@ -99,19 +102,27 @@ class LLMServer:
         """The model into this node's cache (once per node: other replicas wait on the lock), timed."""
         cache_dir = model_store.node_cache_dir(store.cache_dir)
         result = model_store.ensure_cached(uri, cache_dir, settings=store.transfer(), verify_checksums=store.verify_checksums)
-        self._metrics.start_phase("fetch", result.seconds)
+        self._phase("fetch", result.seconds)
         logger.info("model %s in %s: %.1f s, %.0f MB downloaded (%.0f MB/s)", uri, result.path, result.seconds,
                     result.downloaded_bytes / 1e6, result.bytes_per_s / 1e6)
         if store.warm_page_cache:
             warm_started = time.monotonic()
             model_store.warm_page_cache(result.path)
-            self._metrics.start_phase("page_cache_warm", time.monotonic() - warm_started)
+            self._phase("page_cache_warm", time.monotonic() - warm_started)
         return str(result.path)
 
     def _vllm_trace_headers(self, request: GenerationRequest) -> dict[str, str] | None:
         """vLLM's own request span joins the trace when its engine exports spans (engine_kwargs
         otlp_traces_endpoint); without it vLLM would warn on every request."""
         return (request.trace_context or None) if self._engine.observability_config.otlp_traces_endpoint else None
+
+    def _phase(self, name: str, seconds: float) -> None:
+        self._start_phases[name] = seconds
+        self._metrics.start_phase(name, seconds)
+
+    async def start_phases(self) -> dict[str, float]:
+        """Seconds each phase of this replica's start took (import, fetch, page_cache_warm, engine_init)."""
+        return dict(self._start_phases)
 
     async def model_info(self) -> dict[str, Any]:
         return {"model": self._model, "max_model_len": self._max_model_len}

@@ -34,7 +34,7 @@ ROUTER_METRICS = {
     "serve_app_backend_queued": "Requests in flight beyond the backend's concurrency slots (queued in Ray Serve).",
 }
 ENGINE_METRICS = {
-    "serve_app_engine_start_seconds": "Seconds each phase of the replica's start took (fetch, page_cache_warm, engine_init).",
+    "serve_app_engine_start_seconds": "Seconds each phase of the replica's start took (import, fetch, page_cache_warm, engine_init).",
     "serve_app_engine_mbu": "Model bandwidth utilization of the last answer: bytes read per decode step / TPOT / peak.",
     "serve_app_engine_mfu": "Model FLOPs utilization of the last answer: 2 * parameters * batch / TPOT / peak.",
     "serve_app_engine_peak_memory_bandwidth_bytes": "The peak memory bandwidth MBU is measured against (config or probe).",
