@@ -81,8 +81,10 @@ class LLMServer:
         check_engine_kwargs(engine_kwargs)
         tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
         self._model = served_model_name or model
+        self._fetched_bytes, self._served = 0, 0
         if model.startswith("s3://"):
             model = self._fetch(model, ModelStoreConfig.model_validate(model_store or {}))
+        self._model_path = model
         started = time.monotonic()
         # vLLM's own metrics (vllm:num_requests_running, KV cache usage, ...) go to Ray's endpoint too.
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs),
@@ -103,6 +105,7 @@ class LLMServer:
         cache_dir = model_store.node_cache_dir(store.cache_dir)
         result = model_store.ensure_cached(uri, cache_dir, settings=store.transfer(), verify_checksums=store.verify_checksums)
         self._phase("fetch", result.seconds)
+        self._fetched_bytes = result.downloaded_bytes
         logger.info("model %s in %s: %.1f s, %.0f MB downloaded (%.0f MB/s)", uri, result.path, result.seconds,
                     result.downloaded_bytes / 1e6, result.bytes_per_s / 1e6)
         if store.warm_page_cache:
@@ -123,6 +126,14 @@ class LLMServer:
     async def start_phases(self) -> dict[str, float]:
         """Seconds each phase of this replica's start took (import, fetch, page_cache_warm, engine_init)."""
         return dict(self._start_phases)
+
+    async def replica_info(self) -> dict[str, Any]:
+        """Where this replica runs and what it serves from: for operators and the multi-node tests."""
+        import ray
+
+        return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self._model_path,
+                "fetched_bytes": self._fetched_bytes, "start_phases": dict(self._start_phases), "served": self._served}
 
     async def model_info(self) -> dict[str, Any]:
         return {"model": self._model, "max_model_len": self._max_model_len}
@@ -209,6 +220,7 @@ class LLMServer:
                                  "serve_app.replica_seconds": held})
             if first_token_at is not None:
                 span.set_attribute("serve_app.ttft_s", first_token_at - joined)
+            self._served += finished
             if finished and produced > 1:
                 self._record_efficiency(first_token_at, held, joined, len(prompt_ids), produced)
             span.end()

@@ -32,6 +32,7 @@ ROUTER_METRICS = {
     "serve_app_circuit_state": "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.",
     "serve_app_backend_in_flight": "Requests the router has in flight at each backend.",
     "serve_app_backend_queued": "Requests in flight beyond the backend's concurrency slots (queued in Ray Serve).",
+    "serve_app_backend_slots": "Concurrency slots of each backend: per-replica slots times running replicas for a tier.",
 }
 ENGINE_METRICS = {
     "serve_app_engine_start_seconds": "Seconds each phase of the replica's start took (import, fetch, page_cache_warm, engine_init).",
@@ -93,6 +94,7 @@ class RouterMetrics:
         self._circuit = gauge("serve_app_circuit_state")
         self._in_flight = gauge("serve_app_backend_in_flight")
         self._queued = gauge("serve_app_backend_queued")
+        self._slots = gauge("serve_app_backend_slots")
 
     def record(self, ledger: Ledger) -> None:
         routing = ledger.routing
@@ -118,6 +120,7 @@ class RouterMetrics:
             self._board.set(self._circuit, CIRCUIT_VALUE[state], tags)
             self._board.set(self._in_flight, in_flight, tags)
             self._board.set(self._queued, max(0, in_flight - slots), tags)
+            self._board.set(self._slots, slots, tags)
 
 
 class EngineMetrics:

@@ -28,7 +28,7 @@ from deployments.metrics import RouterMetrics
 from serve_app import openai_format, telemetry, tracing
 from serve_app.access import KeyGate, load_api_keys
 from serve_app.admission import PRIORITY_BUDGET
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, engine_deployment
 from serve_app.errors import (
     BackendUnavailable,
     InvalidRequest,
@@ -54,6 +54,8 @@ from serve_app.telemetry import Ledger
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
 logger = logging.getLogger("ray.serve")
+REPLICA_POLL_S = 2.0
+"""How often the router reads each tier's running replicas from the Serve controller."""
 
 
 def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
@@ -157,6 +159,26 @@ class Router:
         self._metrics = RouterMetrics()
         self._metrics.backends(self._router.backend_states())
         self._record_content = self._config.observability.tracing.record_content
+        self._replica_watch: asyncio.Task | None = None
+
+    def _watch_replicas(self) -> None:
+        """Start (once, on the serving event loop) following each tier's running replicas."""
+        if self._replica_watch is None or self._replica_watch.done():
+            self._replica_watch = asyncio.get_running_loop().create_task(self._follow_replicas())
+
+    async def _follow_replicas(self) -> None:
+        app = serve.get_replica_context().app_name
+        while True:
+            try:
+                deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
+                for tier in self._tiers:
+                    states = deployments[engine_deployment(tier)].replica_states
+                    running = sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
+                    self._router.set_running_replicas(tier, running)
+                self._metrics.backends(self._router.backend_states())
+            except Exception:  # the controller is busy or restarting: keep the last known capacity
+                logger.warning("could not read the tiers' replica counts", exc_info=True)
+            await asyncio.sleep(REPLICA_POLL_S)
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 
@@ -164,6 +186,7 @@ class Router:
                     timeout_s: float | None, trace_context: dict[str, str] | None) -> RoutedStream:
         """Route the request inside its trace's ingress span; the span ends and the metrics are
         recorded when the answer has been consumed, or here if routing fails."""
+        self._watch_replicas()
         chat = isinstance(request, ChatCompletionRequest)
         ledger = Ledger(time.monotonic(), output_text=[] if self._record_content else None)
         content = None
@@ -276,5 +299,6 @@ class Router:
     @api.get("/health")
     async def http_health(self) -> dict[str, Any]:
         """Open to all: liveness of the router and the circuit state of each tier."""
+        self._watch_replicas()
         self._metrics.backends(self._router.backend_states())
         return {"status": "ok", "circuits": self._router.breaker_states()}

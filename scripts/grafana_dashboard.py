@@ -48,9 +48,12 @@ PANELS = [
         ("sum(rate(ray_serve_app_output_tokens_total[5m])) / sum(rate(ray_serve_app_cost_usd_total[5m]))", "tokens / USD")]),
     ("Circuit state (0 closed, 1 half-open, 2 open)", "short",
      [("max by (backend) (ray_serve_app_circuit_state)", "{{backend}}")]),
-    ("In flight and queued per backend", "short", [
+    ("In flight, queued and slots per backend", "short", [
         ("sum by (backend) (ray_serve_app_backend_in_flight)", "in flight {{backend}}"),
-        ("sum by (backend) (ray_serve_app_backend_queued)", "queued {{backend}}")]),
+        ("sum by (backend) (ray_serve_app_backend_queued)", "queued {{backend}}"),
+        ("max by (backend) (ray_serve_app_backend_slots)", "slots {{backend}}")]),
+    ("Engine replicas running", "short", [
+        ('count by (deployment) (ray_serve_app_engine_start_seconds{phase="engine_init"})', "{{deployment}}")]),
     ("MBU / MFU by tier", "percentunit", [
         ("max by (tier) (ray_serve_app_engine_mbu)", "MBU {{tier}}"),
         ("max by (tier) (ray_serve_app_engine_mfu)", "MFU {{tier}}")]),

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, engine_deployment
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -20,7 +20,7 @@ def build_app(args: dict[str, Any]) -> Application:
     from deployments.router import Router
 
     tiers = {
-        name: LLMServer.options(name=f"llm-{name}", **tier.replica_options()).bind(
+        name: LLMServer.options(name=engine_deployment(name), **tier.replica_options()).bind(
             tier.resolved_model(), tier.engine_kwargs, tier.served_model_name, name,
             config.observability.tracing.model_dump(), tier.peak_memory_bandwidth_gb_s, tier.peak_tflops,
             config.model_store.model_dump(),

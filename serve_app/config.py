@@ -18,6 +18,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AUTO_ROUTE = "auto"
 
 
+def engine_deployment(tier: str) -> str:
+    """The Ray Serve deployment name of a tier's engine."""
+    return f"llm-{tier}"
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -33,6 +38,8 @@ class DeploymentOptions(StrictModel):
     """Requests one replica works on at once; the engine batches these continuously."""
     max_queued_requests: int = -1
     """Requests queued per caller before Ray Serve rejects them (-1: unbounded)."""
+    max_replicas_per_node: PositiveInt | None = None
+    """Spread replicas: at most this many on one node (e.g. 1 for one replica per GPU node)."""
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     """num_cpus, num_gpus, memory, resources, runtime_env of each replica."""
     health_check_period_s: float = Field(10.0, gt=0)
@@ -60,10 +67,11 @@ class BackendLimits(StrictModel):
     total_timeout_s: float = Field(600.0, gt=0)
     """The router abandons a generation on this backend that runs longer than this in all."""
     concurrency_slots: PositiveInt = 32
-    """Requests this backend serves at once without queueing (all replicas together): its measured
-    batching capacity at acceptable TPOT. For an engine tier, its deployment's max_ongoing_requests
-    times its replicas, so that Ray Serve queues the rest. Load shedding admits requests beyond it
-    only while their expected wait fits the TTFT target."""
+    """Requests this backend serves at once without queueing: its measured batching capacity at
+    acceptable TPOT. For an engine tier, per replica (at most its max_ongoing_requests, so that Ray
+    Serve queues the rest), and the router multiplies it by the replicas running at the moment
+    (autoscaling, a replica lost); for an external API, in all. Load shedding admits requests beyond
+    it only while their expected wait fits the TTFT target."""
 
 
 class TierConfig(BackendLimits):
@@ -96,17 +104,25 @@ class TierConfig(BackendLimits):
     is starting) and the request falls back. Null: only the first-token timeout applies."""
 
     @model_validator(mode="after")
-    def _slots_fit_the_replicas(self) -> TierConfig:
+    def _slots_fit_a_replica(self) -> TierConfig:
         options = self.deployment
-        replicas = options.num_replicas or (options.autoscaling_config or {}).get("min_replicas", 1)
-        if self.dispatch_timeout_s is not None and replicas == 0:
+        if self.dispatch_timeout_s is not None and self.initial_replicas == 0:
             raise ValueError("a tier that scales to zero waits for a replica to start: set dispatch_timeout_s: null")
-        if self.dispatch_timeout_s is not None and self.concurrency_slots > options.max_ongoing_requests * replicas:
+        if self.dispatch_timeout_s is not None and self.concurrency_slots > options.max_ongoing_requests:
             raise ValueError(
-                f"concurrency_slots ({self.concurrency_slots}) exceeds what {replicas} replica(s) take at once "
+                f"concurrency_slots ({self.concurrency_slots} per replica) exceeds what a replica takes at once "
                 f"(max_ongoing_requests {options.max_ongoing_requests}): requests would queue in Ray Serve while "
                 f"the router counts a free slot, and time out as if no replica were alive")
         return self
+
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas the tier starts with (and the router assumes until it sees the running count)."""
+        options = self.deployment
+        if options.num_replicas is not None:
+            return options.num_replicas
+        autoscaling = options.autoscaling_config or {}
+        return autoscaling.get("initial_replicas", autoscaling.get("min_replicas", 1))
 
     @field_validator("engine_kwargs")
     @classmethod

@@ -217,13 +217,14 @@ class CascadeRouter:
             name: Tier(
                 name, backend,
                 CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
-                TierLoad(tier.concurrency_slots, r.shed_ttft_target_s, clock),
+                TierLoad(tier.concurrency_slots * getattr(tier, "initial_replicas", 1), r.shed_ttft_target_s, clock),
                 tier.first_token_timeout_s, tier.total_timeout_s, getattr(tier, "dispatch_timeout_s", None),
                 tier.price, clock,
             )
             for name, backend in backends.items()
             for tier in [config.tiers.get(name) or config.external[name]]
         }
+        self._slots_per_replica = {name: tier.concurrency_slots for name, tier in config.tiers.items()}
         self._clock = clock
         self._cascade = config.cascade
         self._scorer = SCORERS[config.cascade.scorer]
@@ -237,6 +238,11 @@ class CascadeRouter:
     @property
     def routes(self) -> list[str]:
         return [AUTO_ROUTE, self._alias, *self._routable]
+
+    def set_running_replicas(self, tier: str, replicas: int) -> None:
+        """A tier's capacity follows its running replicas (autoscaling, a replica lost or replaced).
+        While none runs, one replica's slots stand in, so that estimates stay finite."""
+        self._tiers[tier].load.slots = self._slots_per_replica[tier] * max(1, replicas)
 
     def backend_states(self) -> dict[str, tuple[BreakerState, int, int]]:
         """Per backend: circuit state, requests in flight, concurrency slots."""

@@ -128,9 +128,18 @@ CHEAP_S3_URI = "s3://models/smollm2-135m-instruct-pruned/v1"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def start_model_store() -> tuple[object, dict[str, str]]:
+@pytest.fixture(scope="session")
+def s3_env():
     """A real S3 endpoint over HTTP on 127.0.0.1 (moto's server) holding the cheap model, uploaded with
-    the project's own tool; returns the server and the environment that points boto3 at it."""
+    the project's own tool; yields the environment that points boto3 at it."""
+    server, env = start_model_store()
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def start_model_store() -> tuple[object, dict[str, str]]:
     from moto.server import ThreadedMotoServer
 
     from serve_app.model_store import upload
@@ -154,7 +163,7 @@ def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
+def stack(tmp_path_factory, s3_env) -> Stack:
     # A throwaway loopback-only cluster: no token auth, so the CLI, the REST API and this driver
     # need no shared secret.
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -163,7 +172,6 @@ def stack(tmp_path_factory) -> Stack:
     dashboard_url = f"http://127.0.0.1:{dashboard_port}"
     log_dir = tmp_path_factory.mktemp("logs")
     spans = SpanCollector()
-    store, s3_env = start_model_store()
     model_cache_dir = tmp_path_factory.mktemp("model-cache")
     external_process, external = start_external_api(log_dir)
     log = open(log_dir / "ray-start.log", "w")
@@ -182,7 +190,6 @@ def stack(tmp_path_factory) -> Stack:
     except BaseException:
         stop_process_tree(external_process, marker=RUN_MARKER)
         spans.close()
-        store.stop()
         raise
     try:
         wait_for("the Ray dashboard", lambda: get_json(f"{dashboard_url}/api/version"), timeout_s=180)
@@ -211,7 +218,6 @@ def stack(tmp_path_factory) -> Stack:
         stop_cluster(head, dashboard_url)
         stop_process_tree(external_process, marker=RUN_MARKER)
         spans.close()
-        store.stop()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -71,9 +71,17 @@ def test_replicas_and_autoscaling_are_exclusive():
     assert "tiers.cheap.deployment" in message
 
 
-def test_slots_beyond_what_the_replicas_take_are_refused():
+def test_slots_beyond_what_a_replica_takes_are_refused():
     message = broken(lambda a: a["tiers"]["cheap"].update(concurrency_slots=1000))
-    assert "concurrency_slots (1000) exceeds" in message
+    assert "concurrency_slots (1000 per replica) exceeds" in message
+
+
+def test_initial_replicas_of_fixed_and_autoscaled_tiers():
+    config = AppConfig.model_validate(app_args("gpu.yaml"))
+    assert config.tiers["cheap"].initial_replicas == 1
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    args["tiers"]["cheap"]["deployment"].update(num_replicas=3)
+    assert AppConfig.model_validate(args).tiers["cheap"].initial_replicas == 3
 
 
 def test_scale_to_zero_needs_no_dispatch_timeout():

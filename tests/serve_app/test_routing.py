@@ -406,3 +406,13 @@ def test_an_unseen_request_still_fails_when_everything_fails():
     router, _, _ = make(strong=ServerError("down"))
     with pytest.raises(BackendUnavailable):
         open_and_drain(router, "strong", request())
+
+
+def test_a_tiers_capacity_follows_its_running_replicas():
+    router, _, _ = make()
+    states = router.backend_states()
+    assert states["cheap"][2] == 2                    # 2 slots per replica, 1 replica to start with
+    router.set_running_replicas("cheap", 3)
+    assert router.backend_states()["cheap"][2] == 6
+    router.set_running_replicas("cheap", 0)           # none running: one replica's worth stands in
+    assert router.backend_states()["cheap"][2] == 2

@@ -1,0 +1,75 @@
+"""Autoscaling of a tier: `serve deploy` turns on autoscaling for the cheap tier (an in-place update),
+sustained load scales it from one replica to two, the router's capacity follows, and with the load
+gone it scales back to one. The stack's original config is deployed again afterwards."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import threading
+
+import httpx
+import pytest
+import yaml
+
+from scripts.cost_report import find, scrape
+from tests.e2e.conftest import BIN, ROOT, app_status, wait_for, wait_until_running
+
+pytestmark = pytest.mark.e2e
+
+AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+               "upscale_delay_s": 3, "downscale_delay_s": 20, "look_back_period_s": 5}
+
+
+def deploy(stack, config: dict, tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([BIN / "serve", "deploy", str(path), "-a", stack.dashboard_url], cwd=ROOT, check=True, timeout=300)
+    wait_until_running(stack.dashboard_url)
+
+
+def running_replicas(stack, deployment: str) -> int:
+    replicas = app_status(stack.dashboard_url)["deployments"][deployment]["replicas"]
+    return sum(r["state"] == "RUNNING" for r in replicas)
+
+
+def test_the_cheap_tier_scales_out_under_load_and_back(stack, tmp_path):
+    scaled = copy.deepcopy(stack.config)
+    cheap = scaled["applications"][0]["args"]["tiers"]["cheap"]["deployment"]
+    cheap.update(num_replicas=None, autoscaling_config=AUTOSCALING)
+    deploy(stack, scaled, tmp_path)
+    stop, failures = threading.Event(), []
+
+    def load():
+        body = {"model": "cheap", "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 64,
+                "ignore_eos": True}
+        with httpx.Client(base_url=stack.base_url, headers=stack.headers, timeout=300) as http:
+            while not stop.is_set():
+                response = http.post("/chat/completions", json=body)
+                if response.status_code != 200:
+                    failures.append((response.status_code, response.text[:300]))
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    try:
+        assert running_replicas(stack, "llm-cheap") == 1
+        # The redeployed router starts each tier slowly (one request until a first token is seen), so
+        # warm it as any rollout would, before the load.
+        httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers, timeout=300, json={
+            "model": "cheap", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).raise_for_status()
+        for worker in workers:
+            worker.start()
+        wait_for("a second cheap replica", lambda: running_replicas(stack, "llm-cheap") == 2, timeout_s=420, every_s=3)
+        # The router's capacity for the tier follows: 8 slots per replica, two running.
+        wait_for("the router to count two replicas' slots", lambda: find(
+            scrape(stack.metrics_url), "ray_serve_app_backend_slots", backend="cheap") == [16.0], timeout_s=60, every_s=2)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=300)
+        assert not failures, failures
+        wait_for("the cheap tier back at one replica", lambda: running_replicas(stack, "llm-cheap") == 1,
+                 timeout_s=300, every_s=3)
+        wait_for("the router to count one replica's slots", lambda: find(
+            scrape(stack.metrics_url), "ray_serve_app_backend_slots", backend="cheap") == [8.0], timeout_s=60, every_s=2)
+    finally:
+        stop.set()
+        deploy(stack, stack.config, tmp_path)  # as the other tests expect it
