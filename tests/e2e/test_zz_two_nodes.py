@@ -91,14 +91,14 @@ def two_nodes(s3_env, tmp_path):
 
 
 def run_json(args: list, env: dict, timeout: float = 900):
-    """The JSON document a command prints last (after whatever Ray logs to stdout)."""
+    """The first JSON document a command prints (Ray logs around it on stdout)."""
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     for start in range(len(lines)):
         if lines[start].startswith(("[", "{")):
             try:
-                return json.loads("\n".join(lines[start:]))
+                return json.JSONDecoder().raw_decode("\n".join(lines[start:]))[0]
             except json.JSONDecodeError:
                 continue
     raise AssertionError(f"no JSON in the output: {result.stdout[-2000:]}")
