@@ -26,7 +26,7 @@ from cost_report import scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-               "upscale_delay_s": 3, "downscale_delay_s": 30, "look_back_period_s": 5}
+               "upscale_delay_s": 3, "downscale_delay_s": 30, "look_back_period_s": 6, "metrics_interval_s": 2}
 
 
 def free_port() -> int:
@@ -79,8 +79,12 @@ def main() -> None:
         body = {"model": "cheap", "messages": [{"role": "user", "content": "Tell me a long story."}],
                 "max_tokens": args.max_tokens, "ignore_eos": True}
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/v1", timeout=300)
-        http.post("/chat/completions", json=body).raise_for_status()  # warm
-        before = set(served_by_replica(metrics_url, "llm-cheap")) or None
+        http.post("/chat/completions", json=body).raise_for_status()  # warm, and mark the first replica
+        deadline = time.monotonic() + 60
+        while not (before := set(served_by_replica(metrics_url, "llm-cheap"))):
+            if time.monotonic() > deadline:
+                raise RuntimeError("Ray Serve's request counter never reached the metrics endpoint")
+            time.sleep(0.5)
         stop, answered, failed = threading.Event(), [], []
 
         def load():
@@ -101,7 +105,7 @@ def main() -> None:
                 marks.setdefault("decided", now)
             if states.get("RUNNING", 0) >= 2:
                 marks.setdefault("running", now)
-                new = {r: n for r, n in served_by_replica(metrics_url, "llm-cheap").items() if before and r not in before}
+                new = {r: n for r, n in served_by_replica(metrics_url, "llm-cheap").items() if r not in before}
                 if any(n > 0 for n in new.values()):
                     marks["serving"] = now
             time.sleep(0.5)
@@ -114,7 +118,7 @@ def main() -> None:
         phases = {}
         for (name, tags), value in scrape(metrics_url).items():
             labels = dict(tags)
-            if name == "ray_serve_app_engine_start_seconds" and labels.get("tier") == "cheap" and labels["replica"] not in (before or ()):
+            if name == "ray_serve_app_engine_start_seconds" and labels.get("tier") == "cheap" and labels["replica"] not in before:
                 phases[labels["phase"]] = round(value, 2)
         report = {
             "autoscaling_config": AUTOSCALING, "streams": args.streams, "max_tokens": args.max_tokens,

@@ -18,7 +18,7 @@ from tests.e2e.conftest import BIN, ROOT, app_status, wait_for, wait_until_runni
 pytestmark = pytest.mark.e2e
 
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-               "upscale_delay_s": 3, "downscale_delay_s": 20, "look_back_period_s": 5}
+               "upscale_delay_s": 3, "downscale_delay_s": 20, "look_back_period_s": 6, "metrics_interval_s": 2}
 
 
 def deploy(stack, config: dict, tmp_path) -> None:
