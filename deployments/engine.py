@@ -21,7 +21,7 @@ from ray import serve
 
 from deployments.metrics import EngineMetrics
 from serve_app import efficiency, model_store, tracing
-from serve_app.config import ModelStoreConfig, TracingConfig
+from serve_app.config import ModelStoreConfig, TierConfig, TracingConfig
 from serve_app.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.metering import ProcessorSharing
@@ -65,22 +65,24 @@ class _Efficiency:
 
 @serve.deployment(name="llm")
 class LLMServer:
-    def __init__(self, model: str, engine_kwargs: dict[str, Any], served_model_name: str | None = None,
-                 tier: str = "llm", tracing_config: dict[str, Any] | None = None,
-                 peak_memory_bandwidth_gb_s: float | None = None, peak_tflops: float | None = None,
+    def __init__(self, name: str, tier: dict[str, Any], tracing_config: dict[str, Any] | None = None,
                  model_store: dict[str, Any] | None = None):
+        """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's tracing and
+        model store settings."""
         imports_started = time.monotonic()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-        self._tier = tier
-        self._metrics = EngineMetrics(tier)
+        config = TierConfig.model_validate(tier)
+        model, engine_kwargs = config.resolved_model(), config.engine_kwargs
+        self._tier = name
+        self._metrics = EngineMetrics(name)
         self._start_phases: dict[str, float] = {}
         self._phase("import", time.monotonic() - imports_started)
         check_engine_kwargs(engine_kwargs)
         tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
-        self._model = served_model_name or model
+        self._model = config.served_model_name or model
         self._fetched_bytes, self._served = 0, 0
         if model.startswith("s3://"):
             model = self._fetch(model, ModelStoreConfig.model_validate(model_store or {}))
@@ -97,7 +99,7 @@ class LLMServer:
         if Path(model).is_dir():
             dtype = str(self._engine.model_config.dtype).removeprefix("torch.")
             self._efficiency = _Efficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
-                                           _probe_peaks(peak_memory_bandwidth_gb_s, peak_tflops))
+                                           _probe_peaks(config.peak_memory_bandwidth_gb_s, config.peak_tflops))
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
 
     def _fetch(self, uri: str, store: ModelStoreConfig) -> str:

@@ -102,7 +102,7 @@ def start_replica(uri: str, tier, store: dict, cache_dir: Path, env: dict[str, s
     options = tier.replica_options()
     options["ray_actor_options"]["runtime_env"]["env_vars"].update(env)
     app = LLMServer.options(name="cold-start", **options).bind(
-        uri, tier.engine_kwargs, None, "cold-start", None, None, None, {**store, "cache_dir": str(cache_dir)})
+        "cold-start", tier.model_copy(update={"model_source": uri}).model_dump(), None, {**store, "cache_dir": str(cache_dir)})
     started = time.monotonic()
     handle = serve.run(app, name="cold-start", route_prefix=None)
     ready_s = time.monotonic() - started

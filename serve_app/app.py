@@ -21,10 +21,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
     tiers = {
         name: LLMServer.options(name=engine_deployment(name), **tier.replica_options()).bind(
-            tier.resolved_model(), tier.engine_kwargs, tier.served_model_name, name,
-            config.observability.tracing.model_dump(), tier.peak_memory_bandwidth_gb_s, tier.peak_tflops,
-            config.model_store.model_dump(),
-        )
+            name, tier.model_dump(), config.observability.tracing.model_dump(), config.model_store.model_dump())
         for name, tier in config.tiers.items()
     }
     return Router.options(**config.router.deployment.serve_options()).bind(config.model_dump(), tiers)

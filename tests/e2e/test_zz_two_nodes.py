@@ -32,7 +32,7 @@ ray.init(address=address, log_to_driver=False)
 tier = AppConfig.model_validate(yaml.safe_load(open("configs/local-cpu.yaml"))["applications"][0]["args"]).tiers["cheap"]
 options = tier.replica_options()
 options.update(num_replicas=2, max_replicas_per_node=1)
-app = LLMServer.options(name="llm-cheap", **options).bind(uri, tier.engine_kwargs, None, "cheap")
+app = LLMServer.options(name="llm-cheap", **options).bind("cheap", tier.model_copy(update={"model_source": uri}).model_dump())
 handle = serve.run(app, name="two-nodes", route_prefix=None)
 
 async def ask(i):
