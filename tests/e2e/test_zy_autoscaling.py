@@ -28,6 +28,14 @@ def deploy(stack, config: dict, tmp_path) -> None:
     wait_until_running(stack.dashboard_url)
 
 
+def warm(stack, *models: str) -> None:
+    """A redeployed router starts each tier slowly (one request until it has seen a first token), so
+    warm it as any rollout would: one request per tier, one at a time."""
+    for model in models:
+        httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers, timeout=300, json={
+            "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).raise_for_status()
+
+
 def running_replicas(stack, deployment: str) -> int:
     replicas = app_status(stack.dashboard_url)["deployments"][deployment]["replicas"]
     return sum(r["state"] == "RUNNING" for r in replicas)
@@ -52,10 +60,7 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, tmp_path):
     workers = [threading.Thread(target=load, daemon=True) for _ in range(6)]
     try:
         assert running_replicas(stack, "llm-cheap") == 1
-        # The redeployed router starts each tier slowly (one request until a first token is seen), so
-        # warm it as any rollout would, before the load.
-        httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers, timeout=300, json={
-            "model": "cheap", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).raise_for_status()
+        warm(stack, "cheap")
         for worker in workers:
             worker.start()
         wait_for("a second cheap replica", lambda: running_replicas(stack, "llm-cheap") == 2, timeout_s=420, every_s=3)
@@ -72,4 +77,5 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, tmp_path):
             scrape(stack.metrics_url), "ray_serve_app_backend_slots", backend="cheap") == [8.0], timeout_s=60, every_s=2)
     finally:
         stop.set()
-        deploy(stack, stack.config, tmp_path)  # as the other tests expect it
+        deploy(stack, stack.config, tmp_path)  # as the other tests expect it, warmed
+        warm(stack, "cheap", "strong")
