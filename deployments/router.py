@@ -205,8 +205,7 @@ class Router:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 stream = await self._router.open(request.model, generation, priority, timeout_s, ledger)
         except BaseException as exc:
-            ledger.error = exc if isinstance(exc, ServingError) else None
-            ledger.cancelled = not isinstance(exc, ServingError)
+            telemetry.note_failure(ledger, exc)
             ledger.finished_s = time.monotonic()
             self._finish(ledger, span)
             raise

@@ -7,10 +7,11 @@ attributes. Pure: no Ray, no OpenTelemetry; times come from an injected clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from serve_app.errors import ClientError, Overloaded, ServingError
+from serve_app.errors import ClientError, Overloaded, ServerError, ServingError
 from serve_app.generation import GenerationChunk
 from serve_app.protocol import Routing
 
@@ -112,6 +113,17 @@ class Ledger:
         return [a for a in self.attempts if a.error is not None]
 
 
+def note_failure(ledger: Ledger, exc: BaseException) -> None:
+    """How a request that raised ended: a serving error as it is, the caller going away (cancellation,
+    a closed stream) as cancelled, anything else as an internal error."""
+    if isinstance(exc, ServingError):
+        ledger.error = exc
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        ledger.cancelled = True
+    else:
+        ledger.error = ServerError(f"internal error: {type(exc).__name__}")
+
+
 async def watched(chunks: AsyncIterator[GenerationChunk], ledger: Ledger, clock: Callable[[], float],
                   on_end: Callable[[Ledger], None]) -> AsyncIterator[GenerationChunk]:
     """`chunks` as they are, noting the first byte, the usage and how the answer ended in `ledger`;
@@ -125,11 +137,8 @@ async def watched(chunks: AsyncIterator[GenerationChunk], ledger: Ledger, clock:
             if ledger.output_text is not None:
                 ledger.output_text.append(chunk.text)
             yield chunk
-    except ServingError as exc:
-        ledger.error = exc
-        raise
-    except BaseException:
-        ledger.cancelled = True
+    except BaseException as exc:
+        note_failure(ledger, exc)
         raise
     finally:
         await chunks.aclose()  # at once, not when collected: it releases the backend's slot

@@ -14,7 +14,7 @@ from serve_app import tracing
 from serve_app.config import AppConfig
 from serve_app.errors import BackendUnavailable, InvalidRequest, Overloaded
 from serve_app.routing import CascadeRouter
-from serve_app.telemetry import Ledger, watched
+from serve_app.telemetry import Ledger, note_failure, watched
 from tests.serve_app.test_routing import Clock, FakeTier, request
 
 EXPORTER = InMemorySpanExporter()
@@ -173,3 +173,11 @@ def test_content_is_on_the_span_only_when_the_caller_passes_it():
     assert first.attributes["gen_ai.input.messages"] == '[{"role": "user", "content": "secret"}]'
     assert first.attributes["gen_ai.output.messages"] == '[{"role": "assistant", "content": "answer"}]'
     assert not any(k.startswith(("gen_ai.input", "gen_ai.output")) for k in second.attributes)
+
+
+@pytest.mark.parametrize(("error", "outcome"), [(asyncio.CancelledError(), "cancelled"), (GeneratorExit(), "cancelled"),
+                                                (KeyError("bug"), "failed"), (Overloaded("full"), "shed")])
+def test_how_a_request_that_raised_ended(error, outcome):
+    ledger = Ledger(0.0)
+    note_failure(ledger, error)
+    assert ledger.outcome == outcome
