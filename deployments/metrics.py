@@ -13,14 +13,16 @@ import time
 from typing import Any
 
 from serve_app.circuit_breaker import BreakerState
+from serve_app.rollout import ShadowRecord
 from serve_app.telemetry import Ledger
 
 LATENCY_BUCKETS_S = [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300]
 TOKEN_INTERVAL_BUCKETS_S = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2]
+AGREEMENT_BUCKETS = [0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]
 CIRCUIT_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 ROUTER_METRICS = {
-    "serve_app_requests": "Requests by route, the backend that answered and outcome (serve_app.telemetry.OUTCOMES).",
+    "serve_app_requests": "Requests by route, the tier that answered, its version and outcome (serve_app.telemetry.OUTCOMES).",
     "serve_app_attempts": "Tries at a backend by result: ok, or the error code that sent the request on (fallback reason).",
     "serve_app_ttft_seconds": "Time from the request reaching the router to its first answer chunk.",
     "serve_app_tpot_seconds": "Mean time per output token after the first, per request.",
@@ -33,6 +35,10 @@ ROUTER_METRICS = {
     "serve_app_backend_in_flight": "Requests the router has in flight at each backend.",
     "serve_app_backend_queued": "Requests in flight beyond the backend's concurrency slots (queued in Ray Serve).",
     "serve_app_backend_slots": "Concurrency slots of each backend: per-replica slots times running replicas for a tier.",
+    "serve_app_canary_percent": "Share of a tier's requests its canary version serves now (0 after a rollback).",
+    "serve_app_rollout_rollbacks": "Canaries the guard set back to 0 %, by tier and version.",
+    "serve_app_shadow_requests": "Copies of requests for a shadow version, by outcome (ok, error, shed).",
+    "serve_app_shadow_agreement": "Word-level agreement of a shadow's answer with the primary answer (1: the same).",
 }
 ENGINE_METRICS = {
     "serve_app_engine_start_seconds": "Seconds each phase of the replica's start took (import, fetch, page_cache_warm, engine_init).",
@@ -81,7 +87,7 @@ class RouterMetrics:
         def gauge(name):
             return Gauge(name, ROUTER_METRICS[name], tag_keys=("backend",))
 
-        self._requests = counter("serve_app_requests", "route", "served_by", "outcome")
+        self._requests = counter("serve_app_requests", "route", "served_by", "version", "outcome")
         self._attempts = counter("serve_app_attempts", "backend", "result")
         self._ttft = histogram("serve_app_ttft_seconds", LATENCY_BUCKETS_S)
         self._tpot = histogram("serve_app_tpot_seconds", TOKEN_INTERVAL_BUCKETS_S)
@@ -95,12 +101,19 @@ class RouterMetrics:
         self._in_flight = gauge("serve_app_backend_in_flight")
         self._queued = gauge("serve_app_backend_queued")
         self._slots = gauge("serve_app_backend_slots")
+        self._canary_percent = Gauge("serve_app_canary_percent", ROUTER_METRICS["serve_app_canary_percent"],
+                                     tag_keys=("tier", "version"))
+        self._rollbacks = counter("serve_app_rollout_rollbacks", "tier", "version")
+        self._shadows = counter("serve_app_shadow_requests", "tier", "version", "outcome")
+        self._agreement = Histogram("serve_app_shadow_agreement", ROUTER_METRICS["serve_app_shadow_agreement"],
+                                    boundaries=AGREEMENT_BUCKETS, tag_keys=("tier", "version"))
 
     def record(self, ledger: Ledger) -> None:
         routing = ledger.routing
         route = routing.route if routing else ledger.route or "none"
         served_by = routing.served_by if routing and ledger.error is None else "none"
-        self._requests.inc(1, {"route": route, "served_by": served_by, "outcome": ledger.outcome})
+        version = routing.version if routing and routing.version and ledger.error is None else "none"
+        self._requests.inc(1, {"route": route, "served_by": served_by, "version": version, "outcome": ledger.outcome})
         latency_tags = {"route": route, "served_by": served_by}
         for histogram, value in ((self._ttft, ledger.ttft_s), (self._tpot, ledger.tpot_s), (self._e2e, ledger.e2e_s)):
             if value is not None and ledger.error is None and not ledger.cancelled:
@@ -121,6 +134,21 @@ class RouterMetrics:
             self._board.set(self._in_flight, in_flight, tags)
             self._board.set(self._queued, max(0, in_flight - slots), tags)
             self._board.set(self._slots, slots, tags)
+
+    def rollouts(self, status: dict[str, dict]) -> None:
+        """The canary share of each tier that has a canary (serve_app.rollout.TierTraffic.status)."""
+        for tier, rollout in status.items():
+            if rollout["canary"] is not None:
+                self._board.set(self._canary_percent, rollout["canary_percent"], {"tier": tier, "version": rollout["canary"]})
+
+    def rollback(self, tier: str, version: str) -> None:
+        self._rollbacks.inc(1, {"tier": tier, "version": version})
+
+    def shadow(self, tier: str, record: ShadowRecord) -> None:
+        tags = {"tier": tier, "version": record.version}
+        self._shadows.inc(1, {**tags, "outcome": record.outcome})
+        if record.agreement is not None:
+            self._agreement.observe(record.agreement, tags)
 
 
 class EngineMetrics:

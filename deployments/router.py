@@ -28,7 +28,7 @@ from deployments.metrics import RouterMetrics
 from serve_app import openai_format, telemetry, tracing
 from serve_app.access import KeyGate, load_api_keys
 from serve_app.admission import PRIORITY_BUDGET
-from serve_app.config import AppConfig, engine_deployment
+from serve_app.config import AppConfig, RolloutConfig
 from serve_app.errors import (
     BackendUnavailable,
     InvalidRequest,
@@ -49,6 +49,7 @@ from serve_app.protocol import (
     ModelList,
     Routing,
 )
+from serve_app.rollout import RolledBack
 from serve_app.routing import CascadeRouter, RoutedStream
 from serve_app.telemetry import Ledger
 
@@ -86,6 +87,8 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
 def _headers(routing: Routing, span: trace.Span) -> dict[str, str]:
     headers = {"x-route": routing.route, "x-served-by": routing.served_by,
                "x-cascade-escalated": str(routing.escalated).lower()}
+    if routing.version is not None:
+        headers["x-served-version"] = routing.version
     if span.get_span_context().is_valid:
         headers["x-trace-id"] = format(span.get_span_context().trace_id, "032x")
     if routing.confidence is not None:
@@ -141,9 +144,10 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 @serve.deployment(name="router")
 @serve.ingress(api)
 class Router:
-    def __init__(self, config: dict[str, Any], tiers: dict[str, DeploymentHandle]):
+    def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
+        """`engines`: one handle per engine version, by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
-        self._tiers = tiers
+        self._engines = engines
         access = self._config.access
         keys = load_api_keys(access.api_keys_env, access.api_keys_file)
         if access.require_api_keys and not keys:
@@ -151,15 +155,37 @@ class Router:
                              f"or {access.api_keys_file}")
         self._gate = KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
         logger.info("API keys: %s", f"{len(keys)} configured" if keys else "none, authentication is off")
-        backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in tiers.items()}
+        backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in engines.items()}
         backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
-        self._router = CascadeRouter(backends, self._config, time.monotonic)
+        self._metrics = RouterMetrics()
+        self._router = CascadeRouter(backends, self._config, time.monotonic, on_rollback=self._rolled_back,
+                                     on_shadow=self._metrics.shadow)
+        self._rollout_error: str | None = None
         self._model_infos: dict[str, dict[str, Any]] | None = None
         tracing.configure(self._config.observability.tracing, self._config.observability.service_name)
-        self._metrics = RouterMetrics()
         self._metrics.backends(self._router.backend_states())
         self._record_content = self._config.observability.tracing.record_content
         self._replica_watch: asyncio.Task | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new rollout (serve_app.config.RolloutConfig), applied in place: in-flight requests finish on
+        the version they started on, new ones follow the new split. An invalid one is refused and the
+        current rollout stays (raising here would make Ray Serve replace this replica)."""
+        try:
+            rollouts = RolloutConfig.model_validate(user_config or {}).check(self._config)
+        except ValueError as exc:
+            self._rollout_error = str(exc)
+            logger.error("rollout config refused, the current one stays: %s", exc)
+            return
+        self._rollout_error = None
+        self._router.set_rollouts(rollouts)
+        self._metrics.rollouts(self._router.rollout_status())
+        logger.info("rollouts applied: %s", rollouts.model_dump(exclude_defaults=True) or "every tier on its default version")
+
+    def _rolled_back(self, tier: str, rollback: RolledBack) -> None:
+        logger.warning("canary %s@%s rolled back to 0 %%: %s", tier, rollback.version, rollback.reason)
+        self._metrics.rollback(tier, rollback.version)
+        self._metrics.rollouts(self._router.rollout_status())
 
     def _watch_replicas(self) -> None:
         """Start (once, on the serving event loop) following each tier's running replicas."""
@@ -171,10 +197,10 @@ class Router:
         while True:
             try:
                 deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
-                for tier in self._tiers:
-                    states = deployments[engine_deployment(tier)].replica_states
+                for engine in self._config.engine_versions():
+                    states = deployments[engine.deployment].replica_states
                     running = sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
-                    self._router.set_running_replicas(tier, running)
+                    self._router.set_running_replicas(engine.label, running)
                 self._metrics.backends(self._router.backend_states())
             except Exception:  # the controller is busy or restarting: keep the last known capacity
                 logger.warning("could not read the tiers' replica counts", exc_info=True)
@@ -183,7 +209,8 @@ class Router:
     # Python API (DeploymentHandle) ------------------------------------------------------------
 
     async def _open(self, request: ChatCompletionRequest | CompletionRequest, priority: str,
-                    timeout_s: float | None, trace_context: dict[str, str] | None) -> RoutedStream:
+                    timeout_s: float | None, trace_context: dict[str, str] | None,
+                    session_key: str | None = None) -> RoutedStream:
         """Route the request inside its trace's ingress span; the span ends and the metrics are
         recorded when the answer has been consumed, or here if routing fails."""
         self._watch_replicas()
@@ -202,6 +229,7 @@ class Router:
             if timeout_s is not None and not (0 < timeout_s < math.inf):
                 raise InvalidRequest("the request timeout must be a positive number of seconds", param="x-request-timeout")
             generation = openai_format.generation_request(request, self._config.router.default_max_tokens)
+            generation.session_key = session_key or generation.session_key
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 stream = await self._router.open(request.model, generation, priority, timeout_s, ledger)
         except BaseException as exc:
@@ -247,11 +275,18 @@ class Router:
         async for chunk in openai_format.completion_chunks(stream, request.include_usage):
             yield chunk
 
+    async def rollouts(self) -> dict[str, Any]:
+        """Per tier: the versions serving, canary and shadow shares, the guard's figures, any rollback,
+        recent shadow comparisons; and the last refused rollout config, if any."""
+        return {"tiers": self._router.rollout_status(), "config_error": self._rollout_error}
+
     async def models(self) -> ModelList:
-        if self._model_infos is None:  # asked once: a tier's model is fixed for the life of this router
-            infos = await asyncio.gather(*(h.model_info.remote() for h in self._tiers.values()))
-            self._model_infos = dict(zip(self._tiers, infos, strict=True))
-        by_tier = self._model_infos
+        if self._model_infos is None:  # asked once: an engine version's model is fixed for its life
+            infos = await asyncio.gather(*(h.model_info.remote() for h in self._engines.values()))
+            self._model_infos = dict(zip(self._engines, infos, strict=True))
+        status = self._router.rollout_status()
+        labels = {(e.tier, e.version): e.label for e in self._config.engine_versions()}
+        by_tier = {tier: self._model_infos[labels[tier, status[tier]["stable"]]] for tier in self._config.tiers}
         cascade = by_tier[self._config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
         shortest = min(info["max_model_len"] for info in by_tier.values())
@@ -272,7 +307,8 @@ class Router:
 
     async def _respond(self, raw: Request, request_type, whole, chunks) -> Response:
         request = await self._admit(raw, request_type)
-        stream = await self._open(request, raw.headers.get("x-priority", "normal"), _timeout_header(raw), raw.headers)
+        stream = await self._open(request, raw.headers.get("x-priority", "normal"), _timeout_header(raw), raw.headers,
+                                  raw.headers.get("x-session-id"))
         headers = _headers(stream.routing, stream.span)
         if request.stream:  # the cost is known only at the end: it is in the usage chunk, if asked for
             return StreamingResponse(_sse(chunks(stream, request.include_usage)),
@@ -294,6 +330,11 @@ class Router:
     async def http_models(self, raw: Request) -> ModelList:
         self._gate.admit(raw.headers.get("authorization"))
         return await self.models()
+
+    @api.get("/v1/rollouts")
+    async def http_rollouts(self, raw: Request) -> dict[str, Any]:
+        self._gate.admit(raw.headers.get("authorization"))
+        return await self.rollouts()
 
     @api.get("/health")
     async def http_health(self) -> dict[str, Any]:

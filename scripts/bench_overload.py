@@ -117,7 +117,7 @@ async def failover(duration_s: float, interval_s: float) -> dict:
 
     ray.init(address="auto", log_to_driver=False)  # the cluster `serve run` started (auth off, see start())
     try:
-        name = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-cheap" in a["name"])
+        name = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "llm-cheap-v1" in a["name"])
         async def timed(client: httpx.AsyncClient) -> dict:
             sent = time.perf_counter()
             return {**await one(client, "cheap", 7, 8), "sent_at": sent}

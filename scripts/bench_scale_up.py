@@ -81,7 +81,7 @@ def main() -> None:
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/v1", timeout=300)
         http.post("/chat/completions", json=body).raise_for_status()  # warm, and mark the first replica
         deadline = time.monotonic() + 60
-        while not (before := set(served_by_replica(metrics_url, "llm-cheap"))):
+        while not (before := set(served_by_replica(metrics_url, "llm-cheap-v1"))):
             if time.monotonic() > deadline:
                 raise RuntimeError("Ray Serve's request counter never reached the metrics endpoint")
             time.sleep(0.5)
@@ -99,13 +99,13 @@ def main() -> None:
             worker.start()
         marks: dict[str, float] = {}
         while "serving" not in marks and time.monotonic() - started < 900:
-            states = replica_states("llm", "llm-cheap")
+            states = replica_states("llm", "llm-cheap-v1")
             now = time.monotonic() - started
             if sum(states.values()) >= 2:
                 marks.setdefault("decided", now)
             if states.get("RUNNING", 0) >= 2:
                 marks.setdefault("running", now)
-                new = {r: n for r, n in served_by_replica(metrics_url, "llm-cheap").items() if r not in before}
+                new = {r: n for r, n in served_by_replica(metrics_url, "llm-cheap-v1").items() if r not in before}
                 if any(n > 0 for n in new.values()):
                     marks["serving"] = now
             time.sleep(0.5)
@@ -113,7 +113,7 @@ def main() -> None:
         for worker in workers:
             worker.join(timeout=300)
         stopped = time.monotonic()
-        while replica_states("llm", "llm-cheap").get("RUNNING", 0) > 1 and time.monotonic() - stopped < 600:
+        while replica_states("llm", "llm-cheap-v1").get("RUNNING", 0) > 1 and time.monotonic() - stopped < 600:
             time.sleep(1)
         phases = {}
         for (name, tags), value in scrape(metrics_url).items():

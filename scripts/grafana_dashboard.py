@@ -62,6 +62,14 @@ PANELS = [
         ("sum by (deployment) (ray_vllm:num_requests_running)", "running {{deployment}}"),
         ("sum by (deployment) (ray_vllm:num_requests_waiting)", "waiting {{deployment}}")]),
     ("vLLM: KV cache usage", "percentunit", [("max by (deployment) (ray_vllm:kv_cache_usage_perc)", "{{deployment}}")]),
+    ("Rollouts: requests by tier version, canary share, rollbacks", "short", [
+        ("sum by (served_by, version) (rate(ray_serve_app_requests_total[1m]))", "req/s {{served_by}}@{{version}}"),
+        ("max by (tier, version) (ray_serve_app_canary_percent)", "canary % {{tier}}@{{version}}"),
+        ("sum by (tier, version) (increase(ray_serve_app_rollout_rollbacks_total[1h]))", "rollbacks {{tier}}@{{version}}")]),
+    ("Shadow: copies by outcome, median agreement", "short", [
+        ("sum by (version, outcome) (rate(ray_serve_app_shadow_requests_total[1m]))", "{{version}} {{outcome}}"),
+        ("histogram_quantile(0.5, sum by (le, version) (rate(ray_serve_app_shadow_agreement_bucket[10m])))",
+         "agreement p50 {{version}}")]),
 ]
 
 

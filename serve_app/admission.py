@@ -10,9 +10,9 @@ That work is counted in tokens, so a queue of long answers weighs more than one 
     wait = ttft + work * tpot / slots                                       # slots decode in parallel
 
 and the request is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority,
-so low-priority traffic is shed first. A backend whose speed is not known yet (no first token seen)
-takes one request at a time: a slow start, as load balancers give new hosts, so that a burst is not
-sent to a backend that may not be able to carry it. Pure: the clock is injected; the router reports
+so low-priority traffic is shed first. A backend whose speed is not known yet (no first token seen,
+e.g. just after the router started) takes requests while it has a free slot, since its slots are what
+a replica carries at once, and nothing beyond: nothing is known yet to promise a queued request. Pure: the clock is injected; the router reports
 each request's start, first token, progress and end through its `Ticket`.
 """
 
@@ -80,8 +80,8 @@ class TierLoad:
         return sum(max(1.0, t.budget_tokens * share - t.produced) for t in self._in_flight)
 
     def estimate_wait_s(self) -> float:
-        if self.ttft.value is None:  # slow start: a backend not yet seen answering gets one request at a time
-            return 0.0 if self.in_flight == 0 else float("inf")
+        if self.ttft.value is None:  # speed unknown: its free slots, and no queue
+            return 0.0 if self.slot_free() else float("inf")
         if self.slot_free():
             return self.ttft.value
         if self.tpot.value is None:

@@ -10,18 +10,21 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig, engine_deployment
+from serve_app.config import AppConfig
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate the config tree (a bad field fails here, named) and wire router -> tier engines."""
+    """Validate the config tree (a bad field fails here, named) and wire the router to one engine
+    deployment per version of each tier. Traffic between versions is the router's user_config
+    (serve_app.config.RolloutConfig), set in the Serve config's `deployments` section."""
     config = AppConfig.model_validate(args)
     from deployments.engine import LLMServer
     from deployments.router import Router
 
-    tiers = {
-        name: LLMServer.options(name=engine_deployment(name), **tier.replica_options()).bind(
-            name, tier.model_dump(), config.observability.tracing.model_dump(), config.model_store.model_dump())
-        for name, tier in config.tiers.items()
+    engines = {
+        engine.label: LLMServer.options(name=engine.deployment, **engine.config.replica_options()).bind(
+            engine.label, engine.config.model_dump(), config.observability.tracing.model_dump(),
+            config.model_store.model_dump())
+        for engine in config.engine_versions()
     }
-    return Router.options(**config.router.deployment.serve_options()).bind(config.model_dump(), tiers)
+    return Router.options(**config.router.deployment.serve_options()).bind(config.model_dump(), engines)

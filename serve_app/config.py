@@ -6,6 +6,7 @@ so a typo fails `serve deploy` with a message naming the field instead of being 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,9 +19,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AUTO_ROUTE = "auto"
 
 
-def engine_deployment(tier: str) -> str:
-    """The Ray Serve deployment name of a tier's engine."""
-    return f"llm-{tier}"
+VERSION_NAME = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+VERSION_MERGED_FIELDS = ("engine_kwargs", "env_vars")
+"""Fields a version merges into the tier's (key by key); a version replaces every other field it sets."""
+
+
+def engine_deployment(tier: str, version: str) -> str:
+    """The Ray Serve deployment name of one version of a tier's engine."""
+    return f"llm-{tier}-{version}"
 
 
 class StrictModel(BaseModel):
@@ -40,6 +46,10 @@ class DeploymentOptions(StrictModel):
     """Requests queued per caller before Ray Serve rejects them (-1: unbounded)."""
     max_replicas_per_node: PositiveInt | None = None
     """Spread replicas: at most this many on one node (e.g. 1 for one replica per GPU node)."""
+    max_surge_percent: int | None = Field(None, ge=0, le=100)
+    """When `serve deploy` restarts replicas (a change of the app's args or code), start this share of
+    extra replicas first, so old ones keep serving until their replacements run (100: zero-downtime
+    restarts, at the price of that headroom); null: Ray's default, which stops old replicas first."""
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     """num_cpus, num_gpus, memory, resources, runtime_env of each replica."""
     health_check_period_s: float = Field(10.0, gt=0)
@@ -75,11 +85,19 @@ class BackendLimits(StrictModel):
 
 
 class TierConfig(BackendLimits):
-    """One model tier: a vLLM engine deployment."""
+    """One model tier: one vLLM engine deployment per version of its model."""
 
-    model_source: str
+    model_source: str | None = None
     """A local folder (absolute, or starting with ./ relative to the project root), an s3://bucket/prefix
-    uploaded by scripts/model_store.py (fetched into each node's cache, see `model_store`), or a hub id."""
+    uploaded by scripts/model_store.py (fetched into each node's cache, see `model_store`), or a hub id.
+    Null when every version is listed under `versions`."""
+    version: str = Field("v1", pattern=VERSION_NAME)
+    """Name of the version the tier's own fields describe; its engine deployment is llm-<tier>-<version>."""
+    versions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """More versions deployed beside it (canary, shadow, blue/green; see `rollouts`), by name: each is
+    this tier with the fields given replaced (engine_kwargs and env_vars merged key by key), e.g.
+    {v2: {model_source: s3://models/strong/v2}}. Adding or removing one changes the app's args, so Ray
+    Serve restarts every replica of the app (see `max_surge_percent`); moving traffic does not."""
     served_model_name: str | None = None
     """Name of the underlying model reported by the engine; defaults to `model_source`."""
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -102,6 +120,38 @@ class TierConfig(BackendLimits):
     """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
     acknowledges at once) before the tier counts as having no live replica (it died, its replacement
     is starting) and the request falls back. Null: only the first-token timeout applies."""
+
+    @model_validator(mode="after")
+    def _versions_are_tiers(self) -> TierConfig:
+        if self.versions:
+            self.all_versions()  # each version validates as a whole tier, naming its field on error
+        elif self.model_source is None:
+            raise ValueError("model_source is required (or list the tier's versions under `versions`)")
+        return self
+
+    def all_versions(self) -> dict[str, TierConfig]:
+        """Every version deployed, by name: the tier's own (when it names a model_source) first."""
+        base = self.model_dump(exclude={"versions", "version"}, exclude_unset=True)
+        found = {self.version: self.model_copy(update={"versions": {}})} if self.model_source else {}
+        for name, override in self.versions.items():
+            if name in found:
+                raise ValueError(f"versions: {name!r} is already the tier's own version")
+            merged = {**base, **override, "version": name}
+            for field in VERSION_MERGED_FIELDS:
+                merged[field] = {**base.get(field, {}), **override.get(field, {})}
+            if "versions" in override:
+                raise ValueError(f"versions.{name}: a version cannot list versions")
+            try:
+                found[name] = TierConfig.model_validate(merged)
+            except ValueError as exc:
+                raise ValueError(f"versions.{name}: {exc}") from None
+        return found
+
+    @property
+    def default_version(self) -> str:
+        """The version serving the tier's traffic unless a rollout says otherwise: the tier's own, else
+        the first listed."""
+        return next(iter(self.all_versions()))
 
     @model_validator(mode="after")
     def _slots_fit_a_replica(self) -> TierConfig:
@@ -196,6 +246,77 @@ class CascadeConfig(StrictModel):
         if value not in SCORERS:
             raise ValueError(f"unknown scorer {value!r}; choose one of {sorted(SCORERS)}")
         return value
+
+
+class CanaryGuardConfig(StrictModel):
+    """When a canary is set back to 0 %, compared with its tier's stable version over recent requests."""
+
+    min_requests: PositiveInt = 20
+    """Canary requests seen before the guard judges (fewer say little)."""
+    window: PositiveInt = 200
+    """Recent requests per version the comparison uses."""
+    max_error_rate_increase: float = Field(0.05, ge=0.0, le=1.0)
+    """Roll back when the canary's share of failed requests exceeds the stable version's by more than this."""
+    max_ttft_ratio: float | None = Field(2.0, gt=1.0)
+    """Roll back when the canary's median time to first token exceeds the stable version's by this
+    factor (null: TTFT is not judged)."""
+
+
+class TierRollout(StrictModel):
+    """Which versions of one tier serve its traffic."""
+
+    stable: str | None = None
+    """The version that serves the tier (blue/green: switch it and `serve deploy`); null: the tier's
+    default version."""
+    canary: str | None = None
+    """A version that serves `canary_percent` of the traffic; a request it fails is answered by `stable`."""
+    canary_percent: float = Field(0.0, ge=0.0, le=100.0)
+    """Share of requests for the canary: by a hash of the session key (x-session-id header, else the
+    OpenAI `user` field) when the request has one, so a conversation sticks to a version; else at random."""
+    shadow: str | None = None
+    """A version that receives a copy of `shadow_percent` of the requests; its answers are only compared
+    with the primary's, never returned."""
+    shadow_percent: float = Field(0.0, ge=0.0, le=100.0)
+    """Share of requests mirrored to the shadow."""
+    shadow_max_in_flight: PositiveInt = 4
+    """Mirrored requests running at once; beyond it (or when the shadow version is busy) copies are dropped."""
+    guard: CanaryGuardConfig = Field(default_factory=CanaryGuardConfig)
+    """Automatic rollback of a failing or slow canary."""
+
+    @model_validator(mode="after")
+    def _roles_differ(self) -> TierRollout:
+        if self.canary is not None and self.canary == self.stable:
+            raise ValueError("canary must differ from stable")
+        if self.shadow is not None and self.shadow == self.stable:
+            raise ValueError("shadow must differ from stable")
+        return self
+
+
+class RolloutConfig(StrictModel):
+    """The router deployment's `user_config`: traffic between versions. `serve deploy` applies a change
+    of it in place (the router's reconfigure), without restarting a replica or failing a request."""
+
+    rollouts: dict[str, TierRollout] = Field(default_factory=dict)
+    """Per tier; a tier not named serves its default version only."""
+
+    def check(self, app: AppConfig) -> RolloutConfig:
+        """Raise ValueError naming the first rollout that names a tier or version the app lacks."""
+        for tier, rollout in self.rollouts.items():
+            if tier not in app.tiers:
+                raise ValueError(f"rollouts: {tier!r} is not one of the tiers {sorted(app.tiers)}")
+            versions = app.tiers[tier].all_versions()
+            for role in ("stable", "canary", "shadow"):
+                name = getattr(rollout, role)
+                if name is not None and name not in versions:
+                    raise ValueError(f"rollouts.{tier}.{role}: {name!r} is not one of its versions {sorted(versions)}")
+            if rollout.canary_percent and rollout.canary is None:
+                raise ValueError(f"rollouts.{tier}: canary_percent is set but no canary version is named")
+            if rollout.shadow_percent and rollout.shadow is None:
+                raise ValueError(f"rollouts.{tier}: shadow_percent is set but no shadow version is named")
+            stable = rollout.stable or app.tiers[tier].default_version
+            if stable in (rollout.canary, rollout.shadow):
+                raise ValueError(f"rollouts.{tier}: {stable!r} is the stable version; canary and shadow must differ")
+        return self
 
 
 class RouterConfig(StrictModel):
@@ -353,3 +474,26 @@ class AppConfig(StrictModel):
 
     def route_names(self) -> list[str]:
         return [AUTO_ROUTE, self.model_alias, *self.tiers]
+
+    def engine_versions(self) -> list[EngineVersion]:
+        """Every engine deployment of the app: one per version of each tier."""
+        found = []
+        for tier, config in self.tiers.items():
+            versions = config.all_versions()
+            found += [EngineVersion(tier, name, version, tier if len(versions) == 1 else f"{tier}@{name}")
+                      for name, version in versions.items()]
+        return found
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    tier: str
+    version: str
+    config: TierConfig
+    label: str
+    """The backend's name in metrics, health and attempts: the tier's name while it has one version,
+    else tier@version."""
+
+    @property
+    def deployment(self) -> str:
+        return engine_deployment(self.tier, self.version)

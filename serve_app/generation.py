@@ -20,6 +20,8 @@ class GenerationRequest:
     """Raw completion prompt; exactly one of `prompt` and `messages` is set."""
     messages: list[dict[str, Any]] | None = None
     """Chat messages; the engine applies its own model's chat template."""
+    session_key: str | None = None
+    """Keeps a conversation on one version of a tier during a canary (x-session-id, else the OpenAI `user`)."""
     trace_context: dict[str, str] = field(default_factory=dict)
     """W3C trace headers (`traceparent`, ...) of the router's attempt span, so the engine's span joins the trace."""
 

@@ -32,9 +32,10 @@ def generation_request(request: ChatCompletionRequest | CompletionRequest, defau
     request_id = uuid.uuid4().hex
     if isinstance(request, ChatCompletionRequest):
         sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
-        return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages])
+        return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages],
+                                 session_key=request.user)
     sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
-    return GenerationRequest(request_id, sampling, prompt=request.prompt_text)
+    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=request.user)
 
 
 def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:

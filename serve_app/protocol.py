@@ -157,6 +157,8 @@ class Routing(BaseModel):
 
     route: str
     served_by: str
+    version: str | None = None
+    """The version of the serving tier (x-served-version); None for an external API or the cache."""
     escalated: bool = False
     confidence: float | None = None
     reason: str | None = None

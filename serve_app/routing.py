@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from serve_app.admission import Ticket, TierLoad
 from serve_app.answer_cache import AnswerCache, cache_key
 from serve_app.cascade import decide
 from serve_app.circuit_breaker import BreakerState, CircuitBreaker
-from serve_app.config import AUTO_ROUTE, AppConfig
+from serve_app.config import AUTO_ROUTE, AppConfig, RolloutConfig, TierRollout
 from serve_app.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -45,8 +46,12 @@ from serve_app.errors import (
 from serve_app.generation import Accepted, Backend, GenerationChunk, GenerationRequest
 from serve_app.metering import FREE, Price
 from serve_app.protocol import Routing
+from serve_app.rollout import Choice, RolledBack, ShadowRecord, TierTraffic, agreement
 from serve_app.scorers import SCORERS
 from serve_app.telemetry import Attempt, Ledger
+
+SHADOW_PRIMARY_WAIT_S = 600.0
+"""How long a finished shadow waits for the primary answer to compare with (a client may never read it)."""
 
 
 @dataclass(slots=True)
@@ -64,6 +69,22 @@ async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationC
         yield chunk
 
 
+async def _teed(chunks: AsyncIterator[GenerationChunk], answer: asyncio.Future) -> AsyncIterator[GenerationChunk]:
+    """`chunks` as they are; `answer` gets (text, completion tokens) once they are all out, or None
+    when the stream ends early."""
+    text, tokens, complete = [], 0, False
+    try:
+        async for chunk in chunks:
+            text.append(chunk.text)
+            tokens = chunk.completion_tokens
+            yield chunk
+        complete = True
+    finally:
+        await chunks.aclose()
+        if not answer.done():
+            answer.set_result(("".join(text), tokens) if complete else None)
+
+
 def is_retryable(error: BaseException) -> bool:
     """Worth another try at the same backend: it failed, but not by being overloaded, known broken
     (open circuit, no live replica) or slow (the timeout already spent the caller's patience); never a
@@ -78,8 +99,10 @@ class Tier:
 
     def __init__(self, name: str, backend: Backend, breaker: CircuitBreaker, load: TierLoad,
                  first_token_timeout_s: float, total_timeout_s: float, dispatch_timeout_s: float | None = None,
-                 price: Price = FREE, clock: Callable[[], float] = time.monotonic):
+                 price: Price = FREE, clock: Callable[[], float] = time.monotonic, version: str | None = None):
         self.name = name
+        """The backend's label: a tier (tier@version when it has several versions) or an external API."""
+        self.version = version
         self.breaker = breaker
         self.load = load
         self._backend = backend
@@ -211,21 +234,39 @@ def _reasons(failures: list[tuple[str, ServingError]]) -> str:
 
 
 class CascadeRouter:
-    def __init__(self, backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float]):
+    def __init__(self, backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float],
+                 rng: random.Random | None = None, on_rollback: Callable[[str, RolledBack], None] | None = None,
+                 on_shadow: Callable[[str, ShadowRecord], None] | None = None):
+        """`backends` by label: each engine version's (`AppConfig.engine_versions`) and each external API's.
+        `on_rollback` and `on_shadow` tell the deployment about canary rollbacks and shadow results."""
         r = config.resilience
-        self._tiers = {
-            name: Tier(
-                name, backend,
+        engines = {engine.label: engine for engine in config.engine_versions()}
+        self._tiers: dict[str, Tier] = {}
+        for label, backend in backends.items():
+            engine = engines.get(label)
+            limits = engine.config if engine else config.external[label]
+            self._tiers[label] = Tier(
+                label, backend,
                 CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
-                TierLoad(tier.concurrency_slots * getattr(tier, "initial_replicas", 1), r.shed_ttft_target_s, clock),
-                tier.first_token_timeout_s, tier.total_timeout_s, getattr(tier, "dispatch_timeout_s", None),
-                tier.price, clock,
+                TierLoad(limits.concurrency_slots * (engine.config.initial_replicas if engine else 1),
+                         r.shed_ttft_target_s, clock),
+                limits.first_token_timeout_s, limits.total_timeout_s,
+                engine.config.dispatch_timeout_s if engine else None, limits.price, clock,
+                engine.version if engine else None,
             )
-            for name, backend in backends.items()
-            for tier in [config.tiers.get(name) or config.external[name]]
-        }
-        self._slots_per_replica = {name: tier.concurrency_slots for name, tier in config.tiers.items()}
+        self._versions: dict[str, dict[str, str]] = {}
+        """tier -> version -> backend label."""
+        for engine in engines.values():
+            self._versions.setdefault(engine.tier, {})[engine.version] = engine.label
+        self._slots_per_replica = {engine.label: engine.config.concurrency_slots for engine in engines.values()}
         self._clock = clock
+        self._rng = rng or random.Random()
+        self._default_versions = {name: tier.default_version for name, tier in config.tiers.items()}
+        self._traffic = {tier: TierTraffic(tier, version, TierRollout(), self._rng, clock)
+                         for tier, version in self._default_versions.items()}
+        self._on_rollback = on_rollback
+        self._on_shadow = on_shadow
+        self._shadow_tasks: set[asyncio.Task] = set()
         self._cascade = config.cascade
         self._scorer = SCORERS[config.cascade.scorer]
         self._alias = config.model_alias
@@ -235,14 +276,25 @@ class CascadeRouter:
         self._cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) \
             if r.answer_cache_max_entries else None
 
+    def set_rollouts(self, rollouts: RolloutConfig) -> None:
+        """Apply a (validated) rollout config. A tier whose rollout is unchanged keeps its guard's
+        history and any rollback; a changed one starts afresh."""
+        for tier, traffic in self._traffic.items():
+            rollout = rollouts.rollouts.get(tier, TierRollout())
+            if rollout != traffic.config:
+                self._traffic[tier] = TierTraffic(tier, self._default_versions[tier], rollout, self._rng, self._clock)
+
+    def rollout_status(self) -> dict[str, dict]:
+        return {tier: traffic.status() for tier, traffic in self._traffic.items()}
+
     @property
     def routes(self) -> list[str]:
         return [AUTO_ROUTE, self._alias, *self._routable]
 
-    def set_running_replicas(self, tier: str, replicas: int) -> None:
-        """A tier's capacity follows its running replicas (autoscaling, a replica lost or replaced).
-        While none runs, one replica's slots stand in, so that estimates stay finite."""
-        self._tiers[tier].load.slots = self._slots_per_replica[tier] * max(1, replicas)
+    def set_running_replicas(self, label: str, replicas: int) -> None:
+        """An engine version's capacity follows its running replicas (autoscaling, a replica lost or
+        replaced). While none runs, one replica's slots stand in, so that estimates stay finite."""
+        self._tiers[label].load.slots = self._slots_per_replica[label] * max(1, replicas)
 
     def backend_states(self) -> dict[str, tuple[BreakerState, int, int]]:
         """Per backend: circuit state, requests in flight, concurrency slots."""
@@ -315,9 +367,100 @@ class CascadeRouter:
                 tagged = dataclasses.replace(request, request_id=f"{request.request_id}-{step}-{number}")
                 if step == AUTO_ROUTE:
                     return await self._cascade_stream(tagged, priority, deadline, ledger)
-                tier = self._tiers[step]
-                return RoutedStream(Routing(route=step, served_by=step), await tier.open(tagged, priority, deadline, ledger))
+                if step in self._traffic:
+                    version, chunks = await self._open_tier(step, tagged, priority, deadline, ledger)
+                    return RoutedStream(Routing(route=step, served_by=step, version=version),
+                                        self._mirrored(step, tagged, chunks))
+                return RoutedStream(Routing(route=step, served_by=step),
+                                    await self._tiers[step].open(tagged, priority, deadline, ledger))
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _open_tier(self, tier: str, request: GenerationRequest, priority: str, deadline: float,
+                         ledger: Ledger) -> tuple[str, AsyncIterator[GenerationChunk]]:
+        """Open the version of `tier` the rollout picks for this request. A canary that fails is judged
+        by its guard and the stable version answers instead."""
+        traffic = self._traffic[tier]
+        choice = traffic.pick(request.session_key)
+        try:
+            return choice.version, await self._open_version(traffic, choice, request, priority, deadline, ledger)
+        except ServingError as exc:
+            if not choice.canary or isinstance(exc, ClientError):
+                raise
+        stable = Choice(traffic.stable, canary=False)
+        return stable.version, await self._open_version(traffic, stable, request, priority, deadline, ledger)
+
+    async def _open_version(self, traffic: TierTraffic, choice: Choice, request: GenerationRequest, priority: str,
+                            deadline: float, ledger: Ledger) -> AsyncIterator[GenerationChunk]:
+        started = self._clock()
+        try:
+            chunks = await self._tiers[self._versions[traffic.tier][choice.version]].open(request, priority, deadline, ledger)
+        except ServingError as exc:
+            if not isinstance(exc, (ClientError, Overloaded)):  # the version failed (an open circuit too),
+                self._judge(traffic, choice, False, None)        # not the request, nor its capacity
+            raise
+        self._judge(traffic, choice, True, self._clock() - started)
+        return chunks
+
+    def _judge(self, traffic: TierTraffic, choice: Choice, ok: bool, ttft_s: float | None) -> None:
+        rollback = traffic.record(choice, ok, ttft_s)
+        if rollback is not None and self._on_rollback is not None:
+            self._on_rollback(traffic.tier, rollback)
+
+    def _mirrored(self, tier: str, request: GenerationRequest,
+                  chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+        """The primary answer as it is; when the rollout mirrors this request, a copy goes to the shadow
+        version in the background and the two answers are compared once both are done."""
+        traffic = self._traffic[tier]
+        version = traffic.mirror()
+        if version is None:
+            return chunks
+        shadow = self._tiers[self._versions[tier][version]]
+        if not shadow.load.slot_free():  # shed first: a busy shadow gets no copies
+            self._shadow_done(traffic, ShadowRecord(version, "shed", error="the shadow version is busy"))
+            return chunks
+        primary: asyncio.Future = asyncio.get_running_loop().create_future()
+        copy = dataclasses.replace(request, request_id=f"{request.request_id}-shadow", trace_context={})
+        task = asyncio.create_task(self._shadow(traffic, shadow, copy, primary))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+        return _teed(chunks, primary)
+
+    async def _shadow(self, traffic: TierTraffic, shadow: Tier, request: GenerationRequest,
+                      primary: asyncio.Future) -> None:
+        traffic.shadow_in_flight += 1
+        record = ShadowRecord(shadow.version, "ok")
+        ledger = Ledger(self._clock())
+        try:
+            text = []
+            try:
+                async for chunk in await shadow.open(request, "low", math.inf, ledger):
+                    text.append(chunk.text)
+                    record.output_tokens = chunk.completion_tokens
+            except Overloaded as exc:
+                record.outcome, record.error = "shed", exc.code
+            except ServingError as exc:
+                record.outcome, record.error = "error", exc.code
+            attempt = ledger.attempts[-1] if ledger.attempts else None
+            if attempt is not None:
+                record.ttft_s, record.cost_usd = attempt.ttft_s, attempt.cost_usd
+                record.latency_s = (attempt.finished_s or self._clock()) - attempt.started_s
+            try:
+                async with asyncio.timeout(SHADOW_PRIMARY_WAIT_S):
+                    answer = await primary
+            except TimeoutError:
+                answer = None
+            if answer is not None and record.outcome == "ok":
+                primary_text, record.primary_output_tokens = answer
+                record.agreement = round(agreement(primary_text, "".join(text)), 4)
+                record.exact = primary_text == "".join(text)
+        finally:
+            traffic.shadow_in_flight -= 1
+            self._shadow_done(traffic, record)
+
+    def _shadow_done(self, traffic: TierTraffic, record: ShadowRecord) -> None:
+        traffic.shadows.add(record)
+        if self._on_shadow is not None:
+            self._on_shadow(traffic.tier, record)
 
     def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
         if self._cache is None:
@@ -338,22 +481,24 @@ class CascadeRouter:
 
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
                               ledger: Ledger) -> RoutedStream:
-        cheap, strong = self._tiers[self._cascade.cheap_tier], self._tiers[self._cascade.strong_tier]
+        cheap, strong = self._cascade.cheap_tier, self._cascade.strong_tier
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
-        answer = [chunk async for chunk in await cheap.open(probe, priority, deadline, ledger)]
+        version, chunks = await self._open_tier(cheap, probe, priority, deadline, ledger)
+        answer = [chunk async for chunk in chunks]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
         decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
-        routing = Routing(route=AUTO_ROUTE, served_by=cheap.name, escalated=decision.escalate,
+        routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version, escalated=decision.escalate,
                           confidence=round(decision.confidence, 6), reason=decision.reason)
         if decision.escalate:
             try:
-                escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong.name}")
-                return RoutedStream(routing.model_copy(update={"served_by": strong.name}), await strong.open(escalation, priority, deadline, ledger))
+                escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong}")
+                version, chunks = await self._open_tier(strong, escalation, priority, deadline, ledger)
+                return RoutedStream(routing.model_copy(update={"served_by": strong, "version": version}), chunks)
             except ClientError:
                 raise
             except ServingError as exc:  # the strong tier failed: the cheap answer beats no answer
-                routing = routing.model_copy(update={"fallback_reason": f"{strong.name}: {exc.code}"})
+                routing = routing.model_copy(update={"fallback_reason": f"{strong}: {exc.code}"})
         if wanted is None:
             for chunk in answer:
                 chunk.logprobs = None

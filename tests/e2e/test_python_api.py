@@ -46,7 +46,7 @@ def test_handle_completions(serve_handles):
 
 
 def test_client_disconnect_cancels_generation_in_the_engine(stack, serve_handles):
-    engine = serve_handles.get_deployment_handle("llm-strong", app_name="llm")
+    engine = serve_handles.get_deployment_handle("llm-strong-v1", app_name="llm")
     body = {"model": "strong", "messages": [{"role": "user", "content": "Tell me a very long story."}],
             "max_tokens": 1500, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=120) as response:

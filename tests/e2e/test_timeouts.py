@@ -21,7 +21,7 @@ def long_answer(stack, timeout_header: str, model: str = "strong") -> httpx.Resp
 
 
 def test_a_request_past_its_own_timeout_is_a_504_and_the_engine_stops(stack, serve_handles):
-    engine = serve_handles.get_deployment_handle("llm-strong", app_name="llm")
+    engine = serve_handles.get_deployment_handle("llm-strong-v1", app_name="llm")
     started = time.monotonic()
     response = long_answer(stack, "3")
     assert response.status_code == 504, response.text

@@ -59,11 +59,11 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, tmp_path):
 
     workers = [threading.Thread(target=load, daemon=True) for _ in range(6)]
     try:
-        assert running_replicas(stack, "llm-cheap") == 1
+        assert running_replicas(stack, "llm-cheap-v1") == 1
         warm(stack, "cheap")
         for worker in workers:
             worker.start()
-        wait_for("a second cheap replica", lambda: running_replicas(stack, "llm-cheap") == 2, timeout_s=420, every_s=3)
+        wait_for("a second cheap replica", lambda: running_replicas(stack, "llm-cheap-v1") == 2, timeout_s=420, every_s=3)
         # The router's capacity for the tier follows: 8 slots per replica, two running.
         wait_for("the router to count two replicas' slots", lambda: find(
             scrape(stack.metrics_url), "ray_serve_app_backend_slots", backend="cheap") == [16.0], timeout_s=60, every_s=2)
@@ -71,7 +71,7 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, tmp_path):
         for worker in workers:
             worker.join(timeout=300)
         assert not failures, failures
-        wait_for("the cheap tier back at one replica", lambda: running_replicas(stack, "llm-cheap") == 1,
+        wait_for("the cheap tier back at one replica", lambda: running_replicas(stack, "llm-cheap-v1") == 1,
                  timeout_s=300, every_s=3)
         wait_for("the router to count one replica's slots", lambda: find(
             scrape(stack.metrics_url), "ray_serve_app_backend_slots", backend="cheap") == [8.0], timeout_s=60, every_s=2)

@@ -37,7 +37,7 @@ def kill_replica(serve_handles, deployment: str) -> str:
 
 def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_handles):
     assert ask(stack).headers["x-served-by"] == "cheap"
-    killed = kill_replica(serve_handles, "llm-cheap")
+    killed = kill_replica(serve_handles, "llm-cheap-v1")
 
     # While the replica is gone, every answer still arrives, from the strong tier, saying why.
     resilience = stack.config["applications"][0]["args"]["resilience"]
@@ -72,8 +72,8 @@ def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_hand
 
 
 def test_when_both_tiers_die_the_external_api_answers(stack, serve_handles):
-    kill_replica(serve_handles, "llm-strong")
-    kill_replica(serve_handles, "llm-cheap")
+    kill_replica(serve_handles, "llm-strong-v1")
+    kill_replica(serve_handles, "llm-cheap-v1")
     response = ask(stack, model="strong")
     assert response.status_code == 200, response.text
     assert response.headers["x-served-by"] == "backup"

@@ -103,17 +103,19 @@ def test_failed_requests_teach_nothing():
     assert load.tpot.value is None and load.length_share.value == 1.0 and load.in_flight == 0
 
 
-def test_slow_start_until_a_first_token_then_only_the_slots_until_a_finished_request():
+def test_speed_unknown_fills_the_free_slots_but_queues_nothing_until_a_request_finished():
     clock = Clock()
     load = TierLoad(slots=2, ttft_target_s=5.0, clock=clock)
     first = load.started(10)
+    assert load.admit().admitted  # a router that just started: the second slot is free
+    load.started(10)
     decision = load.admit()
-    assert not decision.admitted and decision.retry_after_s == 5.0  # speed unknown: one at a time
+    assert not decision.admitted and decision.retry_after_s == 5.0  # both slots busy, speed unknown
     clock.now = 0.3
     load.first_token(first)
-    assert load.admit().admitted  # the second slot, at the TTFT just seen
-    load.started(10)
     assert not load.admit().admitted  # queueing needs a finished request's TPOT first
+    load.finished(first, completed=True)
+    assert load.admit().admitted
 
 
 def test_a_request_without_max_tokens_counts_a_long_budget():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from scripts.rollout import check
 from serve_app.config import AppConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -128,3 +129,16 @@ def test_an_s3_model_source_is_kept_as_a_uri():
     assert config.tiers["cheap"].from_s3 and config.tiers["cheap"].resolved_model() == "s3://models/cheap/v1"
     assert config.model_store.transfer().chunk_size_bytes == 8 * 2**20
     assert "model_store.chunk_size_mb" in broken(lambda a: a.update(model_store={"chunk_size_mb": 1}))
+
+
+@pytest.mark.parametrize("profile", ["local-cpu.yaml", "gpu.yaml"])
+def test_shipped_profiles_rollouts_validate(profile):
+    tiers = check(yaml.safe_load((CONFIGS / profile).read_text()))["llm"]
+    assert {tier: traffic["stable"] for tier, traffic in tiers.items()} == {"cheap": "v1", "strong": "v1"}
+
+
+def test_the_rollout_check_names_the_application_and_field_at_fault():
+    serve_config = yaml.safe_load((CONFIGS / "local-cpu.yaml").read_text())
+    serve_config["applications"][0]["deployments"][0]["user_config"] = {"rollouts": {"strong": {"stable": "v7"}}}
+    with pytest.raises(ValueError, match=r"application 'llm': rollouts.strong.stable: 'v7' is not one of its versions"):
+        check(serve_config)

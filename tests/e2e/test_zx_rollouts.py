@@ -1,0 +1,236 @@
+"""Shipping a new version: canary split and stickiness, shadow copies, a failing canary rolled back,
+a blue/green switch and the old version's retirement, all under `serve deploy` on the real stack.
+
+A second application (`rollout`, on /rollout) serves one tier, `strong`, in two versions: v1 (the
+strong model) and v2 (the pruned model, so the answers differ). The stack's own app is deployed
+unchanged beside it (same args: not restarted) and alone again at the end, which deletes `rollout`.
+Named to run after the other tests that want a quiet stack, before autoscaling and the faults.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from scripts.cost_report import scrape, total
+from serve_app.rollout import bucket
+from tests.e2e.conftest import BIN, DEPLOY_TIMEOUT_S, ROOT, get_json, wait_for, wait_until_running
+from tests.e2e.test_zz_faults import kill_replica
+
+pytestmark = pytest.mark.e2e
+
+APP, PREFIX = "rollout", "/rollout"
+V2_MODEL = "./models/smollm2-135m-instruct-pruned"
+QUESTION = [{"role": "user", "content": "Name a large city in France."}]
+
+
+def rollout_app(stack, retired_v1: bool = False) -> dict:
+    """The stack's app config narrowed to the strong tier, with v2 beside v1 (or, retired, v2 alone)."""
+    app = copy.deepcopy(stack.config["applications"][0])
+    args = app["args"]
+    strong = args["tiers"]["strong"]
+    strong["deployment"]["ray_actor_options"] = {"num_cpus": 0.5}  # two more engines in the test cluster's 4 CPUs
+    if retired_v1:
+        strong.update(model_source=V2_MODEL, version="v2")
+    else:
+        strong["versions"] = {"v2": {"model_source": V2_MODEL}}
+    args["tiers"] = {"strong": strong}
+    args["cascade"] = {"cheap_tier": "strong", "strong_tier": "strong"}
+    args.pop("external")
+    args["observability"] = {"tracing": {"exporter": "none"}}
+    # Nothing may hide a failure here: no fallback chain, no cached answers.
+    args["resilience"] = {**args["resilience"], "fallbacks": {}, "answer_cache_max_entries": 0}
+    app.update(name=APP, route_prefix=PREFIX)
+    return app
+
+
+def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wait: bool = True) -> None:
+    config = copy.deepcopy(stack.config)
+    if rollouts is not None:
+        app = rollout_app(stack, retired_v1)
+        app["deployments"] = [{"name": "router", "user_config": {"rollouts": rollouts}}]
+        config["applications"].append(app)
+    path = tmp_path / f"deploy-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([BIN / "python", "scripts/rollout.py", "check", str(path)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([BIN / "serve", "deploy", str(path), "-a", stack.dashboard_url], cwd=ROOT, check=True, timeout=300)
+    if wait:
+        wait_until_running(stack.dashboard_url)
+        if rollouts is not None:
+            wait_for("the rollout app", lambda: rollout_status(stack)["status"] == "RUNNING", DEPLOY_TIMEOUT_S, 3)
+
+
+def rollout_status(stack) -> dict:
+    return get_json(f"{stack.dashboard_url}/api/serve/applications/")["applications"].get(APP, {})
+
+
+def rollouts_now(stack) -> dict:
+    return httpx.get(f"{stack.http_url}{PREFIX}/v1/rollouts", headers=stack.headers, timeout=10).json()
+
+
+def wait_applied(stack, check) -> dict:
+    """Until every router replica... there is one: until the router reports the rollout `check` wants."""
+    return wait_for("the router's rollout", lambda: check(rollouts_now(stack)["tiers"]["strong"]), 120, 1)
+
+
+def ask(http: httpx.Client, max_tokens: int = 2, session: str | None = None, **body) -> httpx.Response:
+    headers = {"x-session-id": session} if session else {}
+    return http.post("/chat/completions", headers=headers, json={
+        "model": "strong", "messages": QUESTION, "max_tokens": max_tokens, "temperature": 0, **body})
+
+
+@pytest.fixture(scope="module")
+def versions(stack, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rollout")
+    deploy(stack, tmp, {})
+    with httpx.Client(base_url=f"{stack.http_url}{PREFIX}/v1", headers=stack.headers, timeout=300) as http:
+        yield http, tmp
+    deploy(stack, tmp, None, wait=False)  # the stack's app alone: `rollout` is deleted
+    wait_for("the rollout app gone", lambda: not rollout_status(stack), 300, 2)
+
+
+def test_the_canary_takes_its_share_and_a_session_sticks_to_one_version(stack, versions):
+    http, tmp = versions
+    deploy(stack, tmp, {"strong": {"canary": "v2", "canary_percent": 50, "guard": {"min_requests": 1000}}})
+    wait_applied(stack, lambda s: s["canary_percent"] == 50)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: ask(http), range(40)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    served = [r.headers["x-served-version"] for r in responses]
+    assert set(served) <= {"v1", "v2"}
+    assert 9 <= served.count("v2") <= 31  # 40 draws at p = 0.5: within 3.5 standard deviations
+
+    sessions = [f"conversation-{i}" for i in range(6)]
+    for session in sessions:
+        seen = {ask(http, session=session).headers["x-served-version"] for _ in range(3)}
+        assert seen == {"v2" if bucket("strong", session) < 50 else "v1"}, session
+    # The OpenAI `user` field keys the split too, through the SDK as a client would send it.
+    client = openai.OpenAI(base_url=f"{stack.http_url}{PREFIX}/v1", api_key=stack.api_key, max_retries=0)
+    for user in ("alice", "bob"):
+        raw = client.chat.completions.with_raw_response.create(model="strong", messages=QUESTION, max_tokens=2, user=user)
+        assert raw.headers["x-served-version"] == ("v2" if bucket("strong", user) < 50 else "v1")
+
+
+def test_a_shadow_copy_is_compared_and_never_reaches_the_client(stack, versions):
+    http, tmp = versions
+    deploy(stack, tmp, {"strong": {"shadow": "v2", "shadow_percent": 100}})
+    wait_applied(stack, lambda s: s["shadow"] == "v2")
+    answers = []
+    for _ in range(4):
+        response = ask(http, max_tokens=12)
+        assert response.status_code == 200 and response.headers["x-served-version"] == "v1"
+        answers.append(response.json()["choices"][0]["message"]["content"])
+        time.sleep(1)  # the shadow has one engine to itself: copies are not shed for being busy
+    assert len(set(answers)) == 1  # temperature 0: v1's answer every time
+    results = wait_for("the shadow results", lambda: (r := rollouts_now(stack)["tiers"]["strong"]["shadow_results"])
+                       ["ok"] + r["shed"] == 4 and r, 120, 1)
+    assert results["ok"] >= 1 and results["error"] == 0
+    compared = [r for r in results["recent"] if r["outcome"] == "ok"]
+    assert all(r["version"] == "v2" and 0 <= r["agreement"] <= 1 and r["output_tokens"] > 0 for r in compared)
+    wait_for("shadow metrics", lambda: total(scrape(stack.metrics_url), "ray_serve_app_shadow_requests_total",
+                                             application=APP, version="v2", outcome="ok") == results["ok"], 60, 2)
+
+
+def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_client(stack, versions, serve_handles):
+    http, tmp = versions
+    rollout = {"canary": "v2", "canary_percent": 50, "shadow": "v2", "shadow_percent": 100,
+               "guard": {"min_requests": 3, "max_error_rate_increase": 0.2}}
+    deploy(stack, tmp, {"strong": rollout})
+    wait_applied(stack, lambda s: s["canary_percent"] == 50 and s["shadow_results"]["ok"] == 0)
+    kill_replica(serve_handles, f"{APP}#llm-strong-v2")
+    responses = []
+    while len(responses) < 30 and rollouts_now(stack)["tiers"]["strong"]["rolled_back"] is None:
+        responses.append(ask(http))
+    status = rollouts_now(stack)["tiers"]["strong"]
+    assert status["rolled_back"] is not None, status
+    assert status["rolled_back"]["version"] == "v2" and "error rate" in status["rolled_back"]["reason"]
+    assert status["canary_percent"] == 0 and status["configured_canary_percent"] == 50
+    responses += [ask(http) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    assert {r.headers["x-served-version"] for r in responses} == {"v1"}  # every canary failure answered by v1
+    assert status["shadow_results"]["error"] + status["shadow_results"]["shed"] > 0
+    assert status["shadow_results"]["ok"] == 0
+    wait_for("the rollback counted", lambda: total(scrape(stack.metrics_url), "ray_serve_app_rollout_rollbacks_total",
+                                                   application=APP, tier="strong", version="v2") == 1, 60, 2)
+    # Ray Serve replaces the killed replica; the next tests want it serving.
+    wait_for("v2 replaced", lambda: rollout_status(stack)["deployments"]["llm-strong-v2"]["status"] == "HEALTHY",
+             DEPLOY_TIMEOUT_S, 3)
+
+
+class Traffic:
+    """Requests sent back to back by `workers` threads until stopped: what each got and when."""
+
+    def __init__(self, stack, workers: int = 2):
+        self.results: list[tuple[float, float, int, str | None]] = []  # (sent, answered, status, version)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(stack,), daemon=True) for _ in range(workers)]
+
+    def _run(self, stack) -> None:
+        with httpx.Client(base_url=f"{stack.http_url}{PREFIX}/v1", headers=stack.headers, timeout=300) as http:
+            while not self._stop.is_set() and len(self.results) < 2000:
+                sent = time.monotonic()
+                try:
+                    response = ask(http, max_tokens=16)
+                    self.results.append((sent, time.monotonic(), response.status_code,
+                                         response.headers.get("x-served-version")))
+                except httpx.HTTPError as exc:
+                    self.results.append((sent, time.monotonic(), 0, type(exc).__name__))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=300)
+
+    def failures(self) -> list:
+        return [r for r in self.results if r[2] != 200]
+
+    def served_by(self, version: str, after: float) -> int:
+        return sum(1 for sent, _, status, v in self.results if sent >= after and v == version)
+
+
+def test_blue_green_switch_and_retirement_drop_nothing(stack, versions):
+    http, tmp = versions
+    # Green (v2) gets copies of the traffic first: it answers (its circuit, open since the last test
+    # killed it, closes) before it is trusted with the clients.
+    deploy(stack, tmp, {"strong": {"shadow": "v2", "shadow_percent": 100}})
+    wait_applied(stack, lambda s: s["stable"] == "v1" and s["canary"] is None and s["shadow"] == "v2")
+    with Traffic(stack) as traffic:
+        wait_for("traffic on v1, copied to v2", lambda: traffic.served_by("v1", 0) >= 4 and
+                 rollouts_now(stack)["tiers"]["strong"]["shadow_results"]["ok"] >= 2, 300, 0.5)
+        switch_started = time.monotonic()
+        deploy(stack, tmp, {"strong": {"stable": "v2"}})
+        wait_for("traffic on v2", lambda: traffic.served_by("v2", switch_started) >= 6, 300, 0.5)
+    switched = [r for r in traffic.results if r[0] >= switch_started]
+    first_all_v2 = min(sent for sent, _, _, v in switched if v == "v2" and
+                       all(w == "v2" for s, _, _, w in switched if s >= sent))
+    print(f"\nblue/green switch: {len(traffic.results)} requests, {len(switched)} sent after `serve deploy` started, "
+          f"{len(traffic.failures())} failed; all traffic on v2 {first_all_v2 - switch_started:.1f} s after it started")
+    assert traffic.failures() == []
+    assert all(v == "v2" for s, _, _, v in switched if s >= first_all_v2)
+
+    # Retire v1: an args change, so Ray Serve replaces every replica of the app (new ones first:
+    # max_surge_percent) and drains v1's before deleting it.
+    with Traffic(stack) as traffic:
+        wait_for("traffic", lambda: len(traffic.results) >= 4, 120, 0.5)
+        retire_started = time.monotonic()
+        deploy(stack, tmp, {"strong": {"stable": "v2"}}, retired_v1=True)
+        wait_for("v1 deleted", lambda: "llm-strong-v1" not in rollout_status(stack)["deployments"], 300, 1)
+        retired = time.monotonic()
+        wait_for("requests after the retirement", lambda: traffic.served_by("v2", retired) >= 4, 300, 0.5)
+    print(f"retire v1: {len(traffic.results)} requests, {len(traffic.failures())} failed, "
+          f"{retired - retire_started:.1f} s from `serve deploy` to v1 deleted")
+    assert traffic.failures() == []
+    assert {v for *_, v in traffic.results} == {"v2"}
