@@ -13,6 +13,7 @@ import copy
 import subprocess
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -52,7 +53,9 @@ def rollout_app(stack, retired_v1: bool = False) -> dict:
     return app
 
 
-def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wait: bool = True) -> None:
+def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wait: bool = True) -> float:
+    """Check and `serve deploy` the stack's app plus, unless `rollouts` is None, the rollout app with
+    that router user_config; returns when the controller had the config (`serve deploy` returned)."""
     config = copy.deepcopy(stack.config)
     if rollouts is not None:
         app = rollout_app(stack, retired_v1)
@@ -62,10 +65,12 @@ def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wai
     path.write_text(yaml.safe_dump(config))
     subprocess.run([BIN / "python", "scripts/rollout.py", "check", str(path)], cwd=ROOT, check=True, capture_output=True)
     subprocess.run([BIN / "serve", "deploy", str(path), "-a", stack.dashboard_url], cwd=ROOT, check=True, timeout=300)
+    accepted = time.monotonic()
     if wait:
         wait_until_running(stack.dashboard_url)
         if rollouts is not None:
             wait_for("the rollout app", lambda: rollout_status(stack)["status"] == "RUNNING", DEPLOY_TIMEOUT_S, 3)
+    return accepted
 
 
 def rollout_status(stack) -> dict:
@@ -145,7 +150,7 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
                "guard": {"min_requests": 3, "max_error_rate_increase": 0.2}}
     deploy(stack, tmp, {"strong": rollout})
     wait_applied(stack, lambda s: s["canary_percent"] == 50 and s["shadow_results"]["ok"] == 0)
-    kill_replica(serve_handles, f"{APP}#llm-strong-v2")
+    killed = kill_replica(serve_handles, f"{APP}#llm-strong-v2")
     responses = []
     while len(responses) < 30 and rollouts_now(stack)["tiers"]["strong"]["rolled_back"] is None:
         responses.append(ask(http))
@@ -161,8 +166,8 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     wait_for("the rollback counted", lambda: total(scrape(stack.metrics_url), "ray_serve_app_rollout_rollbacks_total",
                                                    application=APP, tier="strong", version="v2") == 1, 60, 2)
     # Ray Serve replaces the killed replica; the next tests want it serving.
-    wait_for("v2 replaced", lambda: rollout_status(stack)["deployments"]["llm-strong-v2"]["status"] == "HEALTHY",
-             DEPLOY_TIMEOUT_S, 3)
+    wait_for("v2 replaced", lambda: [r["actor_name"] for r in rollout_status(stack)["deployments"]["llm-strong-v2"]
+                                     ["replicas"] if r["state"] == "RUNNING"] not in ([], [killed]), DEPLOY_TIMEOUT_S, 3)
 
 
 class Traffic:
@@ -170,6 +175,7 @@ class Traffic:
 
     def __init__(self, stack, workers: int = 2):
         self.results: list[tuple[float, float, int, str | None]] = []  # (sent, answered, status, version)
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(stack,), daemon=True) for _ in range(workers)]
 
@@ -181,8 +187,11 @@ class Traffic:
                     response = ask(http, max_tokens=16)
                     self.results.append((sent, time.monotonic(), response.status_code,
                                          response.headers.get("x-served-version")))
+                    if response.status_code != 200:
+                        self.errors.append(response.text[:300])
                 except httpx.HTTPError as exc:
                     self.results.append((sent, time.monotonic(), 0, type(exc).__name__))
+                    self.errors.append(repr(exc))
 
     def __enter__(self):
         for thread in self._threads:
@@ -197,6 +206,13 @@ class Traffic:
     def failures(self) -> list:
         return [r for r in self.results if r[2] != 200]
 
+    def wait(self, what: str, check, timeout_s: float = 300) -> None:
+        try:
+            wait_for(what, check, timeout_s, 0.5)
+        except TimeoutError:
+            counts = Counter((status, version) for _, _, status, version in self.results)
+            raise AssertionError(f"{what}: {dict(counts)}; first errors: {self.errors[:3]}") from None
+
     def served_by(self, version: str, after: float) -> int:
         return sum(1 for sent, _, status, v in self.results if sent >= after and v == version)
 
@@ -208,29 +224,34 @@ def test_blue_green_switch_and_retirement_drop_nothing(stack, versions):
     deploy(stack, tmp, {"strong": {"shadow": "v2", "shadow_percent": 100}})
     wait_applied(stack, lambda s: s["stable"] == "v1" and s["canary"] is None and s["shadow"] == "v2")
     with Traffic(stack) as traffic:
-        wait_for("traffic on v1, copied to v2", lambda: traffic.served_by("v1", 0) >= 4 and
-                 rollouts_now(stack)["tiers"]["strong"]["shadow_results"]["ok"] >= 2, 300, 0.5)
+        traffic.wait("traffic on v1, copied to v2", lambda: traffic.served_by("v1", 0) >= 4 and
+                     rollouts_now(stack)["tiers"]["strong"]["shadow_results"]["ok"] >= 2)
+        assert traffic.failures() == [], traffic.errors[:3]
         switch_started = time.monotonic()
-        deploy(stack, tmp, {"strong": {"stable": "v2"}})
-        wait_for("traffic on v2", lambda: traffic.served_by("v2", switch_started) >= 6, 300, 0.5)
+        accepted = deploy(stack, tmp, {"strong": {"stable": "v2"}})
+        traffic.wait("traffic on v2", lambda: traffic.served_by("v2", switch_started) >= 6)
     switched = [r for r in traffic.results if r[0] >= switch_started]
     first_all_v2 = min(sent for sent, _, _, v in switched if v == "v2" and
                        all(w == "v2" for s, _, _, w in switched if s >= sent))
+    last_v1 = max(answered for _, answered, _, v in traffic.results if v == "v1")
     print(f"\nblue/green switch: {len(traffic.results)} requests, {len(switched)} sent after `serve deploy` started, "
-          f"{len(traffic.failures())} failed; all traffic on v2 {first_all_v2 - switch_started:.1f} s after it started")
-    assert traffic.failures() == []
+          f"{len(traffic.failures())} failed; from the start of `serve deploy`: every request sent from "
+          f"{first_all_v2 - switch_started:.1f} s on went to v2, the last v1 answer ended at "
+          f"{last_v1 - switch_started:.1f} s, the command returned at {accepted - switch_started:.1f} s")
+    assert traffic.failures() == [], traffic.errors[:3]
     assert all(v == "v2" for s, _, _, v in switched if s >= first_all_v2)
 
     # Retire v1: an args change, so Ray Serve replaces every replica of the app (new ones first:
     # max_surge_percent) and drains v1's before deleting it.
     with Traffic(stack) as traffic:
-        wait_for("traffic", lambda: len(traffic.results) >= 4, 120, 0.5)
-        retire_started = time.monotonic()
-        deploy(stack, tmp, {"strong": {"stable": "v2"}}, retired_v1=True)
-        wait_for("v1 deleted", lambda: "llm-strong-v1" not in rollout_status(stack)["deployments"], 300, 1)
+        traffic.wait("traffic", lambda: len(traffic.results) >= 4)
+        accepted = deploy(stack, tmp, {"strong": {"stable": "v2"}}, retired_v1=True, wait=False)
+        wait_for("v1 deleted", lambda: "llm-strong-v1" not in rollout_status(stack)["deployments"], 600, 1)
         retired = time.monotonic()
-        wait_for("requests after the retirement", lambda: traffic.served_by("v2", retired) >= 4, 300, 0.5)
-    print(f"retire v1: {len(traffic.results)} requests, {len(traffic.failures())} failed, "
-          f"{retired - retire_started:.1f} s from `serve deploy` to v1 deleted")
-    assert traffic.failures() == []
+        wait_for("the app running", lambda: rollout_status(stack)["status"] == "RUNNING", DEPLOY_TIMEOUT_S, 1)
+        replaced = time.monotonic()
+        traffic.wait("requests after the retirement", lambda: traffic.served_by("v2", replaced) >= 4)
+    print(f"retire v1: {len(traffic.results)} requests, {len(traffic.failures())} failed; after the controller had "
+          f"the config: v1 deleted at {retired - accepted:.1f} s, router and v2 replaced at {replaced - accepted:.1f} s")
+    assert traffic.failures() == [], traffic.errors[:3]
     assert {v for *_, v in traffic.results} == {"v2"}

@@ -5,6 +5,7 @@ Named to run last: it kills the tiers' replicas, and the tests before it want a 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,11 +28,21 @@ def circuits(stack) -> dict:
 
 
 def kill_replica(serve_handles, deployment: str) -> str:
+    """SIGKILL a replica's actor and, as the crash of its node or container would, the vLLM engine
+    processes it started: those outlive a killed parent (vLLM has no parent-death check) and would keep
+    polling on the cores the other engines need."""
+    import psutil
     import ray
+    from ray.util.state import list_actors
 
     names = [a for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
     assert len(names) == 1, names
+    (actor,) = list_actors(filters=[("name", "=", names[0]["name"]), ("state", "=", "ALIVE")], detail=True)
+    engine = psutil.Process(actor.pid).children(recursive=True)
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    for process in engine:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
     return names[0]["name"]
 
 
