@@ -21,10 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from serve_app.config import AppConfig, RolloutConfig  # noqa: E402
+from serve_app.config import AppConfig, RolloutConfig
 
 BUILDER = "serve_app.app:build_app"
 ROUTER = "router"
