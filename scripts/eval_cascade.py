@@ -10,7 +10,8 @@ running app. The cheap answer's confidence is the router's own scorer (the confi
 (serve_app.cascade_eval). Reports the accuracy of each tier, then for each threshold the accuracy,
 share of strong calls, mean latency and cost. It also gives the RouteLLM figures: APGR, and the
 strong-call share needed to recover 50 % and 80 % of the quality gap. Random routing at the same
-strong-call share is the baseline. Writes a JSON result (per-prompt answers included; the input of
+strong-call share is the baseline, and the APGR every registered scorer would give on the same answers
+says which separates them best. Writes a JSON result (per-prompt answers included; the input of
 scripts/calibrate_cascade.py) and a PNG plot.
 """
 
@@ -58,7 +59,7 @@ def evaluate(items: list[dict], base_url: str, api_key: str | None, cheap: str, 
         with httpx.Client(base_url=base_url, headers=headers, timeout=600) as http:
             c = ask(http, cheap, item["prompt"], max_tokens, logprobs=True)
             s = ask(http, strong, item["prompt"], max_tokens, logprobs=False)
-        return {**item, "cheap": c["text"], "strong": s["text"],
+        return {**item, "cheap": c["text"], "strong": s["text"], "cheap_logprobs": c["logprobs"],
                 "confidence": score(c["logprobs"]) if c["logprobs"] else 0.0,
                 "cheap_correct": cascade_eval.correct(item["check"], c["text"], item["answer"]),
                 "strong_correct": cascade_eval.correct(item["check"], s["text"], item["answer"]),
@@ -93,9 +94,19 @@ def summarize(rows: list[dict]) -> dict:
         "apgr": cascade_eval.apgr(curve), "random_apgr": 0.5,
         "strong_share_to_recover_50pct": cascade_eval.calls_to_recover(curve, 0.5),
         "strong_share_to_recover_80pct": cascade_eval.calls_to_recover(curve, 0.8),
+        "apgr_by_scorer": {name: round(cascade_eval.apgr(cascade_eval.sweep(rescored(rows, name))), 4)
+                           for name in SCORERS},
         "curve": [{**asdict(p), "random_accuracy": cascade_eval.random_routing_accuracy(results, p.strong_share)}
                   for p in curve],
     }
+
+
+def rescored(rows: list[dict], scorer: str) -> list[Answered]:
+    """The same answers judged by another scorer's confidence: which scorer separates them best."""
+    score = SCORERS[scorer]
+    return [Answered(**{**{f: row[f] for f in Answered.__dataclass_fields__},
+                        "confidence": score(row["cheap_logprobs"]) if row["cheap_logprobs"] else 0.0})
+            for row in rows]
 
 
 def plot(summary: dict, path: Path) -> None:

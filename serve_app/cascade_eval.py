@@ -24,8 +24,10 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def _number(answer: str, expected: str) -> bool:
-    """The first number in the answer is the expected one."""
-    found = NUMBER.search(answer.replace(",", ""))
+    """The number the answer gives is the expected one: the first after an "=" ("5 + 6 = 11"), else
+    the first in the answer."""
+    text = answer.replace(",", "")
+    found = NUMBER.search(text[text.index("=") + 1:] if "=" in text else text)
     return found is not None and float(found.group()) == float(expected)
 
 

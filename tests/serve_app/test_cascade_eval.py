@@ -65,6 +65,7 @@ def test_calibration_for_a_share_or_a_quality_target():
     ("number", "The answer is 12.", "12", True),
     ("number", "It is 1,200 in all", "1200", True),
     ("number", "7 + 5 = 11", "12", False),
+    ("number", "5 + 6 = 11. Next, 7 + 8 = 15", "11", True),
     ("mentions", "The capital of Japan is Tokyo.", "Tokyo", True),
     ("mentions", "Tokyoites like it", "Tokyo", False),
     ("label", "Positive, not negative.", "positive", True),
