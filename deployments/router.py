@@ -148,6 +148,7 @@ class Router:
         """`engines`: one handle per engine version, by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
         self._engines = engines
+        self._engine_versions = self._config.engine_versions()  # fixed for this replica's life
         access = self._config.access
         keys = load_api_keys(access.api_keys_env, access.api_keys_file)
         if access.require_api_keys and not keys:
@@ -197,7 +198,7 @@ class Router:
         while True:
             try:
                 deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
-                for engine in self._config.engine_versions():
+                for engine in self._engine_versions:
                     states = deployments[engine.deployment].replica_states
                     running = sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
                     self._router.set_running_replicas(engine.label, running)
@@ -285,7 +286,7 @@ class Router:
             infos = await asyncio.gather(*(h.model_info.remote() for h in self._engines.values()))
             self._model_infos = dict(zip(self._engines, infos, strict=True))
         status = self._router.rollout_status()
-        labels = {(e.tier, e.version): e.label for e in self._config.engine_versions()}
+        labels = {(e.tier, e.version): e.label for e in self._engine_versions}
         by_tier = {tier: self._model_infos[labels[tier, status[tier]["stable"]]] for tier in self._config.tiers}
         cascade = by_tier[self._config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
