@@ -55,8 +55,6 @@ from serve_app.telemetry import Ledger
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
 logger = logging.getLogger("ray.serve")
-REPLICA_POLL_S = 2.0
-"""How often the router reads each tier's running replicas from the Serve controller."""
 
 
 def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
@@ -205,7 +203,7 @@ class Router:
                 self._metrics.backends(self._router.backend_states())
             except Exception:  # the controller is busy or restarting: keep the last known capacity
                 logger.warning("could not read the tiers' replica counts", exc_info=True)
-            await asyncio.sleep(REPLICA_POLL_S)
+            await asyncio.sleep(self._config.router.replica_poll_s)
 
     # Python API (DeploymentHandle) ------------------------------------------------------------
 

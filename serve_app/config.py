@@ -327,6 +327,10 @@ class RouterConfig(StrictModel):
     context window, as vLLM does). Completions keep OpenAI's default of 16."""
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=256))
     """Ray Serve options of the router deployment."""
+    replica_poll_s: float = Field(10.0, gt=0)
+    """How often the router reads each tier's running replicas (its capacity) from the Serve controller.
+    Each read makes the controller build every deployment's details, so it is not free: replicas take
+    tens of seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
 
 
 class ResilienceConfig(StrictModel):
