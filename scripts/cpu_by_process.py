@@ -1,0 +1,82 @@
+"""Where the CPU goes while a system serves one load level: CPU % per process, for the overhead work.
+
+    .venv/bin/python scripts/cpu_by_process.py app --concurrency 16      # or: vllm, ray-llm; --idle
+    .venv/bin/python scripts/cpu_by_process.py vllm --with-ray           # vLLM beside an idle Ray + Serve
+
+Starts the system as scripts/bench_serving.py does, runs one level of the same load on the `strong`
+route (or, with --idle, nothing for --idle-s), and prints the load's figures and each process's CPU
+over it (100 % = one core). On a CPU host every process shares the cores the engine's OpenMP threads
+are bound to, so the serving stack's own CPU shows up as a slower engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts import bench_serving  # noqa: E402
+
+
+def label(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline())
+    if command.startswith("ray::"):
+        return command.split()[0]
+    return f"{process.name()} {' '.join(Path(part).name for part in process.cmdline()[1:3])}"[:70]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("system", choices=bench_serving.SYSTEMS)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", default="configs/local-cpu.yaml")
+    parser.add_argument("--idle", action="store_true", help="measure the idle system instead of a load")
+    parser.add_argument("--idle-s", type=float, default=20)
+    parser.add_argument("--with-ray", action="store_true", help="run an idle Ray head with Serve beside it")
+    args = parser.parse_args()
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    load = argparse.Namespace(tokenizer="models/smollm2-135m-instruct", input_len=256, output_len=64, min_prompts=8,
+                              rounds=3, slo_ttft_ms=2000, slo_tpot_ms=250, raw_dir=Path(tempfile.mkdtemp()))
+    profile = yaml.safe_load((ROOT / args.profile).read_text())
+    folder = Path(tempfile.mkdtemp(prefix="cpu-", dir="/tmp"))
+    with contextlib.ExitStack() as stack:
+        if args.with_ray:
+            head = bench_serving.RayHead(folder, folder / "beside.log")
+            stack.callback(head.stop)
+            head.deploy({"http_options": {"host": "127.0.0.1", "port": bench_serving.free_port()}, "applications": []})
+        target = stack.enter_context(bench_serving.started(args.system, profile, args.concurrency, folder))
+        time.sleep(5)
+        processes = [p for p in psutil.process_iter() if p.pid != os.getpid()]
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.cpu_percent(None)
+        started = time.monotonic()
+        if args.idle:
+            time.sleep(args.idle_s)
+            figures = "idle"
+        else:
+            result = bench_serving.run_load(target, "strong", args.concurrency, load)
+            figures = (f"output {result['output_throughput']:.1f} tok/s, TTFT p50 {result['median_ttft_ms']:.0f} ms, "
+                       f"TPOT p50 {result['median_tpot_ms']:.1f} ms")
+        usage: collections.Counter[str] = collections.Counter()
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                usage[label(process)] += process.cpu_percent(None)
+    print(f"{args.system}, concurrency {args.concurrency}, {time.monotonic() - started:.0f} s: {figures}")
+    for name, percent in usage.most_common():
+        if percent >= 0.5:
+            print(f"{percent:7.1f} %  {name}")
+
+
+if __name__ == "__main__":
+    main()
