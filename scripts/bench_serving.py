@@ -214,7 +214,7 @@ def run_load(target: Target, route: str, concurrency: int, args: argparse.Namesp
     cli = ["--backend", "openai-chat", "--base-url", target.base_url, "--endpoint", "/v1/chat/completions",
            "--model", target.models[route], "--tokenizer", str(ROOT / args.tokenizer),
            "--dataset-name", "random", "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-           "--num-prompts", str(max(args.min_prompts, concurrency * args.rounds)),
+           "--num-prompts", str(prompts_per_level(args, concurrency)),
            "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency), "--seed", str(seed),
            "--temperature", "0", "--ignore-eos", "--disable-tqdm", "--save-result", "--save-detailed",
            "--result-dir", str(args.raw_dir), "--result-filename", f"{target.system}-{route}-c{concurrency}.json",
@@ -266,7 +266,8 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line; its defaults are the load every benchmark of this project uses."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="configs/local-cpu.yaml")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -284,7 +285,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/serving.json")
     parser.add_argument("--plot", type=Path, help="PNG plot (default: beside --out)")
     parser.add_argument("--raw-dir", type=Path, help="vLLM's per-request results (default: a folder beside --out)")
-    args = parser.parse_args()
+    return parser
+
+
+def prompts_per_level(args: argparse.Namespace, concurrency: int) -> int:
+    return max(args.min_prompts, concurrency * args.rounds)
+
+
+def main() -> None:
+    args = arguments().parse_args()
     args.raw_dir = args.raw_dir or args.out.with_suffix("")
 
     profile = yaml.safe_load((ROOT / args.profile).read_text())
@@ -310,7 +319,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": os.cpu_count(), "profile": args.profile},
         "load": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": levels,
-                 "requests_per_level": {c: max(args.min_prompts, c * args.rounds) for c in levels},
+                 "requests_per_level": {c: prompts_per_level(args, c) for c in levels},
                  "client": "vllm.benchmarks.serve (openai-chat, streamed, random prompts, ignore_eos)"},
         "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
         "overhead": overhead(rows),

@@ -45,8 +45,7 @@ def main() -> None:
     parser.add_argument("--with-ray", action="store_true", help="run an idle Ray head with Serve beside it")
     args = parser.parse_args()
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    load = argparse.Namespace(tokenizer="models/smollm2-135m-instruct", input_len=256, output_len=64, min_prompts=8,
-                              rounds=3, slo_ttft_ms=2000, slo_tpot_ms=250, raw_dir=Path(tempfile.mkdtemp()))
+    load = bench_serving.arguments().parse_args(["--raw-dir", tempfile.mkdtemp()])  # the benchmark's own load
     profile = yaml.safe_load((ROOT / args.profile).read_text())
     folder = Path(tempfile.mkdtemp(prefix="cpu-", dir="/tmp"))
     with contextlib.ExitStack() as stack:
