@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments import watchdog
 from deployments.metrics import EngineMetrics
 from serve_app import efficiency, model_store, tracing
 from serve_app.config import ModelStoreConfig, TierConfig, TracingConfig
@@ -69,6 +70,8 @@ class LLMServer:
                  model_store: dict[str, Any] | None = None):
         """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's tracing and
         model store settings."""
+        # Before the engine starts a process: its processes end with this replica, however it ends.
+        self._watchdog = watchdog.guard()
         imports_started = time.monotonic()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

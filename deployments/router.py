@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.external import ExternalBackend
 from deployments.metrics import RouterMetrics
+from deployments.rollout_state import SharedRollbacks
 from serve_app import openai_format, telemetry, tracing
 from serve_app.access import KeyGate, load_api_keys
 from serve_app.admission import PRIORITY_BUDGET
@@ -165,8 +166,11 @@ class Router:
         self._metrics.backends(self._router.backend_states())
         self._record_content = self._config.observability.tracing.record_content
         self._replica_watch: asyncio.Task | None = None
+        self._rollback_sync: asyncio.Task | None = None
+        self._shared_rollbacks = SharedRollbacks(serve.get_replica_context().app_name)
+        self._background: set[asyncio.Task] = set()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new rollout (serve_app.config.RolloutConfig), applied in place: in-flight requests finish on
         the version they started on, new ones follow the new split. An invalid one is refused and the
         current rollout stays (raising here would make Ray Serve replace this replica)."""
@@ -178,18 +182,46 @@ class Router:
             return
         self._rollout_error = None
         self._router.set_rollouts(rollouts)
+        identities = self._router.rollout_identities()
+        for tier, rollback in (await self._shared_rollbacks.apply(identities)).items():
+            if self._router.adopt_rollback(tier, identities[tier], rollback):
+                logger.warning("canary %s@%s stays rolled back (decided earlier): %s", tier, rollback.version, rollback.reason)
         self._metrics.rollouts(self._router.rollout_status())
         logger.info("rollouts applied: %s", rollouts.model_dump(exclude_defaults=True) or "every tier on its default version")
 
     def _rolled_back(self, tier: str, rollback: RolledBack) -> None:
         logger.warning("canary %s@%s rolled back to 0 %%: %s", tier, rollback.version, rollback.reason)
-        self._metrics.rollback(tier, rollback.version)
         self._metrics.rollouts(self._router.rollout_status())
+        task = asyncio.get_running_loop().create_task(self._share(tier, self._router.rollout_identities()[tier], rollback))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _share(self, tier: str, identity: str, rollback: RolledBack) -> None:
+        """Tell the other router replicas; the rollback is counted once, by the replica whose verdict holds."""
+        if await self._shared_rollbacks.record(tier, identity, rollback) == rollback:
+            self._metrics.rollback(tier, rollback.version)
+
+    async def _follow_rollbacks(self) -> None:
+        """Adopt the rollbacks other router replicas decide, while some tier runs a canary."""
+        while True:
+            if any(traffic["canary"] for traffic in self._router.rollout_status().values()):
+                adopted = False
+                for tier, (identity, rollback) in (await self._shared_rollbacks.current()).items():
+                    if self._router.adopt_rollback(tier, identity, rollback):
+                        logger.warning("canary %s@%s rolled back by another router replica: %s", tier,
+                                       rollback.version, rollback.reason)
+                        adopted = True
+                if adopted:
+                    self._metrics.rollouts(self._router.rollout_status())
+            await asyncio.sleep(self._config.router.rollout_sync_s)
 
     def _watch_replicas(self) -> None:
-        """Start (once, on the serving event loop) following each tier's running replicas."""
+        """Start (once, on the serving event loop) following each tier's running replicas and the
+        rollbacks decided by other router replicas."""
         if self._replica_watch is None or self._replica_watch.done():
             self._replica_watch = asyncio.get_running_loop().create_task(self._follow_replicas())
+        if self._rollback_sync is None or self._rollback_sync.done():
+            self._rollback_sync = asyncio.get_running_loop().create_task(self._follow_rollbacks())
 
     async def _follow_replicas(self) -> None:
         app = serve.get_replica_context().app_name
@@ -275,9 +307,12 @@ class Router:
             yield chunk
 
     async def rollouts(self) -> dict[str, Any]:
-        """Per tier: the versions serving, canary and shadow shares, the guard's figures, any rollback,
-        recent shadow comparisons; and the last refused rollout config, if any."""
-        return {"tiers": self._router.rollout_status(), "config_error": self._rollout_error}
+        """Per tier: the versions serving, canary and shadow shares, the guard's figures (this router
+        replica's), any rollback (whichever replica decided it), recent shadow comparisons; the last
+        refused rollout config, if any; and which router replica answered."""
+        self._watch_replicas()
+        return {"tiers": self._router.rollout_status(), "config_error": self._rollout_error,
+                "replica": serve.get_replica_context().replica_id.unique_id}
 
     async def models(self) -> ModelList:
         if self._model_infos is None:  # asked once: an engine version's model is fixed for its life
@@ -337,7 +372,11 @@ class Router:
 
     @api.get("/health")
     async def http_health(self) -> dict[str, Any]:
-        """Open to all: liveness of the router and the circuit state of each tier."""
+        """Open to all: liveness of the router, the circuit state of each backend, and how the router
+        sees each backend's load (requests in flight, concurrency slots of its running replicas)."""
         self._watch_replicas()
-        self._metrics.backends(self._router.backend_states())
-        return {"status": "ok", "circuits": self._router.breaker_states()}
+        states = self._router.backend_states()
+        self._metrics.backends(states)
+        return {"status": "ok", "circuits": self._router.breaker_states(),
+                "backends": {name: {"circuit": state.value, "in_flight": in_flight, "slots": slots}
+                             for name, (state, in_flight, slots) in states.items()}}

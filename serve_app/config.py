@@ -331,6 +331,8 @@ class RouterConfig(StrictModel):
     """How often the router reads each tier's running replicas (its capacity) from the Serve controller.
     Each read makes the controller build every deployment's details, so it is not free: replicas take
     tens of seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
+    rollout_sync_s: float = Field(2.0, gt=0)
+    """How often a router replica reads the canary rollbacks other replicas decided (while a canary runs)."""
 
 
 class ResilienceConfig(StrictModel):

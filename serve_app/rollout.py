@@ -9,7 +9,9 @@ reports each outcome back; randomness and the clock are injected.
   A request without a key is split at random.
 - Guard: the canary's recent requests are compared with the stable version's over the same window;
   a canary failing more often, or with a much slower first token, is set back to 0 % until the next
-  rollout config arrives.
+  rollout config arrives. The verdict is the rollout's, not one router replica's: the deployment
+  shares it (keyed by `rollout_identity`) with every other replica and with replicas started later, which
+  `adopt` it.
 - Shadow: a copy of a share of the requests goes to another version, bounded in number; its answer
   is compared with the primary's (`agreement`) and recorded, never returned.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import random
 import statistics
 from collections import deque
@@ -42,6 +45,12 @@ def agreement(primary: str, shadow: str) -> float:
     if not a and not b:
         return 1.0
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def rollout_identity(rollout: TierRollout) -> str:
+    """What a shared rollback is kept under: the tier's rollout config, so that a changed one starts clean."""
+    canonical = json.dumps(rollout.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,17 @@ class TierTraffic:
         self.rolled_back = RolledBack(self.config.canary, reason, self._clock())
         return self.rolled_back
 
+    @property
+    def identity(self) -> str:
+        return rollout_identity(self.config)
+
+    def adopt(self, rollback: RolledBack) -> bool:
+        """Take a rollback another router replica decided for this rollout; True if it changed anything."""
+        if self.rolled_back is not None or rollback.version != self.config.canary:
+            return False
+        self.rolled_back = rollback
+        return True
+
     def mirror(self) -> str | None:
         """The shadow version to copy this request to, or None. A copy that would exceed the bound is
         counted as shed."""
@@ -192,3 +212,34 @@ class TierTraffic:
             "shadow": c.shadow, "shadow_percent": c.shadow_percent, "shadow_in_flight": self.shadow_in_flight,
             "shadow_results": self.shadows.summary(),
         }
+
+
+class RollbackBook:
+    """Per tier: the identity of the rollout it applies and that rollout's rollback, if any. Shared by
+    an application's router replicas (deployments.rollout_state keeps it in an actor); plain values in
+    and out (a rollback as the dict of a `RolledBack`)."""
+
+    def __init__(self):
+        self._tiers: dict[str, tuple[str, dict | None]] = {}
+
+    def apply(self, tier: str, identity: str) -> dict | None:
+        """A router applies rollout `identity` to `tier`: its rollback so far (a new rollout has none)."""
+        current = self._tiers.get(tier)
+        if current is None or current[0] != identity:
+            self._tiers[tier] = (identity, None)
+            return None
+        return current[1]
+
+    def record(self, tier: str, identity: str, rollback: dict) -> dict | None:
+        """Keep the first rollback of the tier's current rollout; returns the one kept (None: `identity`
+        is no longer the tier's rollout, so the rollback is stale and dropped)."""
+        current_identity, current = self._tiers.setdefault(tier, (identity, None))
+        if current_identity != identity:
+            return None
+        if current is None:
+            self._tiers[tier] = (identity, rollback)
+            return rollback
+        return current
+
+    def rollbacks(self) -> dict[str, tuple[str, dict | None]]:
+        return dict(self._tiers)

@@ -287,6 +287,16 @@ class CascadeRouter:
     def rollout_status(self) -> dict[str, dict]:
         return {tier: traffic.status() for tier, traffic in self._traffic.items()}
 
+    def rollout_identities(self) -> dict[str, str]:
+        """Per tier, the identity of its rollout (serve_app.rollout.rollout_identity)."""
+        return {tier: traffic.identity for tier, traffic in self._traffic.items()}
+
+    def adopt_rollback(self, tier: str, identity: str, rollback: RolledBack) -> bool:
+        """A rollback decided elsewhere (another router replica, an earlier life of this one) for the
+        tier's rollout `identity`; ignored when this replica applies another rollout. True if it changed anything."""
+        traffic = self._traffic.get(tier)
+        return traffic is not None and traffic.identity == identity and traffic.adopt(rollback)
+
     @property
     def routes(self) -> list[str]:
         return [AUTO_ROUTE, self._alias, *self._routable]

@@ -1,6 +1,7 @@
 """One real stack per test run: a fresh Ray head on 127.0.0.1, and `serve deploy` of the local CPU
-profile (both vLLM engines, the router) as CI would deploy it. Torn down even when tests fail: the
-app is shut down, then every process the cluster started is terminated."""
+profile (both vLLM engines, the router) as CI would deploy it. Torn down even when tests fail, the
+hard way, as `ray stop --force` on a node does: every Ray process is killed and the engines must
+end by themselves; one that outlives the cluster fails the run (and is then reaped)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ import pytest
 import yaml
 
 from scripts.otlp_receiver import SpanCollector
-from scripts.process_tree import stop_process_tree
+from scripts.process_tree import describe, kill_ray, marked, stop_process_tree, survivors
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 APP = "llm"
 DEPLOY_TIMEOUT_S = 900
 RUN_MARKER = ("SERVE_APP_TEST_RUN", uuid.uuid4().hex)
-"""In the environment of every process the test cluster starts, so teardown finds orphans too."""
+"""In the environment of every process the test cluster starts, so teardown can tell its processes."""
+ENGINE_EXIT_TIMEOUT_S = 60
+"""How long a replica's engine processes may take to end after the replica (generous: two busy cores)."""
 API_KEYS = ("sk-test-main", "sk-test-rate")
 """Given to the cluster's processes as SERVE_APP_API_KEYS, as an operator would: authentication is on."""
 
@@ -156,10 +159,19 @@ def start_model_store() -> tuple[object, dict[str, str]]:
     return server, env
 
 
-def stop_cluster(head: subprocess.Popen, dashboard_url: str) -> None:
-    with contextlib.suppress(Exception):
-        subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], timeout=120, capture_output=True)
-    stop_process_tree(head, marker=RUN_MARKER)
+def stop_cluster(*nodes: subprocess.Popen, marker: tuple[str, str] = RUN_MARKER) -> None:
+    """`ray stop --force` on the cluster's nodes (`ray start --block` processes), then every engine
+    process must end by itself."""
+    left = kill_ray(marker)
+    for node in nodes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.wait(timeout=60)
+    orphans = survivors(left, ENGINE_EXIT_TIMEOUT_S)
+    described = describe(orphans)
+    for node in nodes:  # whatever is left, so that a failure here leaves no process behind
+        stop_process_tree(node, marker=marker)
+    assert not orphans, f"engine processes outlived their cluster by {ENGINE_EXIT_TIMEOUT_S} s: {described}"
+    assert not marked(*marker), describe(marked(*marker))
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +200,7 @@ def stack(tmp_path_factory, s3_env) -> Stack:
                  **s3_env, "SERVE_APP_MODEL_CACHE_DIR": str(model_cache_dir)},
         )
     except BaseException:
-        stop_process_tree(external_process, marker=RUN_MARKER)
+        stop_process_tree(external_process)
         spans.close()
         raise
     try:
@@ -215,11 +227,13 @@ def stack(tmp_path_factory, s3_env) -> Stack:
         yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external,
                     f"http://127.0.0.1:{metrics_port}/metrics", spans, model_cache_dir)
     finally:
-        stop_cluster(head, dashboard_url)
-        stop_process_tree(external_process, marker=RUN_MARKER)
-        spans.close()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        try:
+            stop_process_tree(external_process)  # its own process group
+            stop_cluster(head)
+        finally:
+            spans.close()
+            log.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

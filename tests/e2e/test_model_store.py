@@ -22,5 +22,5 @@ def test_the_s3_tier_answers_from_its_nodes_cache(client, stack):
     assert manifest == build_manifest(ROOT / "models" / "smollm2-135m-instruct-pruned")  # the same bytes
     assert not list(entry.parent.glob(".partial-*"))
     phases = wait_for("the cheap tier's start phases", lambda: find(scrape(stack.metrics_url),
-                      "ray_serve_app_engine_start_seconds", tier="cheap", phase="fetch"), timeout_s=30, every_s=1)
+                      "ray_serve_app_engine_start_seconds", tier="cheap", phase="fetch"), timeout_s=180, every_s=1)
     assert phases[0] > 0

@@ -28,7 +28,7 @@ def test_an_escalated_request_is_one_trace_under_the_clients_parent(client, stac
         spans = stack.spans.trace(trace_id)
         return spans if sum(s.name.startswith("generate") for s in spans) >= 2 and len(spans) >= 5 else None
 
-    spans = wait_for("the request's spans at the collector", complete, timeout_s=60, every_s=1)
+    spans = wait_for("the request's spans at the collector", complete, timeout_s=180, every_s=1)
     by_name = {}
     for span in spans:
         by_name.setdefault(span.name, []).append(span)
@@ -76,7 +76,7 @@ def settled(stack, name: str, **labels) -> dict:
         second = scrape(stack.metrics_url)
         return second if total(first, name, **labels) == total(second, name, **labels) else None
 
-    return wait_for(f"{name} to settle", stable, timeout_s=90, every_s=0)
+    return wait_for(f"{name} to settle", stable, timeout_s=180, every_s=0)
 
 
 def test_metrics_count_the_requests_sent(client, stack):
@@ -91,7 +91,7 @@ def test_metrics_count_the_requests_sent(client, stack):
         after = scrape(stack.metrics_url)
         return after if total(after, requests, route="cheap") - total(before, requests, route="cheap") >= 4 else None
 
-    wait_for("the router's request counter", counted, timeout_s=90, every_s=2)
+    wait_for("the router's request counter", counted, timeout_s=180, every_s=2)
     after = settled(stack, requests, route="cheap")
 
     def delta(name, **labels):

@@ -59,7 +59,8 @@ def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wai
     config = copy.deepcopy(stack.config)
     if rollouts is not None:
         app = rollout_app(stack, retired_v1)
-        app["deployments"] = [{"name": "router", "user_config": {"rollouts": rollouts}}]
+        # Two router replicas: a rollout decision must hold in both, and in a replica started later.
+        app["deployments"] = [{"name": "router", "num_replicas": 2, "user_config": {"rollouts": rollouts}}]
         config["applications"].append(app)
     path = tmp_path / f"deploy-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -81,9 +82,26 @@ def rollouts_now(stack) -> dict:
     return httpx.get(f"{stack.http_url}{PREFIX}/v1/rollouts", headers=stack.headers, timeout=10).json()
 
 
+def every_router_replica(stack, check, seen: set[str] | None = None) -> set[str]:
+    """Until both router replicas report what `check` wants of the strong tier's rollout; their ids."""
+    seen = set() if seen is None else seen
+
+    def both():
+        status = rollouts_now(stack)
+        if check(status["tiers"]["strong"]):
+            seen.add(status["replica"])
+        else:
+            seen.discard(status["replica"])
+        return len(seen) >= 2
+
+    wait_for("both router replicas' rollout", both, 300, 0.2)
+    return seen
+
+
 def wait_applied(stack, check) -> dict:
-    """Until every router replica... there is one: until the router reports the rollout `check` wants."""
-    return wait_for("the router's rollout", lambda: check(rollouts_now(stack)["tiers"]["strong"]), 120, 1)
+    """Until every router replica reports the rollout `check` wants."""
+    every_router_replica(stack, check)
+    return rollouts_now(stack)["tiers"]["strong"]
 
 
 def ask(http: httpx.Client, max_tokens: int = 2, session: str | None = None, **body) -> httpx.Response:
@@ -135,13 +153,21 @@ def test_a_shadow_copy_is_compared_and_never_reaches_the_client(stack, versions)
         answers.append(response.json()["choices"][0]["message"]["content"])
         time.sleep(1)  # the shadow has one engine to itself: copies are not shed for being busy
     assert len(set(answers)) == 1  # temperature 0: v1's answer every time
-    results = wait_for("the shadow results", lambda: (r := rollouts_now(stack)["tiers"]["strong"]["shadow_results"])
-                       ["ok"] + r["shed"] == 4 and r, 120, 1)
+    # Each router replica mirrors the requests it routed: the four copies are split between the two.
+    by_replica = {}
+
+    def all_four():
+        status = rollouts_now(stack)
+        by_replica[status["replica"]] = status["tiers"]["strong"]["shadow_results"]
+        return len(by_replica) == 2 and sum(r["ok"] + r["shed"] for r in by_replica.values()) == 4
+
+    wait_for("the shadow results", all_four, 120, 0.2)
+    results = {key: sum(r[key] for r in by_replica.values()) for key in ("ok", "shed", "error")}
     assert results["ok"] >= 1 and results["error"] == 0
-    compared = [r for r in results["recent"] if r["outcome"] == "ok"]
+    compared = [r for replica in by_replica.values() for r in replica["recent"] if r["outcome"] == "ok"]
     assert all(r["version"] == "v2" and 0 <= r["agreement"] <= 1 and r["output_tokens"] > 0 for r in compared)
     wait_for("shadow metrics", lambda: total(scrape(stack.metrics_url), "ray_serve_app_shadow_requests_total",
-                                             application=APP, version="v2", outcome="ok") == results["ok"], 60, 2)
+                                             application=APP, version="v2", outcome="ok") == results["ok"], 180, 2)
 
 
 def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_client(stack, versions, serve_handles):
@@ -154,20 +180,38 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     responses = []
     while len(responses) < 30 and rollouts_now(stack)["tiers"]["strong"]["rolled_back"] is None:
         responses.append(ask(http))
+    # One router replica's guard decided; the other adopts its verdict, and so does a restarted one.
+    routers = every_router_replica(stack, lambda s: s["rolled_back"] is not None)
     status = rollouts_now(stack)["tiers"]["strong"]
-    assert status["rolled_back"] is not None, status
     assert status["rolled_back"]["version"] == "v2" and "error rate" in status["rolled_back"]["reason"]
     assert status["canary_percent"] == 0 and status["configured_canary_percent"] == 50
-    responses += [ask(http) for _ in range(3)]
+    restarted = restart_a_router_replica(serve_handles)
+    seen = set()
+    while not seen - routers:  # until the replica that replaced it answers too
+        now = rollouts_now(stack)
+        assert now["tiers"]["strong"]["rolled_back"] == status["rolled_back"], (now, restarted)
+        seen.add(now["replica"])
+    responses += [ask(http) for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * len(responses)
     assert {r.headers["x-served-version"] for r in responses} == {"v1"}  # every canary failure answered by v1
+    status = rollouts_now(stack)["tiers"]["strong"]
     assert status["shadow_results"]["error"] + status["shadow_results"]["shed"] > 0
     assert status["shadow_results"]["ok"] == 0
+    # Counted once, by the replica whose verdict holds.
     wait_for("the rollback counted", lambda: total(scrape(stack.metrics_url), "ray_serve_app_rollout_rollbacks_total",
-                                                   application=APP, tier="strong", version="v2") == 1, 60, 2)
+                                                   application=APP, tier="strong", version="v2") == 1, 180, 2)
     # Ray Serve replaces the killed replica; the next tests want it serving.
     wait_for("v2 replaced", lambda: [r["actor_name"] for r in rollout_status(stack)["deployments"]["llm-strong-v2"]
-                                     ["replicas"] if r["state"] == "RUNNING"] not in ([], [killed]), DEPLOY_TIMEOUT_S, 3)
+                                     ["replicas"] if r["state"] == "RUNNING"] not in ([], [killed.actor]), DEPLOY_TIMEOUT_S, 3)
+
+
+def restart_a_router_replica(serve_handles) -> str:
+    """Kill one of the rollout app's router replicas; Ray Serve starts another. The killed one's name."""
+    import ray
+
+    (name, *_) = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#router#" in a["name"])
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return name
 
 
 class Traffic:

@@ -1,16 +1,21 @@
-"""A tier dies: users see the fallback, the breaker opens and closes, Ray Serve brings the replica back.
+"""A tier dies: users see the fallback, the breaker opens and closes, Ray Serve brings the replica back,
+and nothing of the dead replica survives it (its engine processes end with it, however it ended).
 
 Named to run last: it kills the tiers' replicas, and the tests before it want a healthy stack.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
+import psutil
 import pytest
+
+from scripts.process_tree import describe, survivors
+from tests.e2e.conftest import ENGINE_EXIT_TIMEOUT_S
 
 pytestmark = pytest.mark.e2e
 
@@ -27,28 +32,63 @@ def circuits(stack) -> dict:
     return httpx.get(f"{stack.http_url}/health", timeout=10).json()["circuits"]
 
 
-def kill_replica(serve_handles, deployment: str) -> str:
-    """SIGKILL a replica's actor and, as the crash of its node or container would, the vLLM engine
-    processes it started: those outlive a killed parent (vLLM has no parent-death check) and would keep
-    polling on the cores the other engines need."""
-    import psutil
+@dataclass
+class Killed:
+    actor: str
+    """The replica's actor name (Ray Serve's replacement has another)."""
+    family: list[psutil.Process]
+    """Every process the replica had started: its engine's processes and their watchdog."""
+
+
+def replica(deployment: str) -> tuple[dict, psutil.Process]:
+    """The one replica of `deployment` (a substring of its actor name): its named actor and its process."""
     import ray
     from ray.util.state import list_actors
 
     names = [a for a in ray.util.list_named_actors(all_namespaces=True) if deployment in a["name"]]
     assert len(names) == 1, names
     (actor,) = list_actors(filters=[("name", "=", names[0]["name"]), ("state", "=", "ALIVE")], detail=True)
-    engine = psutil.Process(actor.pid).children(recursive=True)
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
-    for process in engine:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    return names[0]["name"]
+    return names[0], psutil.Process(actor.pid)
+
+
+def kill_replica(serve_handles, deployment: str, how: str = "ray.kill") -> Killed:
+    """End a replica as production sees it happen: `ray.kill` (what Ray Serve does to a replica it
+    replaces) or a SIGKILL of its process (the OOM killer, a crash). Its engine processes are left
+    alone: they must end by themselves."""
+    import ray
+
+    named, process = replica(deployment)
+    family = process.children(recursive=True)
+    assert any("EngineCore" in " ".join(p.cmdline()) for p in family), [p.cmdline() for p in family]
+    if how == "ray.kill":
+        ray.kill(ray.get_actor(named["name"], namespace=named["namespace"]), no_restart=True)
+    elif how == "sigkill":
+        process.kill()
+    else:
+        raise ValueError(how)
+    return Killed(named["name"], family)
+
+
+def assert_ended(killed: Killed) -> None:
+    left = survivors(killed.family, ENGINE_EXIT_TIMEOUT_S)
+    assert not left, f"processes of {killed.actor} outlived it by {ENGINE_EXIT_TIMEOUT_S} s: {describe(left)}"
+
+
+def wait_served_by_cheap_again(stack) -> httpx.Response:
+    """Ray Serve replaces the replica; after the cool-down a probe closes the circuit again."""
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+    while True:
+        response = ask(stack)
+        assert response.status_code == 200
+        if response.headers["x-served-by"] == "cheap":
+            return response
+        assert time.monotonic() < deadline, "the cheap tier never came back"
+        time.sleep(5)
 
 
 def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_handles):
     assert ask(stack).headers["x-served-by"] == "cheap"
-    killed = kill_replica(serve_handles, "llm-cheap-v1")
+    killed = kill_replica(serve_handles, "llm-cheap-v1", how="sigkill")
 
     # While the replica is gone, every answer still arrives, from the strong tier, saying why.
     resilience = stack.config["applications"][0]["args"]["resilience"]
@@ -66,28 +106,37 @@ def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_hand
     fast = ask(stack)
     assert fast.status_code == 200 and fast.headers["x-fallback-reason"] == "cheap: circuit_open"
 
-    # Ray Serve replaces the replica; after the cool-down a probe closes the circuit again.
-    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-    while True:
-        response = ask(stack)
-        assert response.status_code == 200
-        if response.headers["x-served-by"] == "cheap":
-            break
-        assert time.monotonic() < deadline, "the cheap tier never came back"
-        time.sleep(5)
+    assert_ended(killed)  # the killed replica's engine did not outlive it
+    response = wait_served_by_cheap_again(stack)
     assert "x-fallback-reason" not in response.headers
     assert circuits(stack)["cheap"] == "closed"
     import ray
 
-    assert killed not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert killed.actor not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+
+
+def test_a_replica_whose_engine_died_is_replaced_and_leaves_nothing_behind(stack, serve_handles):
+    """The engine core crashes: the replica's health check fails, Ray Serve replaces the replica, and
+    what was left of the old one (its engine's worker, the replica itself) ends."""
+    named, process = replica("llm-cheap-v1")
+    family = process.children(recursive=True)
+    (core,) = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
+    core.kill()
+    # Every request is still answered meanwhile (by the fallback), and the new replica serves.
+    wait_served_by_cheap_again(stack)
+    assert_ended(Killed(named["name"], [process, *family]))
+    import ray
+
+    assert named["name"] not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
 
 
 def test_when_both_tiers_die_the_external_api_answers(stack, serve_handles):
-    kill_replica(serve_handles, "llm-strong-v1")
-    kill_replica(serve_handles, "llm-cheap-v1")
+    killed = [kill_replica(serve_handles, "llm-strong-v1"), kill_replica(serve_handles, "llm-cheap-v1")]
     response = ask(stack, model="strong")
     assert response.status_code == 200, response.text
     assert response.headers["x-served-by"] == "backup"
     reason = response.headers["x-fallback-reason"]
     assert reason.startswith("strong: ") and "cheap: " in reason
     assert "Paris" in response.json()["choices"][0]["message"]["content"]
+    for replica_killed in killed:
+        assert_ended(replica_killed)

@@ -13,9 +13,8 @@ import uuid
 
 import pytest
 
-from scripts.process_tree import stop_process_tree
 from serve_app.model_store import cache_entry
-from tests.e2e.conftest import BIN, CHEAP_S3_URI, ROOT, free_port
+from tests.e2e.conftest import BIN, CHEAP_S3_URI, ROOT, free_port, stop_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -84,10 +83,10 @@ def two_nodes(s3_env, tmp_path):
         subprocess.run([BIN / "python", "-c", wait, f"127.0.0.1:{port}"], cwd=ROOT, env=env, check=True, timeout=300)
         yield f"127.0.0.1:{port}", caches, env
     finally:
-        for process in (worker, head):
-            if process is not None:
-                stop_process_tree(process, marker=marker)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        try:
+            stop_cluster(*(p for p in (worker, head) if p is not None), marker=marker)
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def run_json(args: list, env: dict, timeout: float = 900):

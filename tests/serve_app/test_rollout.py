@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from serve_app.config import AppConfig, RolloutConfig, TierRollout
 from serve_app.errors import BackendUnavailable
-from serve_app.rollout import Choice, TierTraffic, agreement, bucket
+from serve_app.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
 from serve_app.routing import CascadeRouter
 from tests.serve_app.test_routing import FakeTier, request
 
@@ -195,3 +195,32 @@ def test_an_unchanged_rollout_keeps_its_rollback_and_a_changed_one_starts_afresh
     router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 10}}}))
     assert router.rollout_status()["strong"]["rolled_back"] is None
     assert router.rollout_status()["strong"]["guard"]["canary"]["requests"] == 0
+
+
+def test_a_rollout_identity_changes_with_the_rollout_and_only_with_it():
+    a = TierRollout(canary="v2", canary_percent=10)
+    assert rollout_identity(a) == rollout_identity(TierRollout(canary="v2", canary_percent=10.0))
+    assert rollout_identity(a) != rollout_identity(TierRollout(canary="v2", canary_percent=20))
+    assert rollout_identity(a) != rollout_identity(TierRollout())
+
+
+def test_a_replica_adopts_a_rollback_of_its_own_canary_once():
+    traffic = TierTraffic("strong", "v1", TierRollout(canary="v2", canary_percent=50), random.Random(0), lambda: 0.0)
+    assert not traffic.adopt(RolledBack("v3", "not this canary", 1.0))
+    assert traffic.adopt(RolledBack("v2", "error rate 100%", 1.0))
+    assert traffic.canary_percent == 0 and traffic.pick("anyone").version == "v1"
+    assert not traffic.adopt(RolledBack("v2", "again", 2.0))
+    assert traffic.rolled_back.reason == "error rate 100%"
+
+
+def test_the_rollback_book_keeps_the_first_rollback_of_the_current_rollout():
+    book = RollbackBook()
+    assert book.apply("strong", "A") is None
+    first, second = {"version": "v2", "reason": "first", "at_s": 1.0}, {"version": "v2", "reason": "second", "at_s": 2.0}
+    assert book.record("strong", "A", first) == first
+    assert book.record("strong", "A", second) == first       # another replica's later verdict: the first holds
+    assert book.apply("strong", "A") == first                # a restarted replica with the same rollout
+    assert book.record("strong", "old", second) is None      # a stale rollout's verdict is dropped
+    assert book.apply("strong", "B") is None                 # a new rollout starts clean...
+    assert book.apply("strong", "A") is None                 # ...and so does the old one re-applied after it
+    assert book.rollbacks() == {"strong": ("A", None)}

@@ -1,0 +1,79 @@
+"""Canary rollbacks shared by an application's router replicas and kept across their restarts.
+
+A router replica's guard decides a rollback from the requests it saw. Kept in that replica alone,
+the decision would be lost when it restarts, and every other replica would keep sending traffic to
+the failing canary. So it goes to one small named actor per application (detached: it outlives
+the router replicas, whose restarts it is there to bridge), keyed by tier and rollout identity
+(`serve_app.rollout.rollout_identity`): a rollout config that changes starts clean. Each replica
+reads it when it applies a rollout and every `router.rollout_sync_s` after that.
+
+When the actor cannot be reached the router goes on with its own decisions: sharing them is worth
+having, never worth failing a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import ray
+
+from serve_app.rollout import RollbackBook, RolledBack
+
+logger = logging.getLogger("ray.serve")
+NAMESPACE = "serve_app"
+
+
+RolloutDecisions = ray.remote(num_cpus=0)(RollbackBook)
+"""The book as an actor: one per application, named `rollouts:<app>` in the `serve_app` namespace."""
+
+
+class SharedRollbacks:
+    """A router replica's side of its application's `RolloutDecisions` actor."""
+
+    def __init__(self, app_name: str):
+        self._name = f"rollouts:{app_name}"
+        self._actor = None
+
+    async def _decisions(self):
+        if self._actor is None:
+            self._actor = await asyncio.to_thread(
+                lambda: RolloutDecisions.options(name=self._name, namespace=NAMESPACE, lifetime="detached",
+                                                 get_if_exists=True).remote())
+        return self._actor
+
+    async def apply(self, identities: dict[str, str]) -> dict[str, RolledBack]:
+        """Announce the rollout each tier applies now; the rollbacks already decided for them."""
+        try:
+            actor = await self._decisions()
+            kept = await asyncio.gather(*(actor.apply.remote(tier, identity) for tier, identity in identities.items()))
+        except Exception:
+            logger.warning("could not read the shared rollout decisions", exc_info=True)
+            self._actor = None
+            return {}
+        return {tier: RolledBack(**rollback) for tier, rollback in zip(identities, kept, strict=True) if rollback}
+
+    async def record(self, tier: str, identity: str, rollback: RolledBack) -> RolledBack | None:
+        """Share a rollback this replica decided; the one that holds (another replica's when it came
+        first; this one when the decisions cannot be reached), or None for a stale rollout."""
+        try:
+            actor = await self._decisions()
+            kept = await actor.record.remote(tier, identity, dataclasses.asdict(rollback))
+        except Exception:
+            logger.warning("could not share the rollback of %s; it holds in this router replica only", tier,
+                           exc_info=True)
+            self._actor = None
+            return rollback
+        return RolledBack(**kept) if kept else None
+
+    async def current(self) -> dict[str, tuple[str, RolledBack]]:
+        """Per tier with a rollback: the rollout identity it belongs to and the rollback."""
+        try:
+            actor = await self._decisions()
+            tiers = await actor.rollbacks.remote()
+        except Exception:
+            logger.warning("could not read the shared rollout decisions", exc_info=True)
+            self._actor = None
+            return {}
+        return {tier: (identity, RolledBack(**rollback)) for tier, (identity, rollback) in tiers.items() if rollback}
