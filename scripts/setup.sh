@@ -22,4 +22,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# A real Prometheus (and promtool) for the metrics tests: Debian's package, when this machine has apt and
+# we are root; elsewhere install it yourself (its tests are skipped, saying so, without it).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null || echo "setup: apt-get update failed; trying the install anyway" >&2
+    # Only the binaries are wanted: no Prometheus service started by the package (Debian's policy-rc.d).
+    policy=/usr/sbin/policy-rc.d; own_policy=
+    [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    [ -z "$own_policy" ] || rm -f "$policy"
+  else
+    echo "setup: prometheus not found and not root: the Prometheus tests will be skipped" >&2
+  fi
+fi
+
 .venv/bin/python scripts/prepare_models.py

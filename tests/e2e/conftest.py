@@ -57,6 +57,30 @@ def start_external_api(log_dir: Path) -> tuple[subprocess.Popen, ExternalApi]:
     return process, ExternalApi(f"http://127.0.0.1:{port}/v1", name)
 
 
+def start_prometheus(metrics_url: str, work_dir: Path) -> tuple[subprocess.Popen, str] | tuple[None, None]:
+    """Prometheus scraping Ray's endpoint every 2 s and evaluating the shipped alert rules every 2 s."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None, None
+    target = metrics_url.removeprefix("http://").removesuffix("/metrics")
+    config = {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+              "rule_files": [str(ROOT / "configs" / "prometheus" / "alerts.yml")],
+              "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [target]}]}]}
+    (work_dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--config.file={work_dir / 'prometheus.yml'}", f"--storage.tsdb.path={work_dir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        cwd=work_dir, stdout=open(work_dir / "prometheus.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("Prometheus", lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=5).status == 200, timeout_s=120)
+    except BaseException:
+        stop_process_tree(process)
+        raise
+    return process, url
+
+
 @dataclass(frozen=True)
 class Stack:
     base_url: str
@@ -72,6 +96,9 @@ class Stack:
     """Every span the stack's processes exported (the profile's tracing, pointed at this collector)."""
     model_cache_dir: Path
     """The node's model cache, where the cheap tier's weights land from S3."""
+    prometheus_url: str | None = None
+    """A real Prometheus scraping `metrics_url` since the stack started, with configs/prometheus/alerts.yml
+    loaded (None where the prometheus binary is not installed)."""
     api_key: str = API_KEYS[0]
 
     @property
@@ -187,6 +214,7 @@ def stack(tmp_path_factory, s3_env) -> Stack:
     model_cache_dir = tmp_path_factory.mktemp("model-cache")
     external_process, external = start_external_api(log_dir)
     log = open(log_dir / "ray-start.log", "w")
+    prometheus = None
     try:
         head = subprocess.Popen(
             [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",
@@ -224,10 +252,14 @@ def stack(tmp_path_factory, s3_env) -> Stack:
         http_url = f"http://127.0.0.1:{http_port}"
         wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
         wait_for("the external API", lambda: get_json(f"{external.base_url}/models"), timeout_s=DEPLOY_TIMEOUT_S)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        prometheus, prometheus_url = start_prometheus(metrics_url, tmp_path_factory.mktemp("prometheus"))
         yield Stack(f"{http_url}/v1", http_url, dashboard_url, f"127.0.0.1:{gcs_port}", config, external,
-                    f"http://127.0.0.1:{metrics_port}/metrics", spans, model_cache_dir)
+                    metrics_url, spans, model_cache_dir, prometheus_url)
     finally:
         try:
+            if prometheus is not None:
+                stop_process_tree(prometheus)
             stop_process_tree(external_process)  # its own process group
             stop_cluster(head)
         finally:

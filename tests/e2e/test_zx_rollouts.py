@@ -185,11 +185,17 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     status = rollouts_now(stack)["tiers"]["strong"]
     assert status["rolled_back"]["version"] == "v2" and "error rate" in status["rolled_back"]["reason"]
     assert status["canary_percent"] == 0 and status["configured_canary_percent"] == 50
-    restarted = restart_a_router_replica(serve_handles)
+    # Counted once, by the replica whose verdict holds (the other one adopted it).
+    counted = wait_for("the rollback counted", lambda: rollbacks_counted(stack), 180, 2)
+    assert [value for _, value in counted] == [1.0], counted
+    (decider,) = [labels["replica"] for labels, _ in counted]
+    # A router restart: the replica that adopted the verdict is replaced; the new one starts rolled back.
+    (adopter,) = routers - {decider}
+    restart_router_replica(serve_handles, adopter)
     seen = set()
     while not seen - routers:  # until the replica that replaced it answers too
         now = rollouts_now(stack)
-        assert now["tiers"]["strong"]["rolled_back"] == status["rolled_back"], (now, restarted)
+        assert now["tiers"]["strong"]["rolled_back"] == status["rolled_back"], now
         seen.add(now["replica"])
     responses += [ask(http) for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * len(responses)
@@ -197,21 +203,25 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     status = rollouts_now(stack)["tiers"]["strong"]
     assert status["shadow_results"]["error"] + status["shadow_results"]["shed"] > 0
     assert status["shadow_results"]["ok"] == 0
-    # Counted once, by the replica whose verdict holds.
-    wait_for("the rollback counted", lambda: total(scrape(stack.metrics_url), "ray_serve_app_rollout_rollbacks_total",
-                                                   application=APP, tier="strong", version="v2") == 1, 180, 2)
     # Ray Serve replaces the killed replica; the next tests want it serving.
     wait_for("v2 replaced", lambda: [r["actor_name"] for r in rollout_status(stack)["deployments"]["llm-strong-v2"]
                                      ["replicas"] if r["state"] == "RUNNING"] not in ([], [killed.actor]), DEPLOY_TIMEOUT_S, 3)
 
 
-def restart_a_router_replica(serve_handles) -> str:
-    """Kill one of the rollout app's router replicas; Ray Serve starts another. The killed one's name."""
+def rollbacks_counted(stack) -> list[tuple[dict, float]]:
+    """The rollback counter's series for v2 of the rollout app's strong tier: (labels, value)."""
+    wanted = {"application": APP, "tier": "strong", "version": "v2"}.items()
+    return [(dict(tags), value) for (name, tags), value in scrape(stack.metrics_url).items()
+            if name == "ray_serve_app_rollout_rollbacks_total" and wanted <= dict(tags).items()]
+
+
+def restart_router_replica(serve_handles, replica_id: str) -> None:
+    """Kill the rollout app's router replica `replica_id`; Ray Serve starts another in its place."""
     import ray
 
-    (name, *_) = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#router#" in a["name"])
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    return name
+    (actor,) = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].endswith(f"{APP}#router#{replica_id}")]
+    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
 
 
 class Traffic:
