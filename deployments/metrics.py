@@ -65,6 +65,11 @@ class GaugeBoard:
             self._values[(id(gauge), *sorted(tags.items()))] = (gauge, value, tags)
         gauge.set(value, tags)
 
+    def drop(self, gauge, tags: dict[str, str]) -> None:
+        """Stop re-sending a series: Ray drops it from the endpoint two export intervals later."""
+        with self._lock:
+            self._values.pop((id(gauge), *sorted(tags.items())), None)
+
     def _refresh(self) -> None:
         while True:
             time.sleep(self._interval_s)
@@ -103,6 +108,7 @@ class RouterMetrics:
         self._slots = gauge("serve_app_backend_slots")
         self._canary_percent = Gauge("serve_app_canary_percent", ROUTER_METRICS["serve_app_canary_percent"],
                                      tag_keys=("tier", "version"))
+        self._canary_versions: dict[str, str] = {}
         self._rollbacks = counter("serve_app_rollout_rollbacks", "tier", "version")
         self._shadows = counter("serve_app_shadow_requests", "tier", "version", "outcome")
         self._agreement = Histogram("serve_app_shadow_agreement", ROUTER_METRICS["serve_app_shadow_agreement"],
@@ -136,10 +142,15 @@ class RouterMetrics:
             self._board.set(self._slots, slots, tags)
 
     def rollouts(self, status: dict[str, dict]) -> None:
-        """The canary share of each tier that has a canary (serve_app.rollout.TierTraffic.status)."""
+        """The canary share of each tier (serve_app.rollout.TierTraffic.status): its canary version's,
+        0 after a rollback; a tier without a canary reports 0 under version "none"."""
         for tier, rollout in status.items():
-            if rollout["canary"] is not None:
-                self._board.set(self._canary_percent, rollout["canary_percent"], {"tier": tier, "version": rollout["canary"]})
+            version = rollout["canary"] or "none"
+            previous = self._canary_versions.get(tier)
+            if previous is not None and previous != version:
+                self._board.drop(self._canary_percent, {"tier": tier, "version": previous})
+            self._canary_versions[tier] = version
+            self._board.set(self._canary_percent, rollout["canary_percent"], {"tier": tier, "version": version})
 
     def rollback(self, tier: str, version: str) -> None:
         self._rollbacks.inc(1, {"tier": tier, "version": version})

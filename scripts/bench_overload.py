@@ -1,6 +1,8 @@
-"""Overload and fail-over benchmark: goodput with load shedding on versus off, and fail-over time.
+"""Overload and fail-over benchmark: goodput with load shedding on versus off, a sudden burst on an idle
+service, and fail-over time.
 
     .venv/bin/python scripts/bench_overload.py [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
+    .venv/bin/python scripts/bench_overload.py --parts burst [--burst 60] [--burst-routes auto,strong]
 
 For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
 `shed_ttft_target_s: null`; in both, the strong route does not fall back to the cheap tier unless
@@ -10,7 +12,10 @@ an open-loop Poisson arrival stream for `--duration-s` (loopback only, bounded c
 reports goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles of the
 answered requests, and the shares answered / shed / failed. Then, on a fresh `serve run` as shipped,
 it kills the cheap tier's replica while requests for `cheap` keep coming and reports how long users
-waited for the fallback (`--parts` picks either). Every process it starts is stopped before it exits.
+waited for the fallback. The burst part starts `serve run` as shipped for each route, and once it
+answers `/v1/models` (no request has taught the router any tier's speed) sends `--burst` requests at
+once: how fast each refusal came, and the time to first token of those admitted (`--parts` picks
+any of the three). Every process it starts is stopped before it exits.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
 
 
-async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int) -> dict:
+async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | None, ignore_eos: bool = True) -> dict:
     body = {"model": route, "messages": [{"role": "user", "content": f"Count from {i} to {i + 60}."}],
-            "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, "stream": True}
+            "ignore_eos": ignore_eos, "temperature": 0, "stream": True}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     start = time.perf_counter()
     first = None
     try:
@@ -47,7 +54,8 @@ async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int) ->
             if response.status_code != 200:
                 error = json.loads(await response.aread()).get("error", {})
                 return {"status": response.status_code, "latency_s": time.perf_counter() - start,
-                        "code": error.get("code"), "message": error.get("message")}
+                        "code": error.get("code"), "message": error.get("message"),
+                        "retry_after": response.headers.get("retry-after")}
             served_by = response.headers.get("x-served-by")
             async for line in response.aiter_lines():
                 if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
@@ -56,8 +64,8 @@ async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int) ->
         return {"status": 0, "error": type(exc).__name__, "latency_s": time.perf_counter() - start}
     end = time.perf_counter()
     ttft = (first or end) - start
-    return {"status": 200, "served_by": served_by, "ttft_s": ttft, "tpot_s": (end - (first or end)) / max(1, max_tokens - 1),
-            "latency_s": end - start}
+    return {"status": 200, "served_by": served_by, "ttft_s": ttft,
+            "tpot_s": (end - (first or end)) / max(1, (max_tokens or 1) - 1), "latency_s": end - start}
 
 
 async def closed_loop_rate(route: str, concurrency: int, duration_s: float, max_tokens: int) -> float:
@@ -109,6 +117,40 @@ def summarize(results: list[dict], duration_s: float, ttft_slo_s: float, tpot_sl
         "served_by": dict(Counter(r["served_by"] for r in answered)),
         "rejected_by": dict(Counter(r.get("message") or r.get("error") for r in results if r["status"] != 200)),
     }
+
+
+async def burst(route: str, n: int, max_tokens: int | None) -> list[dict]:
+    """`n` streamed requests sent at once (distinct prompts: the answer cache must not rescue any)."""
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n + 10)) as client:
+        return list(await asyncio.gather(*(one(client, route, 7 * i, max_tokens, ignore_eos=False) for i in range(n))))
+
+
+def summarize_burst(results: list[dict], ttft_target_s: float) -> dict:
+    admitted = [r for r in results if r["status"] == 200]
+    refused = [r for r in results if r["status"] in (429, 503)]
+    ttfts, waits = sorted(r["ttft_s"] for r in admitted), sorted(r["latency_s"] for r in refused)
+    return {
+        "sent": len(results), "admitted": len(admitted), "refused": len(refused),
+        "failed": len(results) - len(admitted) - len(refused),
+        "refusal_latency_p50_s": round(statistics.median(waits), 3) if waits else None,
+        "refusal_latency_max_s": round(max(waits), 3) if waits else None,
+        "admitted_ttft_p50_s": percentile(ttfts, 50), "admitted_ttft_p99_s": percentile(ttfts, 99),
+        "admitted_ttft_max_s": round(max(ttfts), 3) if ttfts else None,
+        "admitted_within_target": sum(t <= ttft_target_s for t in ttfts),
+        "served_by": dict(Counter(r["served_by"] for r in admitted)),
+        "refused_with": dict(Counter(f'{r["status"]} {r.get("code")}' for r in refused)),
+        "refusals_with_retry_after": sum(r.get("retry_after") is not None for r in refused),
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks, as numpy's default."""
+    if not sorted_values:
+        return None
+    rank = (len(sorted_values) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return round(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low), 3)
 
 
 async def failover(duration_s: float, interval_s: float) -> dict:
@@ -174,7 +216,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--ttft-slo-s", type=float, default=10.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.5)
-    parser.add_argument("--parts", default="goodput,failover", help="comma-separated: goodput, failover")
+    parser.add_argument("--parts", default="goodput,burst,failover", help="comma-separated: goodput, burst, failover")
+    parser.add_argument("--burst", type=int, default=60, help="requests sent at once to the idle service")
+    parser.add_argument("--burst-routes", default="auto,strong")
+    parser.add_argument("--burst-max-tokens", type=int, default=None,
+                        help="max_tokens of each burst request (default: none, the router's default_max_tokens)")
     parser.add_argument("--failover-interval-s", type=float, default=1.5,
                         help="gap between `cheap` requests while its replica is killed (within the strong tier's capacity)")
     parser.add_argument("--failover-duration-s", type=float, default=150.0)
@@ -207,6 +253,16 @@ def main() -> None:
             print(mode, json.dumps(report[mode]), flush=True)
         finally:
             stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
+    if "burst" in args.parts:
+        target = shipped["applications"][0]["args"]["resilience"]["shed_ttft_target_s"]
+        report["burst"] = {"requests": args.burst, "max_tokens": args.burst_max_tokens, "ttft_target_s": target}
+        for route in args.burst_routes.split(","):
+            process = start(yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text()))  # idle, as shipped
+            try:
+                report["burst"][route] = summarize_burst(asyncio.run(burst(route, args.burst, args.burst_max_tokens)), target)
+                print("burst", route, json.dumps(report["burst"][route]), flush=True)
+            finally:
+                stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
     if "failover" in args.parts:
         process = start(shipped)
         try:

@@ -3,8 +3,9 @@
     .venv/bin/python scripts/grafana_dashboard.py [--out docs/grafana/serve_app.json]
 
 Import the JSON in Grafana (Dashboards > Import) with Ray's Prometheus as the data source. The
-panels read the metrics of deployments/metrics.py (`ray_serve_app_*`) and vLLM's own (`ray_vllm:*`);
-a unit test keeps the file in step with this script and with the metric names.
+panels read the metrics of deployments/metrics.py (`ray_serve_app_*`) and vLLM's own (`ray_vllm_*`:
+Ray's exporter turns the ':' of vLLM's names into '_'); a unit test keeps the file in step with this
+script and the metric names, and the end-to-end suite runs every query against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ PANELS = [
         ("max by (tier) (ray_serve_app_engine_mfu)", "MFU {{tier}}")]),
     ("Replica start phases", "s", [("max by (tier, phase) (ray_serve_app_engine_start_seconds)", "{{tier}} {{phase}}")]),
     ("vLLM: running and waiting requests", "short", [
-        ("sum by (deployment) (ray_vllm:num_requests_running)", "running {{deployment}}"),
-        ("sum by (deployment) (ray_vllm:num_requests_waiting)", "waiting {{deployment}}")]),
-    ("vLLM: KV cache usage", "percentunit", [("max by (deployment) (ray_vllm:kv_cache_usage_perc)", "{{deployment}}")]),
+        ("sum by (model_name) (ray_vllm_num_requests_running)", "running {{model_name}}"),
+        ("sum by (model_name) (ray_vllm_num_requests_waiting)", "waiting {{model_name}}")]),
+    ("vLLM: KV cache usage", "percentunit", [("max by (model_name) (ray_vllm_kv_cache_usage_perc)", "{{model_name}}")]),
     ("Rollouts: requests by tier version, canary share, rollbacks", "short", [
         ("sum by (served_by, version) (rate(ray_serve_app_requests_total[1m]))", "req/s {{served_by}}@{{version}}"),
         ("max by (tier, version) (ray_serve_app_canary_percent)", "canary % {{tier}}@{{version}}"),
