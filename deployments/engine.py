@@ -8,11 +8,14 @@ the request in the engine.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import logging
+import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,8 +69,8 @@ class _Efficiency:
 
 @serve.deployment(name="llm")
 class LLMServer:
-    def __init__(self, name: str, tier: dict[str, Any], tracing_config: dict[str, Any] | None = None,
-                 model_store: dict[str, Any] | None = None):
+    async def __init__(self, name: str, tier: dict[str, Any], tracing_config: dict[str, Any] | None = None,
+                       model_store: dict[str, Any] | None = None):
         """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's tracing and
         model store settings."""
         # Before the engine starts a process: its processes end with this replica, however it ends.
@@ -104,6 +107,35 @@ class LLMServer:
             self._efficiency = _Efficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
                                            _probe_peaks(config.peak_memory_bandwidth_gb_s, config.peak_tflops))
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
+        self._warm_up_figures: dict[str, float] | None = None
+        if config.warm_up_tokens:
+            warm_started = time.monotonic()
+            self._warm_up_figures = await self._warm_up(config.concurrency_slots, config.warm_up_tokens)
+            self._phase("warm_up", time.monotonic() - warm_started)
+            logger.info("warm-up: a batch of %d, TTFT %.3f s, TPOT %.3f s", config.concurrency_slots,
+                        self._warm_up_figures["ttft_s"], self._warm_up_figures["tpot_s"])
+
+    async def _warm_up(self, batch: int, tokens: int) -> dict[str, float]:
+        """A full batch of short generations before the replica takes traffic; the batch's slowest
+        first token and its median time per output token after it."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0, output_kind=RequestOutputKind.DELTA)
+        run = uuid.uuid4().hex[:8]
+
+        async def one(i: int) -> tuple[float, float]:
+            # Distinct prompts: the prefix cache must not make the batch's prefill look cheaper than it is.
+            ids = self._prompt_ids(GenerationRequest(f"warm-up-{run}-{i}", {}, messages=[
+                {"role": "user", "content": f"Warm-up request {i} ({run}): say hello."}]))
+            started, first = time.monotonic(), None
+            async for _ in self._engine.generate({"prompt_token_ids": ids}, params, f"warm-up-{run}-{i}"):
+                first = first or time.monotonic()
+            return first - started, (time.monotonic() - first) / max(1, tokens - 1)
+
+        results = await asyncio.gather(*(one(i) for i in range(batch)))
+        return {"ttft_s": max(ttft for ttft, _ in results), "tpot_s": statistics.median(tpot for _, tpot in results),
+                "batch": batch}
 
     def _fetch(self, uri: str, store: ModelStoreConfig) -> str:
         """The model into this node's cache (once per node: other replicas wait on the lock), timed."""
@@ -141,7 +173,9 @@ class LLMServer:
                 "fetched_bytes": self._fetched_bytes, "start_phases": dict(self._start_phases), "served": self._served}
 
     async def model_info(self) -> dict[str, Any]:
-        return {"model": self._model, "max_model_len": self._max_model_len}
+        """The served model, and the warm-up's figures (None without a warm-up) as the router's first
+        speed estimate for this tier."""
+        return {"model": self._model, "max_model_len": self._max_model_len, "warm_up": self._warm_up_figures}
 
     async def num_unfinished_requests(self) -> int:
         return self._engine.output_processor.get_num_unfinished_requests()

@@ -56,6 +56,8 @@ from serve_app.telemetry import Ledger
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
 logger = logging.getLogger("ray.serve")
+ENGINE_INFO_WAIT_S = 10.0
+"""How long the router waits for an engine version's model_info (its warm-up figures) at a time."""
 
 
 def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
@@ -143,7 +145,7 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 @serve.deployment(name="router")
 @serve.ingress(api)
 class Router:
-    def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
+    async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
         """`engines`: one handle per engine version, by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
         self._engines = engines
@@ -161,7 +163,8 @@ class Router:
         self._router = CascadeRouter(backends, self._config, time.monotonic, on_rollback=self._rolled_back,
                                      on_shadow=self._metrics.shadow)
         self._rollout_error: str | None = None
-        self._model_infos: dict[str, dict[str, Any]] | None = None
+        self._engine_infos: dict[str, dict[str, Any]] = {}
+        """model_info of each engine version, by label, once it answered (its model is fixed for its life)."""
         tracing.configure(self._config.observability.tracing, self._config.observability.service_name)
         self._metrics.backends(self._router.backend_states())
         self._record_content = self._config.observability.tracing.record_content
@@ -169,6 +172,10 @@ class Router:
         self._rollback_sync: asyncio.Task | None = None
         self._shared_rollbacks = SharedRollbacks(serve.get_replica_context().app_name)
         self._background: set[asyncio.Task] = set()
+        # Before taking traffic: each tier's speed from its engines' warm-up. Engines still starting
+        # (a first deploy) are asked again by the replica watcher; their tiers start in slow start.
+        await self._learn_engine_speeds(ENGINE_INFO_WAIT_S)
+        self._watch_replicas()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new rollout (serve_app.config.RolloutConfig), applied in place: in-flight requests finish on
@@ -223,9 +230,25 @@ class Router:
         if self._rollback_sync is None or self._rollback_sync.done():
             self._rollback_sync = asyncio.get_running_loop().create_task(self._follow_rollbacks())
 
+    async def _learn_engine_speeds(self, wait_s: float | None) -> None:
+        """Ask the engine versions not heard from yet for their model_info (each bounded by `wait_s`;
+        None: until it answers, raising its error) and seed their tiers' admission with their warm-up figures."""
+        missing = [label for label in self._engines if label not in self._engine_infos]
+        answers = await asyncio.gather(*(asyncio.wait_for(asyncio.ensure_future(self._engines[label].model_info.remote()),
+                                                          wait_s) for label in missing), return_exceptions=wait_s is not None)
+        for label, info in zip(missing, answers, strict=True):
+            if isinstance(info, BaseException):
+                continue
+            self._engine_infos[label] = info
+            if info.get("warm_up"):
+                self._router.seed_speed(label, info["warm_up"]["ttft_s"], info["warm_up"]["tpot_s"])
+                logger.info("%s: speed from its warm-up, TTFT %.3f s and TPOT %.3f s at a batch of %d", label,
+                            info["warm_up"]["ttft_s"], info["warm_up"]["tpot_s"], info["warm_up"]["batch"])
+
     async def _follow_replicas(self) -> None:
         app = serve.get_replica_context().app_name
         while True:
+            await self._learn_engine_speeds(ENGINE_INFO_WAIT_S)
             try:
                 deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
                 for engine in self._engine_versions:
@@ -315,12 +338,10 @@ class Router:
                 "replica": serve.get_replica_context().replica_id.unique_id}
 
     async def models(self) -> ModelList:
-        if self._model_infos is None:  # asked once: an engine version's model is fixed for its life
-            infos = await asyncio.gather(*(h.model_info.remote() for h in self._engines.values()))
-            self._model_infos = dict(zip(self._engines, infos, strict=True))
+        await self._learn_engine_speeds(None)
         status = self._router.rollout_status()
         labels = {(e.tier, e.version): e.label for e in self._engine_versions}
-        by_tier = {tier: self._model_infos[labels[tier, status[tier]["stable"]]] for tier in self._config.tiers}
+        by_tier = {tier: self._engine_infos[labels[tier, status[tier]["stable"]]] for tier in self._config.tiers}
         cascade = by_tier[self._config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"]) for name, info in by_tier.items()]
         shortest = min(info["max_model_len"] for info in by_tier.values())

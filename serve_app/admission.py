@@ -10,10 +10,14 @@ That work is counted in tokens, so a queue of long answers weighs more than one 
     wait = ttft + work * tpot / slots                                       # slots decode in parallel
 
 and the request is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority,
-so low-priority traffic is shed first. A backend whose speed is not known yet (no first token seen,
-e.g. just after the router started) takes requests while it has a free slot, since its slots are what
-a replica carries at once, and nothing beyond: nothing is known yet to promise a queued request. Pure: the clock is injected; the router reports
-each request's start, first token, progress and end through its `Ticket`.
+so low-priority traffic is shed first.
+
+Before any live request, the speeds come from the engine's warm-up (`seed`: TTFT of a full batch of
+slots, TPOT at that batch, measured when the replica started). A backend with no speed known at all
+(no warm-up figures reached the router, no first token seen) is in slow start: it takes one request
+per replica, since nothing says that a full batch of them would start within the target, and learns
+its TTFT from the first. Pure: the clock is injected; the router reports each request's start, first
+token, progress and end through its `Ticket`.
 """
 
 from __future__ import annotations
@@ -58,8 +62,11 @@ class Ticket:
 class TierLoad:
     """In-flight work and recent speed of one tier, as the router sees them."""
 
-    def __init__(self, slots: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2):
+    def __init__(self, slots: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2,
+                 cold_slots: int = 1):
         self.slots = slots
+        self.cold_slots = cold_slots
+        """In flight at most while no speed is known (slow start): one per replica."""
         self.ttft_target_s = ttft_target_s
         self.ttft = Ewma(alpha)
         """Seconds from dispatch to first token of requests that found a free slot."""
@@ -79,9 +86,17 @@ class TierLoad:
         share = self.length_share.value
         return sum(max(1.0, t.budget_tokens * share - t.produced) for t in self._in_flight)
 
+    def seed(self, ttft_s: float, tpot_s: float) -> None:
+        """Speeds measured before any live request (the engine's warm-up at a full batch); the live
+        requests' own figures replace them as they come."""
+        if self.ttft.value is None:
+            self.ttft.add(ttft_s)
+        if self.tpot.value is None:
+            self.tpot.add(tpot_s)
+
     def estimate_wait_s(self) -> float:
-        if self.ttft.value is None:  # speed unknown: its free slots, and no queue
-            return 0.0 if self.slot_free() else float("inf")
+        if self.ttft.value is None:  # speed unknown: slow start, and no queue
+            return 0.0 if self.in_flight < min(self.cold_slots, self.slots) else float("inf")
         if self.slot_free():
             return self.ttft.value
         if self.tpot.value is None:

@@ -116,6 +116,11 @@ class TierConfig(BackendLimits):
     the replica's CPU when it starts."""
     peak_tflops: float | None = Field(None, gt=0)
     """Dense TFLOP/s at the engine's dtype, for MFU (e.g. 989 for an H100 SXM in bf16); null: probed."""
+    warm_up_tokens: int = Field(16, ge=0)
+    """Before a replica takes traffic, it generates this many tokens for each of a full batch
+    (`concurrency_slots`) of short distinct prompts: the first live requests do not pay for cold
+    kernels, and the router takes the batch's TTFT and TPOT as the tier's speed until live requests
+    teach better (without them a tier starts in slow start). 0: no warm-up."""
     dispatch_timeout_s: float | None = Field(5.0, gt=0)
     """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
     acknowledges at once) before the tier counts as having no live replica (it died, its replacement

@@ -249,7 +249,7 @@ class CascadeRouter:
                 label, backend,
                 CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock),
                 TierLoad(limits.concurrency_slots * (engine.config.initial_replicas if engine else 1),
-                         r.shed_ttft_target_s, clock),
+                         r.shed_ttft_target_s, clock, cold_slots=max(1, engine.config.initial_replicas) if engine else 1),
                 limits.first_token_timeout_s, limits.total_timeout_s,
                 engine.config.dispatch_timeout_s if engine else None, limits.price, clock,
                 engine.version if engine else None,
@@ -304,7 +304,13 @@ class CascadeRouter:
     def set_running_replicas(self, label: str, replicas: int) -> None:
         """An engine version's capacity follows its running replicas (autoscaling, a replica lost or
         replaced). While none runs, one replica's slots stand in, so that estimates stay finite."""
-        self._tiers[label].load.slots = self._slots_per_replica[label] * max(1, replicas)
+        load = self._tiers[label].load
+        load.slots = self._slots_per_replica[label] * max(1, replicas)
+        load.cold_slots = max(1, replicas)
+
+    def seed_speed(self, label: str, ttft_s: float, tpot_s: float) -> None:
+        """An engine version's warm-up figures: its speed before any live request (admission.TierLoad.seed)."""
+        self._tiers[label].load.seed(ttft_s, tpot_s)
 
     def backend_states(self) -> dict[str, tuple[BreakerState, int, int]]:
         """Per backend: circuit state, requests in flight, concurrency slots."""

@@ -103,19 +103,35 @@ def test_failed_requests_teach_nothing():
     assert load.tpot.value is None and load.length_share.value == 1.0 and load.in_flight == 0
 
 
-def test_speed_unknown_fills_the_free_slots_but_queues_nothing_until_a_request_finished():
+def test_speed_unknown_is_slow_start_one_per_replica_then_the_free_slots():
     clock = Clock()
-    load = TierLoad(slots=2, ttft_target_s=5.0, clock=clock)
-    first = load.started(10)
-    assert load.admit().admitted  # a router that just started: the second slot is free
-    load.started(10)
+    load = TierLoad(slots=8, ttft_target_s=5.0, clock=clock, cold_slots=2)  # two replicas, nothing known
+    first, _ = load.started(10), load.started(10)
     decision = load.admit()
-    assert not decision.admitted and decision.retry_after_s == 5.0  # both slots busy, speed unknown
+    assert not decision.admitted and decision.retry_after_s == 5.0  # a sudden burst: refused at once
     clock.now = 0.3
-    load.first_token(first)
+    load.first_token(first)  # the first token: its TTFT is known, the free slots open
+    assert load.admit().admitted
+    for _ in range(6):
+        load.started(10)
     assert not load.admit().admitted  # queueing needs a finished request's TPOT first
     load.finished(first, completed=True)
     assert load.admit().admitted
+
+
+def test_warm_up_figures_stand_in_until_live_requests_teach_better():
+    clock = Clock()
+    load = TierLoad(slots=2, ttft_target_s=5.0, clock=clock, alpha=1.0)
+    load.seed(ttft_s=0.5, tpot_s=0.1)
+    load.started(10), load.started(10)
+    assert load.estimate_wait_s() == pytest.approx(0.5 + 20 * 0.1 / 2)  # a queue can be promised at once
+    assert load.admit().admitted
+    ticket = load.started(10)
+    clock.now = 2.0
+    load.first_token(ticket)  # queued: teaches no TTFT
+    assert load.ttft.value == 0.5
+    load.seed(ttft_s=9.0, tpot_s=9.0)  # a later seed never overrides what is known
+    assert (load.ttft.value, load.tpot.value) == (0.5, 0.1)
 
 
 def test_a_request_without_max_tokens_counts_a_long_budget():
