@@ -42,14 +42,26 @@ def guard() -> subprocess.Popen:
                             start_new_session=True, close_fds=True, env=environment)
 
 
-def owned(mark: str) -> list[psutil.Process]:
-    """Processes whose environment carries `mark` (those of other users cannot be read, nor ours be theirs)."""
+def with_env(name: str, value: str) -> list[psutil.Process]:
+    """Processes whose environment has name=value (those of other users cannot be read, nor ours be theirs)."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and process.environ().get(OWNER_ENV) == mark:
+            if process.pid != os.getpid() and process.environ().get(name) == value:
                 found.append(process)
     return found
+
+
+def terminate(processes: list[psutil.Process], grace_s: float = GRACE_S) -> None:
+    """SIGTERM, then SIGKILL for those still there after `grace_s`."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, left = psutil.wait_procs(processes, timeout=grace_s)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(left, timeout=grace_s)
 
 
 def alive(pid: int, create_time: float) -> bool:
@@ -62,16 +74,9 @@ def alive(pid: int, create_time: float) -> bool:
 
 
 def reap(mark: str, grace_s: float = GRACE_S) -> list[int]:
-    """Terminate every process carrying `mark`, kill the ones still there after `grace_s`; their pids."""
-    victims = owned(mark)
-    for process in victims:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, left = psutil.wait_procs(victims, timeout=grace_s)
-    for process in left:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(left, timeout=grace_s)
+    """End every process carrying `mark`; their pids."""
+    victims = with_env(OWNER_ENV, mark)
+    terminate(victims, grace_s)
     return [p.pid for p in victims]
 
 

@@ -11,17 +11,12 @@ import time
 
 import psutil
 
-from deployments.watchdog import OWNER_ENV
+from deployments.watchdog import OWNER_ENV, terminate, with_env
 
 
 def marked(name: str, value: str) -> list[psutil.Process]:
     """Processes whose environment has name=value: descendants of a marked process, even orphaned ones."""
-    found = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and process.environ().get(name) == value:
-                found.append(process)
-    return found
+    return with_env(name, value)
 
 
 def stop_process_tree(leader: subprocess.Popen, first_signal: int = signal.SIGTERM, grace_s: float = 20,
@@ -34,13 +29,7 @@ def stop_process_tree(leader: subprocess.Popen, first_signal: int = signal.SIGTE
         os.killpg(leader.pid, first_signal)
     with contextlib.suppress(subprocess.TimeoutExpired):
         leader.wait(timeout=grace_s)
-    for process in family:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
+    terminate(family, grace_s)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(leader.pid, signal.SIGKILL)
     leader.wait(timeout=30)
