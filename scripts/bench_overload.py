@@ -52,7 +52,11 @@ async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | N
     try:
         async with client.stream("POST", f"{URL}/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                error = json.loads(await response.aread()).get("error", {})
+                raw = await response.aread()
+                try:
+                    error = json.loads(raw).get("error", {})
+                except ValueError:  # not the router's envelope: e.g. Ray Serve's proxy refusing on its own
+                    error = {"code": "not_an_envelope", "message": raw.decode(errors="replace")[:200]}
                 return {"status": response.status_code, "latency_s": time.perf_counter() - start,
                         "code": error.get("code"), "message": error.get("message"),
                         "retry_after": response.headers.get("retry-after")}
