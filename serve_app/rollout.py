@@ -147,6 +147,8 @@ class TierTraffic:
                  clock: Callable[[], float]):
         self.tier = tier
         self.config = rollout
+        self.identity = rollout_identity(rollout)
+        """What the rollback of this rollout is shared under (fixed: a new rollout is a new TierTraffic)."""
         self.stable = rollout.stable or default_version
         self.guard = CanaryGuard(rollout.guard)
         self.rolled_back: RolledBack | None = None
@@ -179,10 +181,6 @@ class TierTraffic:
             return None
         self.rolled_back = RolledBack(self.config.canary, reason, self._clock())
         return self.rolled_back
-
-    @property
-    def identity(self) -> str:
-        return rollout_identity(self.config)
 
     def adopt(self, rollback: RolledBack) -> bool:
         """Take a rollback another router replica decided for this rollout; True if it changed anything."""
