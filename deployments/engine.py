@@ -24,11 +24,12 @@ from ray import serve
 
 from deployments import watchdog
 from deployments.metrics import EngineMetrics
-from serve_app import efficiency, model_store, tracing
+from serve_app.api.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.config import ModelStoreConfig, TierConfig, TracingConfig
-from serve_app.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.metering import ProcessorSharing
+from serve_app.models import store as model_store
+from serve_app.observability import efficiency, tracing
+from serve_app.observability.metering import ProcessorSharing
 
 logger = logging.getLogger("ray.serve")
 

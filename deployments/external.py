@@ -11,11 +11,11 @@ from typing import Any
 
 import openai
 
-from serve_app.access import secret_from_env
+from serve_app.api.access import secret_from_env
+from serve_app.api.errors import BackendUnavailable, ServerError
+from serve_app.api.protocol import PASSED_THROUGH
 from serve_app.config import ExternalConfig
-from serve_app.errors import BackendUnavailable, ServerError
 from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.protocol import PASSED_THROUGH
 
 OPENAI_SAMPLING = {"temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "logit_bias"}
 

@@ -4,7 +4,7 @@ A router replica's guard decides a rollback from the requests it saw. Kept in th
 the decision would be lost when it restarts, and every other replica would keep sending traffic to
 the failing canary. So it goes to one small named actor per application (detached: it outlives
 the router replicas, whose restarts it is there to bridge), keyed by tier and rollout identity
-(`serve_app.rollout.rollout_identity`): a rollout config that changes starts clean. Each replica
+(`serve_app.routing.rollout.rollout_identity`): a rollout config that changes starts clean. Each replica
 reads it when it applies a rollout and every `router.rollout_sync_s` after that.
 
 When the actor cannot be reached the router goes on with its own decisions: sharing them is worth
@@ -19,7 +19,7 @@ import logging
 
 import ray
 
-from serve_app.rollout import RollbackBook, RolledBack
+from serve_app.routing.rollout import RollbackBook, RolledBack
 
 logger = logging.getLogger("ray.serve")
 NAMESPACE = "serve_app"

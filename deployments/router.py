@@ -26,11 +26,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.external import ExternalBackend
 from deployments.metrics import RouterMetrics
 from deployments.rollout_state import SharedRollbacks
-from serve_app import openai_format, telemetry, tracing
-from serve_app.access import KeyGate, load_api_keys
-from serve_app.admission import PRIORITY_BUDGET
-from serve_app.config import AppConfig, RolloutConfig
-from serve_app.errors import (
+from serve_app.api import openai_format
+from serve_app.api.access import KeyGate, load_api_keys
+from serve_app.api.errors import (
     BackendUnavailable,
     InvalidRequest,
     PayloadTooLarge,
@@ -39,8 +37,7 @@ from serve_app.errors import (
     error_body,
     invalid_request,
 )
-from serve_app.generation import Backend, GenerationChunk, GenerationRequest
-from serve_app.protocol import (
+from serve_app.api.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -50,9 +47,13 @@ from serve_app.protocol import (
     ModelList,
     Routing,
 )
-from serve_app.rollout import RolledBack
-from serve_app.routing import CascadeRouter, RoutedStream
-from serve_app.telemetry import Ledger
+from serve_app.config import AppConfig, RolloutConfig
+from serve_app.generation import Backend, GenerationChunk, GenerationRequest
+from serve_app.observability import telemetry, tracing
+from serve_app.observability.telemetry import Ledger
+from serve_app.routing.admission import PRIORITY_BUDGET
+from serve_app.routing.rollout import RolledBack
+from serve_app.routing.router import CascadeRouter, RoutedStream
 
 api = FastAPI(title="serve_app", docs_url=None, redoc_url=None)
 logger = logging.getLogger("ray.serve")

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.generation import GenerationChunk, GenerationRequest
-from serve_app.model_store import (
+from serve_app.models.store import (
     MiB,
     S3Location,
     TransferSettings,

@@ -63,7 +63,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
+    from deployments.app import build_app
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_metrics_report_interval_ms"] = "1000"

@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from scripts.process_tree import stop_process_tree  # noqa: E402
-from serve_app.bench_stats import Slo, overhead, records, summarize  # noqa: E402
+from serve_app.analysis.bench_stats import Slo, overhead, records, summarize  # noqa: E402
 from serve_app.config import AppConfig  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from serve_app import cascade_eval
+from serve_app.analysis import cascade_eval
 from serve_app.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]

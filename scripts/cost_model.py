@@ -6,7 +6,7 @@
 
 Throughput is one replica's output tokens per second at its latency targets: given, or read from a
 benchmark result file of this project (`sustainable_rps` x `max_tokens` of scripts/bench_overload.py).
-The arithmetic lives in serve_app/cost.py.
+The arithmetic lives in serve_app/analysis/cost.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from serve_app.cost import (
+from serve_app.analysis.cost import (
     ApiPrice,
     SelfHosted,
     Traffic,

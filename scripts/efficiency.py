@@ -5,7 +5,7 @@
 Run it against an idle service (e.g. `scripts/serve.sh` in another shell): it first probes the
 machine (multi-threaded array copy for bandwidth, a float32 matrix product for FLOP/s; best of
 several runs), then times single-stream decoding per tier (`scripts/request_latency.py`) and applies
-serve_app/efficiency.py with each tier's model shape (its config.json and manifest.json) and dtype.
+serve_app/observability/efficiency.py with each tier's model shape (its config.json and manifest.json) and dtype.
 Batch 1, so weights dominate the bytes read and the figures are an upper-bound-friendly case.
 """
 
@@ -21,7 +21,7 @@ import yaml
 from request_latency import one
 
 from serve_app.config import AppConfig
-from serve_app.efficiency import ModelShape, bytes_per_step, mbu, mfu, probe_bandwidth, probe_flops
+from serve_app.observability.efficiency import ModelShape, bytes_per_step, mbu, mfu, probe_bandwidth, probe_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

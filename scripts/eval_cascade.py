@@ -7,7 +7,7 @@ Asks every prompt of the eval set (short facts, arithmetic, sentiment, simple in
 the cheap route, with log-probabilities, and once of the strong route, at temperature 0, through a
 running app. The cheap answer's confidence is the router's own scorer (the config's
 `cascade.scorer`), so the cascade at any threshold can be replayed exactly offline
-(serve_app.cascade_eval). Reports the accuracy of each tier, then for each threshold the accuracy,
+(serve_app.analysis.cascade_eval). Reports the accuracy of each tier, then for each threshold the accuracy,
 share of strong calls, mean latency and cost. It also gives the RouteLLM figures: APGR, and the
 strong-call share needed to recover 50 % and 80 % of the quality gap. Random routing at the same
 strong-call share is the baseline, and the APGR every registered scorer would give on the same answers
@@ -28,10 +28,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from serve_app import cascade_eval
-from serve_app.cascade_eval import Answered
+from serve_app.analysis import cascade_eval
+from serve_app.analysis.cascade_eval import Answered
 from serve_app.config import AppConfig
-from serve_app.scorers import SCORERS
+from serve_app.routing.scorers import SCORERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.config import AppConfig, ModelStoreConfig
-from serve_app.model_store import ensure_cached, node_cache_dir, upload, warm_page_cache
+from serve_app.models.store import ensure_cached, node_cache_dir, upload, warm_page_cache
 
 
 def _progress_bar(total: int | None, label: str):

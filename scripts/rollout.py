@@ -23,7 +23,7 @@ import yaml
 
 from serve_app.config import AppConfig, RolloutConfig
 
-BUILDER = "serve_app.app:build_app"
+BUILDER = "deployments.app:build_app"
 ROUTER = "router"
 
 

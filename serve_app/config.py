@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from serve_app.metering import Price
-from serve_app.scorers import SCORERS
+from serve_app.observability.metering import Price
+from serve_app.routing.scorers import SCORERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AUTO_ROUTE = "auto"
@@ -110,7 +110,7 @@ class TierConfig(BackendLimits):
     """Ray Serve options of this tier's engine deployment."""
     usd_per_replica_hour: float = Field(0.0, ge=0)
     """What one replica costs per hour (its GPU or CPU share of a node); prices each request by the
-    replica-seconds it held (serve_app.metering)."""
+    replica-seconds it held (serve_app.observability.metering)."""
     peak_memory_bandwidth_gb_s: float | None = Field(None, gt=0)
     """The replica's accelerator memory bandwidth, for MBU (e.g. 3350 for an H100 SXM); null: probed on
     the replica's CPU when it starts."""
@@ -241,7 +241,7 @@ class CascadeConfig(StrictModel):
     strong_tier: str = "strong"
     """Tier that answers when the cheap answer's confidence is below `threshold`."""
     scorer: str = "mean_prob"
-    """Confidence scorer, one of serve_app.scorers.SCORERS."""
+    """Confidence scorer, one of serve_app.routing.scorers.SCORERS."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """Escalate when the cheap answer's confidence is below this."""
 
@@ -388,7 +388,7 @@ class AccessConfig(StrictModel):
 
 
 class ModelStoreConfig(StrictModel):
-    """How replicas fetch `s3://` model sources into their node's cache (serve_app.model_store). The
+    """How replicas fetch `s3://` model sources into their node's cache (serve_app.models.store). The
     endpoint, region and credentials are boto3's own (AWS_ENDPOINT_URL_S3, AWS_PROFILE, roles, ...)."""
 
     cache_dir: str = "/tmp/serve_app/models"
@@ -406,14 +406,14 @@ class ModelStoreConfig(StrictModel):
     """Read the weights once before the engine starts, so it loads them from memory."""
 
     def transfer(self):
-        from serve_app.model_store import TransferSettings
+        from serve_app.models.store import TransferSettings
 
         return TransferSettings(max_concurrency=self.max_concurrency, chunk_size_bytes=self.chunk_size_mb * 2**20,
                                 max_attempts=self.max_attempts)
 
 
 class TracingConfig(StrictModel):
-    """OpenTelemetry traces of every request (serve_app.tracing)."""
+    """OpenTelemetry traces of every request (serve_app.observability.tracing)."""
 
     exporter: Literal["none", "console", "otlp"] = "none"
     """Where spans go: an OTLP/HTTP collector, each replica's log, or nowhere."""
@@ -439,7 +439,7 @@ class ObservabilityConfig(StrictModel):
 
 
 class AppConfig(StrictModel):
-    """Arguments of `serve_app.app:build_app`."""
+    """Arguments of `deployments.app:build_app`."""
 
     model_alias: str = "cascade"
     """A model name that means the `auto` route, for clients that must name one model."""

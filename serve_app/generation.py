@@ -44,7 +44,7 @@ class GenerationChunk:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     replica_seconds: float = 0.0
-    """Cumulative share of an engine replica the request has held (serve_app.metering); 0 from an API."""
+    """Cumulative share of an engine replica the request has held (serve_app.observability.metering); 0 from an API."""
 
 
 @dataclass(slots=True)

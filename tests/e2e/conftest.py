@@ -172,7 +172,7 @@ def s3_env():
 def start_model_store() -> tuple[object, dict[str, str]]:
     from moto.server import ThreadedMotoServer
 
-    from serve_app.model_store import upload
+    from serve_app.models.store import upload
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

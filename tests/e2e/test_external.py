@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from deployments.external import ExternalBackend
+from serve_app.api.errors import BackendUnavailable
 from serve_app.config import ExternalConfig
-from serve_app.errors import BackendUnavailable
 from serve_app.generation import GenerationRequest
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.cost_report import find, scrape
-from serve_app.model_store import MANIFEST, Manifest, build_manifest, cache_entry
+from serve_app.models.store import MANIFEST, Manifest, build_manifest, cache_entry
 from tests.e2e.conftest import CHEAP_S3_URI, ROOT, wait_for
 
 pytestmark = pytest.mark.e2e

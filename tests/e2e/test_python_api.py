@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
+from serve_app.api.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from scripts.cost_report import scrape, total
-from serve_app.rollout import bucket
+from serve_app.routing.rollout import bucket
 from tests.e2e.conftest import BIN, DEPLOY_TIMEOUT_S, ROOT, get_json, wait_for, wait_until_running
 from tests.e2e.test_zz_faults import kill_replica
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from serve_app.model_store import cache_entry
+from serve_app.models.store import cache_entry
 from tests.e2e.conftest import BIN, CHEAP_S3_URI, ROOT, free_port, stop_cluster
 
 pytestmark = pytest.mark.e2e

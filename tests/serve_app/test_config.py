@@ -1,8 +1,6 @@
 """The config tree: shipped profiles validate; bad configs fail naming the field."""
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -97,18 +95,6 @@ def test_scale_to_zero_needs_no_dispatch_timeout():
 
 def test_tier_may_not_shadow_the_cascade_route():
     assert "reserved" in broken(lambda a: a["tiers"].update(auto=a["tiers"]["cheap"]))
-
-
-def test_policies_import_neither_ray_nor_vllm():
-    code = (
-        "import sys\n"
-        "import serve_app.cascade, serve_app.config, serve_app.errors, serve_app.generation, "
-        "serve_app.openai_format, serve_app.protocol, serve_app.routing, serve_app.scorers, serve_app.access, "
-        "serve_app.telemetry, serve_app.tracing, serve_app.metering, serve_app.efficiency, serve_app.model_store\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch'))\n"
-        "assert not heavy, heavy\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_unknown_span_exporter_is_named():

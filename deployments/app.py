@@ -1,4 +1,4 @@
-"""The app builder: the `import_path` of every Serve config (`serve_app.app:build_app`).
+"""The app builder: the `import_path` of every Serve config (`deployments.app:build_app`).
 
     serve run configs/local-cpu.yaml
     serve deploy configs/local-cpu.yaml

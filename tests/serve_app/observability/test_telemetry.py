@@ -10,12 +10,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serve_app import tracing
+from serve_app.api.errors import BackendUnavailable, InvalidRequest, Overloaded
 from serve_app.config import AppConfig
-from serve_app.errors import BackendUnavailable, InvalidRequest, Overloaded
-from serve_app.routing import CascadeRouter
-from serve_app.telemetry import Ledger, note_failure, watched
-from tests.serve_app.test_routing import Clock, FakeTier, request
+from serve_app.observability import tracing
+from serve_app.observability.telemetry import Ledger, note_failure, watched
+from serve_app.routing.router import CascadeRouter
+from tests.serve_app.fakes import Clock, FakeTier, request
 
 EXPORTER = InMemorySpanExporter()
 

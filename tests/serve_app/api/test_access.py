@@ -2,8 +2,8 @@
 
 import pytest
 
-from serve_app.access import KeyGate, TokenBucket, load_api_keys
-from serve_app.errors import AuthenticationFailed, RateLimited, error_body, invalid_request
+from serve_app.api.access import KeyGate, TokenBucket, load_api_keys
+from serve_app.api.errors import AuthenticationFailed, RateLimited, error_body, invalid_request
 
 
 class Clock:

@@ -7,11 +7,11 @@ import random
 import pytest
 from pydantic import ValidationError
 
+from serve_app.api.errors import BackendUnavailable
 from serve_app.config import AppConfig, RolloutConfig, TierRollout
-from serve_app.errors import BackendUnavailable
-from serve_app.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
-from serve_app.routing import CascadeRouter
-from tests.serve_app.test_routing import FakeTier, request
+from serve_app.routing.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
+from serve_app.routing.router import CascadeRouter
+from tests.serve_app.fakes import FakeTier, request
 
 
 def traffic(seed=0, **rollout):

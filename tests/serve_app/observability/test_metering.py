@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve_app.metering import Price, ProcessorSharing
+from serve_app.observability.metering import Price, ProcessorSharing
 
 
 class Clock:

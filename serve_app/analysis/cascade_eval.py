@@ -3,7 +3,7 @@ threshold, in RouteLLM's terms, and the threshold a target calls for. Pure: answ
 
 Each eval prompt is answered once by each tier; with the cheap answer's confidence (the router's own
 scorer) the cascade at threshold t is replayed exactly: a prompt escalates when its confidence is
-below t (`serve_app.cascade.decide`), and then it pays the cheap answer's time and cost plus the
+below t (`serve_app.routing.cascade.decide`), and then it pays the cheap answer's time and cost plus the
 strong one's.
 
 - PGR (performance gap recovered) at a threshold: (accuracy - cheap accuracy) / (strong accuracy -

@@ -1,12 +1,10 @@
 """The router over fake backends: route selection, the buffered cascade, error surfacing."""
 
 import asyncio
-import math
 
 import pytest
 
-from serve_app.config import AppConfig
-from serve_app.errors import (
+from serve_app.api.errors import (
     BackendTimeout,
     BackendUnavailable,
     ContextLengthExceeded,
@@ -14,33 +12,10 @@ from serve_app.errors import (
     Overloaded,
     ServerError,
 )
-from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.routing import CascadeRouter
-
-
-class FakeTier:
-    """Streams fixed words, each token with probability `prob`; records what it was asked."""
-
-    def __init__(self, words, prob, error=None, delay_s=0.0):
-        self.words, self.prob, self.error, self.delay_s = words, prob, error, delay_s
-        self.requests: list[GenerationRequest] = []
-        self.closed = 0
-
-    async def __call__(self, request):
-        self.requests.append(request)
-        if self.error:
-            raise self.error
-        want = request.sampling.get("logprobs")
-        try:
-            await asyncio.sleep(self.delay_s)
-            for i, word in enumerate(self.words):
-                yield GenerationChunk(
-                    text=word, token_ids=[i], prompt_tokens=3, completion_tokens=i + 1,
-                    logprobs=None if want is None else [TokenLogprob(word, math.log(self.prob))],
-                    finish_reason="stop" if i == len(self.words) - 1 else None,
-                )
-        finally:
-            self.closed += 1
+from serve_app.config import AppConfig
+from serve_app.generation import Accepted, GenerationChunk
+from serve_app.routing.router import CascadeRouter
+from tests.serve_app.fakes import Clock, FakeTier, request
 
 
 def run(coro):
@@ -70,13 +45,6 @@ def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_
     })
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, shed_s=None,
          retries=1, dispatch_s=None, **errors):
     delays = delays or {}
@@ -87,10 +55,6 @@ def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=
                                   retries=retries, dispatch_s=dispatch_s),
                            clock or Clock())
     return router, cheap, strong
-
-
-def request(logprobs=None):
-    return GenerationRequest("r1", {"max_tokens": 8, "logprobs": logprobs}, prompt="capital of France?")
 
 
 def test_direct_route_streams_that_tier_only():

@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from serve_app.errors import ClientError, Overloaded, ServerError, ServingError
+from serve_app.api.errors import ClientError, Overloaded, ServerError, ServingError
+from serve_app.api.protocol import Routing
 from serve_app.generation import GenerationChunk
-from serve_app.protocol import Routing
 
 OUTCOMES = ("served", "escalated", "fallback", "cached", "shed", "rejected", "failed", "cancelled")
 """How a request ended: answered by its route's own backend, by the strong tier after the cascade

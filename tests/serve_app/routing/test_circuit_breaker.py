@@ -1,6 +1,6 @@
 """Circuit breaker transitions with an injected clock."""
 
-from serve_app.circuit_breaker import BreakerState, CircuitBreaker
+from serve_app.routing.circuit_breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

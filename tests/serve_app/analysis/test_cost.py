@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scripts import cost_model
-from serve_app.cost import (
+from serve_app.analysis.cost import (
     ApiPrice,
     SelfHosted,
     Traffic,

@@ -19,7 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from serve_app.config import TracingConfig
-from serve_app.telemetry import Attempt, Ledger
+from serve_app.observability.telemetry import Attempt, Ledger
 
 _SCOPE = "serve_app"
 

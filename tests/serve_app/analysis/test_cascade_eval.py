@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.cascade_eval import (
+from serve_app.analysis.cascade_eval import (
     Answered,
     accuracies,
     apgr,
@@ -17,7 +17,7 @@ from serve_app.cascade_eval import (
     threshold_for_share,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # cheap accuracy 2/4, strong 3/4: a gap of 0.25
 SAMPLE = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from serve_app.scorers import Scorer
+from serve_app.routing.scorers import Scorer
 
 
 @dataclass(frozen=True, slots=True)

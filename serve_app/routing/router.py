@@ -26,13 +26,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
-from serve_app import tracing
-from serve_app.admission import Ticket, TierLoad
-from serve_app.answer_cache import AnswerCache, cache_key
-from serve_app.cascade import decide
-from serve_app.circuit_breaker import BreakerState, CircuitBreaker
-from serve_app.config import AUTO_ROUTE, AppConfig, RolloutConfig, TierRollout
-from serve_app.errors import (
+from serve_app.api.errors import (
     BackendTimeout,
     BackendUnavailable,
     CircuitOpen,
@@ -43,12 +37,18 @@ from serve_app.errors import (
     ServerError,
     ServingError,
 )
+from serve_app.api.protocol import Routing
+from serve_app.config import AUTO_ROUTE, AppConfig, RolloutConfig, TierRollout
 from serve_app.generation import Accepted, Backend, GenerationChunk, GenerationRequest
-from serve_app.metering import FREE, Price
-from serve_app.protocol import Routing
-from serve_app.rollout import Choice, RolledBack, ShadowRecord, TierTraffic, agreement
-from serve_app.scorers import SCORERS
-from serve_app.telemetry import Attempt, Ledger
+from serve_app.observability import tracing
+from serve_app.observability.metering import FREE, Price
+from serve_app.observability.telemetry import Attempt, Ledger
+from serve_app.routing.admission import Ticket, TierLoad
+from serve_app.routing.answer_cache import AnswerCache, cache_key
+from serve_app.routing.cascade import decide
+from serve_app.routing.circuit_breaker import BreakerState, CircuitBreaker
+from serve_app.routing.rollout import Choice, RolledBack, ShadowRecord, TierTraffic, agreement
+from serve_app.routing.scorers import SCORERS
 
 SHADOW_PRIMARY_WAIT_S = 600.0
 """How long a finished shadow waits for the primary answer to compare with (a client may never read it)."""
@@ -288,7 +288,7 @@ class CascadeRouter:
         return {tier: traffic.status() for tier, traffic in self._traffic.items()}
 
     def rollout_identities(self) -> dict[str, str]:
-        """Per tier, the identity of its rollout (serve_app.rollout.rollout_identity)."""
+        """Per tier, the identity of its rollout (serve_app.routing.rollout.rollout_identity)."""
         return {tier: traffic.identity for tier, traffic in self._traffic.items()}
 
     def adopt_rollback(self, tier: str, identity: str, rollback: RolledBack) -> bool:

@@ -1,7 +1,7 @@
 """The answer cache: normalized exact match, completeness, size and age bounds."""
 
-from serve_app.answer_cache import AnswerCache, cache_key
 from serve_app.generation import GenerationChunk, GenerationRequest
+from serve_app.routing.answer_cache import AnswerCache, cache_key
 
 
 class Clock:

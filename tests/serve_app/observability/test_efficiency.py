@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve_app.efficiency import ModelShape, bytes_per_step, count_parameters, mbu, mfu
+from serve_app.observability.efficiency import ModelShape, bytes_per_step, count_parameters, mbu, mfu
 
 SMOLLM2 = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
            "num_hidden_layers": 30}

@@ -7,8 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.protocol import (
+from serve_app.api.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -25,7 +24,8 @@ from serve_app.protocol import (
     TopLogprob,
     Usage,
 )
-from serve_app.routing import RoutedStream
+from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.routing.router import RoutedStream
 
 
 def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None) -> GenerationRequest:

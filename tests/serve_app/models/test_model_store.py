@@ -15,9 +15,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from serve_app.model_store import MANIFEST, ModelFetchError, TransferSettings, cache_entry, ensure_cached, upload
+from serve_app.models.store import MANIFEST, ModelFetchError, TransferSettings, cache_entry, ensure_cached, upload
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 URI = "s3://models/tiny/v1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 SMALL = TransferSettings(chunk_size_bytes=5 * 2**20, max_concurrency=4)  # S3's smallest multipart part is 5 MiB
@@ -103,7 +103,7 @@ def test_a_missing_manifest_says_how_to_upload(s3, tmp_path):
 FETCH = """
 import json, sys, time
 from pathlib import Path
-from serve_app.model_store import TransferSettings, ensure_cached
+from serve_app.models.store import TransferSettings, ensure_cached
 seen = []
 def progress(n):
     seen.append(n)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from serve_app.cascade import decide
-from serve_app.scorers import SCORERS, mean_prob, min_prob, tail_mean_prob
+from serve_app.routing.cascade import decide
+from serve_app.routing.scorers import SCORERS, mean_prob, min_prob, tail_mean_prob
 
 
 def test_mean_prob_is_geometric_mean_of_token_probabilities():

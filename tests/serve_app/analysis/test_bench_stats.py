@@ -1,6 +1,6 @@
 import pytest
 
-from serve_app.bench_stats import RequestRecord, Slo, overhead, percentile, records, summarize
+from serve_app.analysis.bench_stats import RequestRecord, Slo, overhead, percentile, records, summarize
 
 
 def test_percentile_interpolates_linearly_between_ranks():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve_app.admission import UNBOUNDED_BUDGET_TOKENS, TierLoad
+from serve_app.routing.admission import UNBOUNDED_BUDGET_TOKENS, TierLoad
 
 
 class Clock:

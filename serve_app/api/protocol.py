@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.errors import InvalidRequest
+from serve_app.api.errors import InvalidRequest
 
 
 class StreamOptions(BaseModel):
@@ -172,7 +172,7 @@ class Usage(BaseModel):
     total_tokens: int
     cost_usd: float | None = None
     """Extension: the estimated cost of the request, every attempt included (a cascade's discarded
-    cheap answer, failed tries), from the configured prices (serve_app.metering)."""
+    cheap answer, failed tries), from the configured prices (serve_app.observability.metering)."""
 
 
 class TopLogprob(BaseModel):
