@@ -1,6 +1,6 @@
 """Blue/green under load: switch a tier's serving version with `serve deploy`, then retire the old one.
 
-    .venv/bin/python scripts/bench_blue_green.py [--clients 4] [--max-tokens 32] [--out bench-out/blue-green.json]
+    .venv/bin/python -m scripts.bench_blue_green [--clients 4] [--max-tokens 32] [--out bench-out/blue-green.json]
 
 Starts a throwaway Ray head on 127.0.0.1 and `serve deploy`s the local profile with a second version
 of the strong tier (v2: the pruned model) beside v1, v2 getting shadow copies. `--clients` closed-loop
@@ -20,46 +20,24 @@ import argparse
 import copy
 import json
 import os
-import socket
-import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
-import yaml
-from process_tree import stop_process_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT / ".venv" / "bin"
+from scripts.harness.cluster import ROOT, RayHead, app_status, free_port, load_profile, wait_for
+from serve_app.routing.rollout import check_serve_config
+
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
 QUESTION = [{"role": "user", "content": "Name a large city in France and say why it is known."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def app_status(dashboard_url: str) -> dict:
-    with urllib.request.urlopen(f"{dashboard_url}/api/serve/applications/", timeout=10) as response:
-        return json.loads(response.read())["applications"].get("llm", {})
-
-
-def until(what: str, check, timeout_s: float = 900, every_s: float = 0.5) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if check():
-                return time.monotonic()
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(every_s)
+def until(what: str, check, timeout_s: float = 900) -> float:
+    """When `check` first held (monotonic clock), polled every 0.5 s."""
+    wait_for(what, check, timeout_s, every_s=0.5)
+    return time.monotonic()
 
 
 class Load:
@@ -93,15 +71,12 @@ class Load:
         return [r for r in self.results if start <= r[0] < end]
 
 
-def deploy(config: dict, dashboard_url: str, folder: Path) -> tuple[float, float]:
-    """Check the config, then send it as `serve deploy` does (PUT /api/serve/applications/), timed
-    from the request to its acceptance: on two busy cores the CLI itself takes minutes to start."""
-    path = folder / f"deploy-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    subprocess.run([BIN / "python", "scripts/rollout.py", "check", str(path)], cwd=ROOT, check=True)
+def deploy(config: dict, head: RayHead) -> tuple[float, float]:
+    """Check the config as CI would (scripts/rollout.py check), then send it as `serve deploy` does, timed
+    from the request to its acceptance."""
+    check_serve_config(config)
     sent = time.monotonic()
-    httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=300).raise_for_status()
-    return sent, time.monotonic()
+    return sent, head.deploy(config, cli=False)
 
 
 def switch_figures(load: Load, sent: float, accepted: float, ended: float) -> dict:
@@ -125,27 +100,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/blue-green.json")
     args = parser.parse_args()
 
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", MARKER[0]: MARKER[1]}
-    env.pop("SERVE_APP_API_KEYS", None)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("SERVE_APP_API_KEYS", None)  # a loopback benchmark: no API keys
+    http_port = free_port()
+    base_url = f"http://127.0.0.1:{http_port}/v1"
     folder = Path(tempfile.mkdtemp(prefix="bg-", dir="/tmp"))
-    dashboard_port, http_port = free_port(), free_port()
-    dashboard_url, base_url = f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{http_port}/v1"
-    head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats", f"--port={free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
-         f"--temp-dir={folder}/ray"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    head = RayHead.start(folder / "ray-start.log", MARKER)
+    dashboard_url = head.dashboard_url
     load = None
     try:
-        until("the Ray dashboard", lambda: urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=5), 180)
-        blue = yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text())
+        blue = load_profile("local-cpu.yaml")
         blue["http_options"]["port"] = http_port
         app = blue["applications"][0]
         app["args"]["tiers"]["strong"]["versions"] = {"v2": {"model_source": "./models/smollm2-135m-instruct-pruned"}}
         app["deployments"] = [{"name": "router", "user_config": {"rollouts": {"strong": {"shadow": "v2",
                                                                                         "shadow_percent": 100}}}}]
-        deploy(blue, dashboard_url, folder)
+        deploy(blue, head)
         time.sleep(5)  # the controller takes the new target before it reports a status
         until("the app", lambda: app_status(dashboard_url)["status"] == "RUNNING")
         load = Load(base_url, args.clients, args.max_tokens)
@@ -153,7 +122,7 @@ def main() -> None:
 
         green = copy.deepcopy(blue)
         green["applications"][0]["deployments"][0]["user_config"] = {"rollouts": {"strong": {"stable": "v2"}}}
-        sent, accepted = deploy(green, dashboard_url, folder)
+        sent, accepted = deploy(green, head)
         time.sleep(args.settle_s)
         switch = switch_figures(load, sent, accepted, time.monotonic())
         print("switch:", switch)
@@ -162,7 +131,7 @@ def main() -> None:
         strong = retired["applications"][0]["args"]["tiers"]["strong"]
         strong.update(model_source="./models/smollm2-135m-instruct-pruned", version="v2")
         strong.pop("versions")
-        sent, accepted = deploy(retired, dashboard_url, folder)
+        sent, accepted = deploy(retired, head)
         v1_gone = until("v1 deleted", lambda: "llm-strong-v1" not in app_status(dashboard_url)["deployments"])
         running = until("the app running", lambda: app_status(dashboard_url)["status"] == "RUNNING")
         time.sleep(args.settle_s)
@@ -182,8 +151,7 @@ def main() -> None:
     finally:
         if load is not None:
             load.stop()
-        subprocess.run([BIN / "serve", "shutdown", "-a", dashboard_url, "-y"], env=env, capture_output=True, timeout=120)
-        stop_process_tree(head, marker=MARKER)
+        head.stop()
 
 
 if __name__ == "__main__":

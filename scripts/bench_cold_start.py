@@ -1,6 +1,6 @@
 """Replica cold start, phase by phase: from S3, from a prefetched cache, and prefetched with a warm page cache.
 
-    .venv/bin/python scripts/bench_cold_start.py [--model models/smollm2-135m-instruct] [--endpoint URL]
+    .venv/bin/python -m scripts.bench_cold_start [--model models/smollm2-135m-instruct] [--endpoint URL]
         [--out bench-out/cold-start.json]
 
 Without `--endpoint` it starts moto's S3 server on 127.0.0.1 and uploads the model there with the

@@ -1,8 +1,8 @@
 """Overload and fail-over benchmark: goodput with load shedding on versus off, a sudden burst on an idle
 service, and fail-over time.
 
-    .venv/bin/python scripts/bench_overload.py [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
-    .venv/bin/python scripts/bench_overload.py --parts burst [--burst 60] [--burst-routes auto,strong]
+    .venv/bin/python -m scripts.bench_overload [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
+    .venv/bin/python -m scripts.bench_overload --parts burst [--burst 60] [--burst-routes auto,strong]
 
 For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
 `shed_ttft_target_s: null`; in both, the strong route does not fall back to the cheap tier unless
@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,9 @@ from pathlib import Path
 
 import httpx
 import yaml
-from process_tree import stop_process_tree
+
+from scripts.harness.processes import stop_process_tree
+from serve_app.analysis.bench_stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
@@ -106,18 +107,15 @@ def summarize(results: list[dict], duration_s: float, ttft_slo_s: float, tpot_sl
     answered = [r for r in results if r["status"] == 200]
     shed = [r for r in results if r["status"] in (429, 503)]
     good = [r for r in answered if r["ttft_s"] <= ttft_slo_s and r["tpot_s"] <= tpot_slo_s]
-    ttfts = sorted(r["ttft_s"] for r in answered)
-
-    def pct(values, q):
-        return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+    ttfts = [r["ttft_s"] for r in answered]
+    sheds = [r["latency_s"] for r in shed]
 
     return {
         "offered": len(results), "goodput_rps": round(len(good) / duration_s, 3),
         "answered_share": round(len(answered) / len(results), 3), "shed_share": round(len(shed) / len(results), 3),
         "failed_share": round(1 - (len(answered) + len(shed)) / len(results), 3),
-        "ttft_p50_s": pct(ttfts, 0.5), "ttft_p99_s": pct(ttfts, 0.99),
-        "shed_latency_p50_s": pct(sorted(r["latency_s"] for r in shed), 0.5),
-        "shed_latency_p99_s": pct(sorted(r["latency_s"] for r in shed), 0.99),
+        "ttft_p50_s": rounded(percentile(ttfts, 50)), "ttft_p99_s": rounded(percentile(ttfts, 99)),
+        "shed_latency_p50_s": rounded(percentile(sheds, 50)), "shed_latency_p99_s": rounded(percentile(sheds, 99)),
         "served_by": dict(Counter(r["served_by"] for r in answered)),
         "rejected_by": dict(Counter(r.get("message") or r.get("error") for r in results if r["status"] != 200)),
     }
@@ -132,13 +130,13 @@ async def burst(route: str, n: int, max_tokens: int | None) -> list[dict]:
 def summarize_burst(results: list[dict], ttft_target_s: float) -> dict:
     admitted = [r for r in results if r["status"] == 200]
     refused = [r for r in results if r["status"] in (429, 503)]
-    ttfts, waits = sorted(r["ttft_s"] for r in admitted), sorted(r["latency_s"] for r in refused)
+    ttfts, waits = [r["ttft_s"] for r in admitted], [r["latency_s"] for r in refused]
     return {
         "sent": len(results), "admitted": len(admitted), "refused": len(refused),
         "failed": len(results) - len(admitted) - len(refused),
-        "refusal_latency_p50_s": round(statistics.median(waits), 3) if waits else None,
+        "refusal_latency_p50_s": rounded(percentile(waits, 50)),
         "refusal_latency_max_s": round(max(waits), 3) if waits else None,
-        "admitted_ttft_p50_s": percentile(ttfts, 50), "admitted_ttft_p99_s": percentile(ttfts, 99),
+        "admitted_ttft_p50_s": rounded(percentile(ttfts, 50)), "admitted_ttft_p99_s": rounded(percentile(ttfts, 99)),
         "admitted_ttft_max_s": round(max(ttfts), 3) if ttfts else None,
         "admitted_within_target": sum(t <= ttft_target_s for t in ttfts),
         "served_by": dict(Counter(r["served_by"] for r in admitted)),
@@ -147,14 +145,8 @@ def summarize_burst(results: list[dict], ttft_target_s: float) -> dict:
     }
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks, as numpy's default."""
-    if not sorted_values:
-        return None
-    rank = (len(sorted_values) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    return round(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low), 3)
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 async def failover(duration_s: float, interval_s: float) -> dict:
@@ -187,7 +179,7 @@ async def failover(duration_s: float, interval_s: float) -> dict:
         "requests_after_kill": len(after),
         "failed_after_kill": sum(1 for r in after if r["status"] != 200),
         "first_fallback_latency_s": round(fallback[0]["latency_s"], 3) if fallback else None,
-        "fallback_latency_p50_s": round(statistics.median(r["latency_s"] for r in fallback), 3) if fallback else None,
+        "fallback_latency_p50_s": rounded(percentile([r["latency_s"] for r in fallback], 50)),
         "fallback_latency_max_s": round(max(r["latency_s"] for r in fallback), 3) if fallback else None,
         "cheap_back_after_s": next((round(r["sent_s"], 1) for r in after if r.get("served_by") == "cheap"), None),
     }

@@ -1,6 +1,6 @@
 """Scale-up time: from sustained load arriving to a new cheap-tier replica serving.
 
-    .venv/bin/python scripts/bench_scale_up.py [--streams 6] [--out bench-out/scale-up.json]
+    .venv/bin/python -m scripts.bench_scale_up [--streams 6] [--out bench-out/scale-up.json]
 
 Deploys the local profile on a fresh local Ray cluster with autoscaling on the cheap tier (min 1,
 max 2, the values below), warms it, then starts `--streams` closed-loop HTTP clients on the cheap
@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import yaml
-from cost_report import scrape
+
+from scripts.harness.cluster import free_port
+from scripts.harness.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                "upscale_delay_s": 3, "downscale_delay_s": 30, "look_back_period_s": 6, "metrics_interval_s": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replica_states(app: str, deployment: str) -> dict[str, int]:

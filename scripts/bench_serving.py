@@ -1,6 +1,6 @@
 """Side-by-side serving benchmark: this app against vLLM's own OpenAI server and Ray Serve LLM.
 
-    .venv/bin/python scripts/bench_serving.py [--systems app,vllm,ray-llm] [--routes strong,cheap,auto]
+    .venv/bin/python -m scripts.bench_serving [--systems app,vllm,ray-llm] [--routes strong,cheap,auto]
         [--concurrency 1,4,16] [--input-len 256] [--output-len 64] [--out bench-out/serving.json]
 
 The same model (the profile's strong tier), engine settings, machine and load for every system:
@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,15 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts.process_tree import stop_process_tree  # noqa: E402
-from serve_app.analysis.bench_stats import Slo, overhead, records, summarize  # noqa: E402
-from serve_app.config import AppConfig  # noqa: E402
+from scripts.harness.cluster import BIN, ROOT, RayHead, free_port, load_profile, wait_for
+from scripts.harness.processes import stop_process_tree
+from serve_app.analysis.bench_stats import Slo, overhead, records, summarize
+from serve_app.config import AppConfig
 
-BIN = ROOT / ".venv" / "bin"
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
 SYSTEMS = ("app", "vllm", "ray-llm")
 START_TIMEOUT_S = 900
@@ -61,24 +57,6 @@ class Target:
     base_url: str
     models: dict[str, str]
     processes: list[subprocess.Popen] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check, processes: list[subprocess.Popen], timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        if any(p.poll() is not None for p in processes):
-            raise RuntimeError(f"{what}: a process it needs exited")
-        time.sleep(2)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
 
 
 def serving(base_url: str, model: str) -> bool:
@@ -109,32 +87,6 @@ def engine_flags(engine_kwargs: dict) -> list[str]:
         else:
             flags.append(f"{flag}={value}")
     return flags
-
-
-class RayHead:
-    """A throwaway single-node Ray cluster on 127.0.0.1, stopped with every process it started."""
-
-    def __init__(self, folder: Path, log: Path):
-        self.dashboard_url = f"http://127.0.0.1:{free_port()}"
-        self._env = {**os.environ, "RAY_AUTH_MODE": "disabled", MARKER[0]: MARKER[1]}
-        self._env.pop("SERVE_APP_API_KEYS", None)  # a loopback benchmark: no API keys
-        self.process = subprocess.Popen(
-            [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats", f"--port={free_port()}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}",
-             "--num-cpus=4", f"--temp-dir={folder}/ray"],
-            cwd=ROOT, env=self._env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for("the Ray dashboard", lambda: httpx.get(f"{self.dashboard_url}/api/version", timeout=5).status_code
-                 == 200, [self.process], 180)
-
-    def deploy(self, config: dict) -> None:
-        """As `serve deploy` sends it (the CLI itself takes minutes to start on two busy cores)."""
-        httpx.put(f"{self.dashboard_url}/api/serve/applications/", json=config, timeout=300).raise_for_status()
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            subprocess.run([BIN / "serve", "shutdown", "-a", self.dashboard_url, "-y"], env=self._env,
-                           capture_output=True, timeout=120)
-        stop_process_tree(self.process, marker=MARKER)
 
 
 def bench_profile(profile: dict, port: int, max_concurrency: int) -> dict:
@@ -182,18 +134,19 @@ def started(system: str, profile: dict, max_concurrency: int, folder: Path) -> I
                 stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
             target = Target(system, base_url, {"strong": model_name}, [process])
         elif system == "app":
-            head = RayHead(folder, log)
-            head.deploy(bench_profile(profile, port, max_concurrency))
+            head = RayHead.start(log, MARKER)
+            head.deploy(bench_profile(profile, port, max_concurrency), cli=False)
             target = Target(system, base_url, {route: route for route in ("strong", "cheap", "auto")}, [head.process])
         elif system == "ray-llm":
-            head = RayHead(folder, log)
-            head.deploy(ray_llm_config(strong, model_name, port))
+            head = RayHead.start(log, MARKER)
+            head.deploy(ray_llm_config(strong, model_name, port), cli=False)
             target = Target(system, base_url, {"strong": model_name}, [head.process])
         else:
             raise ValueError(f"unknown system {system!r}; known: {SYSTEMS}")
         started_at = time.monotonic()
         for model in target.models.values():  # one answer per route: the router's slow start is over
-            wait_for(f"{system} serving {model}", lambda m=model: serving(base_url, m), target.processes)
+            wait_for(f"{system} serving {model}", lambda m=model: serving(base_url, m), START_TIMEOUT_S,
+                     watch=target.processes)
         print(f"{system}: serving after {time.monotonic() - started_at:.0f} s", flush=True)
         yield target
     finally:
@@ -296,7 +249,8 @@ def main() -> None:
     args = arguments().parse_args()
     args.raw_dir = args.raw_dir or args.out.with_suffix("")
 
-    profile = yaml.safe_load((ROOT / args.profile).read_text())
+    profile = load_profile(args.profile)
+    os.environ.pop("SERVE_APP_API_KEYS", None)  # a loopback benchmark: the clusters it starts take no API keys
     levels = [int(c) for c in args.concurrency.split(",")]
     routes = args.routes.split(",")
     slo = Slo(args.slo_ttft_ms, args.slo_tpot_ms)

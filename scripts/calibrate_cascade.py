@@ -1,6 +1,6 @@
 """Pick the cascade threshold for a target and write it into a config profile.
 
-    .venv/bin/python scripts/calibrate_cascade.py --results bench-out/cascade-eval.json \
+    .venv/bin/python -m scripts.calibrate_cascade --results bench-out/cascade-eval.json \
         (--strong-share 0.3 | --accuracy 0.6 | --recovered 0.8) [--write configs/local-cpu.yaml]
 
 The sample is the per-prompt answers of scripts/eval_cascade.py: on the eval set, or on a sample of
@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import yaml
 
+from scripts.eval_cascade import answered
 from serve_app.analysis import cascade_eval
 from serve_app.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: the `scripts` package beside serve_app
-
-from scripts.eval_cascade import answered  # noqa: E402
 
 
 def calibrate(rows: list[dict], strong_share: float | None = None, accuracy: float | None = None,

@@ -1,6 +1,6 @@
 """API versus self-hosting: monthly cost of a traffic profile each way, the break-even volume, a plot.
 
-    .venv/bin/python scripts/cost_model.py --requests-per-day 200000 --input-tokens 500 --output-tokens 200 \
+    .venv/bin/python -m scripts.cost_model --requests-per-day 200000 --input-tokens 500 --output-tokens 200 \
         --api-input-per-mtok 0.15 --api-output-per-mtok 0.60 --hourly-usd 2.5 --tokens-per-s 2500 \
         [--throughput-from bench-out/overload.json] [--plot docs/cost-break-even.png] [--json out.json]
 

@@ -1,7 +1,7 @@
 """Where the CPU goes while a system serves one load level: CPU % per process, for the overhead work.
 
-    .venv/bin/python scripts/cpu_by_process.py app --concurrency 16      # or: vllm, ray-llm; --idle
-    .venv/bin/python scripts/cpu_by_process.py vllm --with-ray           # vLLM beside an idle Ray + Serve
+    .venv/bin/python -m scripts.cpu_by_process app --concurrency 16      # or: vllm, ray-llm; --idle
+    .venv/bin/python -m scripts.cpu_by_process vllm --with-ray           # vLLM beside an idle Ray + Serve
 
 Starts the system as scripts/bench_serving.py does, runs one level of the same load on the `strong`
 route (or, with --idle, nothing for --idle-s), and prints the load's figures and each process's CPU
@@ -15,7 +15,6 @@ import argparse
 import collections
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +22,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from scripts import bench_serving
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts import bench_serving  # noqa: E402
 
 
 def label(process: psutil.Process) -> str:

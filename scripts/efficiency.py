@@ -1,6 +1,6 @@
 """MBU and MFU per tier on this machine: probe peak memory bandwidth and FLOP/s, time decoding, divide.
 
-    .venv/bin/python scripts/efficiency.py [--base-url http://127.0.0.1:8000/v1] [--config configs/local-cpu.yaml]
+    .venv/bin/python -m scripts.efficiency [--base-url http://127.0.0.1:8000/v1] [--config configs/local-cpu.yaml]
 
 Run it against an idle service (e.g. `scripts/serve.sh` in another shell): it first probes the
 machine (multi-threaded array copy for bandwidth, a float32 matrix product for FLOP/s; best of
@@ -17,9 +17,8 @@ import os
 from pathlib import Path
 
 import openai
-import yaml
-from request_latency import one
 
+from scripts.request_latency import one
 from serve_app.config import AppConfig
 from serve_app.observability.efficiency import ModelShape, bytes_per_step, mbu, mfu, probe_bandwidth, probe_flops
 
@@ -43,7 +42,7 @@ def main() -> None:
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"))
     args = parser.parse_args()
 
-    app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    app = AppConfig.from_serve_file(args.config)
     peak_bw, peak_flops = probe_bandwidth(), probe_flops()
     print(json.dumps({"peak_memory_gb_s": round(peak_bw / 1e9, 2), "peak_gflops": round(peak_flops / 1e9, 1)}))
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, timeout=300)

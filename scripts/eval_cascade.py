@@ -1,6 +1,6 @@
 """The cascade's cost-quality curve on an eval set with checkable answers, against random routing.
 
-    .venv/bin/python scripts/eval_cascade.py [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
+    .venv/bin/python -m scripts.eval_cascade [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
         [--data scripts/data/cascade_eval.jsonl] [--out bench-out/cascade-eval.json] [--plot docs/cascade-curve.png]
 
 Asks every prompt of the eval set (short facts, arithmetic, sentiment, simple instructions) once of
@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import yaml
 
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.cascade_eval import Answered
@@ -143,7 +142,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "bench-out/cascade-curve.png")
     args = parser.parse_args()
 
-    config = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    config = AppConfig.from_serve_file(args.config)
     items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     rows = evaluate(items, args.base_url, args.api_key, config.cascade.cheap_tier, config.cascade.strong_tier,
                     config.cascade.scorer, args.max_tokens, args.concurrency)

@@ -1,6 +1,6 @@
 """Write the Grafana dashboard for this app's metrics (docs/grafana/serve_app.json).
 
-    .venv/bin/python scripts/grafana_dashboard.py [--out docs/grafana/serve_app.json]
+    .venv/bin/python -m scripts.grafana_dashboard [--out docs/grafana/serve_app.json]
 
 Import the JSON in Grafana (Dashboards > Import) with Ray's Prometheus as the data source. The
 panels read the metrics of deployments/metrics.py (`ray_serve_app_*`) and vLLM's own (`ray_vllm_*`:

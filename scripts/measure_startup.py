@@ -1,6 +1,6 @@
 """Time from `serve run` to the first answer, and the peak memory of the whole stack.
 
-    .venv/bin/python scripts/measure_startup.py [--config configs/local-cpu.yaml] [--port 8000]
+    .venv/bin/python -m scripts.measure_startup [--config configs/local-cpu.yaml] [--port 8000]
 
 Starts `serve run CONFIG` (the README's run command, after set-up), asks a chat question every
 second until one is answered, sampling the proportional set size (PSS: shared pages split between
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psutil
 import yaml
-from process_tree import stop_process_tree
+
+from scripts.harness.processes import stop_process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +77,8 @@ def main() -> None:
         first_answer_s = time.monotonic() - started
         stop.set()  # reading every process's smaps costs CPU: keep it out of the latency figures
         sampler.join()
-        latency = subprocess.run([ROOT / ".venv/bin/python", ROOT / "scripts/request_latency.py",
-                                  "--base-url", f"{url}/v1"], capture_output=True, text=True, check=True).stdout
+        latency = subprocess.run([ROOT / ".venv/bin/python", "-m", "scripts.request_latency",
+                                  "--base-url", f"{url}/v1"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         peak["bytes"] = max(peak["bytes"], stack_pss_bytes(root))
         print(json.dumps({
             "config": args.config,

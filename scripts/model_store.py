@@ -1,8 +1,8 @@
 """Put models on S3 and warm nodes' caches before replicas need them.
 
-    .venv/bin/python scripts/model_store.py upload models/smollm2-135m-instruct s3://models/smollm2/v1
-    .venv/bin/python scripts/model_store.py prefetch s3://models/smollm2/v1 [--warm]
-    .venv/bin/python scripts/model_store.py prefetch --config configs/gpu.yaml --cluster auto [--warm]
+    .venv/bin/python -m scripts.model_store upload models/smollm2-135m-instruct s3://models/smollm2/v1
+    .venv/bin/python -m scripts.model_store prefetch s3://models/smollm2/v1 [--warm]
+    .venv/bin/python -m scripts.model_store prefetch --config configs/gpu.yaml --cluster auto [--warm]
 
 `prefetch` alone fills this machine's cache, with a progress bar; with `--cluster` it runs one Ray task
 pinned to every live node, each filling its own node's cache (its SERVE_APP_MODEL_CACHE_DIR, else the
@@ -18,8 +18,6 @@ import json
 import socket
 import time
 from pathlib import Path
-
-import yaml
 
 from serve_app.config import AppConfig, ModelStoreConfig
 from serve_app.models.store import ensure_cached, node_cache_dir, upload, warm_page_cache
@@ -88,7 +86,7 @@ def main() -> None:
         return
     uris, store = list(args.uris), {}
     if args.config:
-        app = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+        app = AppConfig.from_serve_file(args.config)
         uris += [t.model_source for t in app.tiers.values() if t.from_s3]
         store = app.model_store.model_dump()
     if not uris:

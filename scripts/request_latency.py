@@ -1,6 +1,6 @@
 """TTFT and TPOT of single streamed requests per route, through the OpenAI SDK.
 
-    .venv/bin/python scripts/request_latency.py [--base-url http://127.0.0.1:8000/v1] [--repeats 3]
+    .venv/bin/python -m scripts.request_latency [--base-url http://127.0.0.1:8000/v1] [--repeats 3]
 
 Prints one JSON line per route with median TTFT (first content byte) and TPOT
 ((end - first token) / (completion tokens - 1)), from temperature-0 chat requests with ignore_eos,

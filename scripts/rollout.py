@@ -1,8 +1,8 @@
 """Rollouts from the command line: check a Serve config before `serve deploy`, and read what the
 router is doing.
 
-    .venv/bin/python scripts/rollout.py check configs/local-cpu.yaml
-    .venv/bin/python scripts/rollout.py status --url http://127.0.0.1:8000
+    .venv/bin/python -m scripts.rollout check configs/local-cpu.yaml
+    .venv/bin/python -m scripts.rollout status --url http://127.0.0.1:8000
 
 `check` validates each application's args (AppConfig) and its router's rollout (the `user_config`
 `serve deploy` applies in place; a router refuses an invalid one at run time and keeps the current
@@ -21,36 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from serve_app.config import AppConfig, RolloutConfig
-
-BUILDER = "deployments.app:build_app"
-ROUTER = "router"
-
-
-def check(serve_config: dict) -> dict[str, dict[str, dict]]:
-    """Per application of this project, per tier: its versions and the traffic the rollout gives them.
-    Raises ValueError naming the application and the field at fault."""
-    found = {}
-    for app in serve_config.get("applications", []):
-        if app.get("import_path") != BUILDER:
-            continue
-        name = app.get("name", "default")
-        try:
-            config = AppConfig.model_validate(app.get("args") or {})
-            router = next((d for d in app.get("deployments", []) if d.get("name") == ROUTER), {})
-            rollouts = RolloutConfig.model_validate(router.get("user_config") or {}).check(config)
-        except ValueError as exc:
-            raise ValueError(f"application {name!r}: {exc}") from None
-        found[name] = {}
-        for tier, tier_config in config.tiers.items():
-            rollout = rollouts.rollouts.get(tier)
-            found[name][tier] = {
-                "versions": list(tier_config.all_versions()),
-                "stable": (rollout and rollout.stable) or tier_config.default_version,
-                "canary": rollout and rollout.canary and f"{rollout.canary} {rollout.canary_percent:g} %",
-                "shadow": rollout and rollout.shadow and f"{rollout.shadow} {rollout.shadow_percent:g} %",
-            }
-    return found
+from serve_app.routing.rollout import check_serve_config
 
 
 def main() -> None:
@@ -64,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "check":
         try:
-            found = check(yaml.safe_load(args.config.read_text()))
+            found = check_serve_config(yaml.safe_load(args.config.read_text()))
         except ValueError as exc:
             sys.exit(f"{args.config}: {exc}")
         for app, tiers in found.items():

@@ -37,4 +37,4 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
-.venv/bin/python scripts/prepare_models.py
+.venv/bin/python -m scripts.prepare_models

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from serve_app.observability.metering import Price
@@ -17,6 +18,8 @@ from serve_app.routing.scorers import SCORERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AUTO_ROUTE = "auto"
+BUILDER = "deployments.app:build_app"
+"""The `import_path` of this project's application in a Serve config file."""
 
 
 VERSION_NAME = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
@@ -483,6 +486,12 @@ class AppConfig(StrictModel):
                 raise ValueError(f"resilience.fallbacks.{route}: a chain may not repeat a route")
         return self
 
+    @classmethod
+    def from_serve_file(cls, path: str | Path, app: str | None = None) -> AppConfig:
+        """The validated args of this project's application in a Serve config file (the one named `app`,
+        or the first whose import_path is the builder)."""
+        return cls.model_validate(serve_app_entry(yaml.safe_load(Path(path).read_text()), app).get("args") or {})
+
     def route_names(self) -> list[str]:
         return [AUTO_ROUTE, self.model_alias, *self.tiers]
 
@@ -508,3 +517,11 @@ class EngineVersion:
     @property
     def deployment(self) -> str:
         return engine_deployment(self.tier, self.version)
+
+
+def serve_app_entry(serve_config: dict, app: str | None = None) -> dict:
+    """This project's application in a Serve config (a dict as `serve deploy` reads it)."""
+    for entry in serve_config.get("applications", []):
+        if entry.get("import_path") == BUILDER and app in (None, entry.get("name")):
+            return entry
+    raise ValueError(f"no application {app or ''} with import_path {BUILDER} in the Serve config".replace("  ", " "))

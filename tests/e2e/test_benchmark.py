@@ -11,14 +11,14 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import BIN, ROOT
+from scripts.harness.cluster import BIN, ROOT
 
 pytestmark = pytest.mark.e2e
 
 
 def test_benchmark_command_writes_rows_overhead_csv_and_plot(stack, tmp_path):
     out = tmp_path / "serving.json"
-    command = [BIN / "python", "scripts/bench_serving.py", "--systems", "app,vllm", "--routes", "strong",
+    command = [BIN / "python", "-m", "scripts.bench_serving", "--systems", "app,vllm", "--routes", "strong",
                "--app-url", stack.http_url, "--vllm-url", stack.external.base_url.removesuffix("/v1"),
                "--concurrency", "2", "--rounds", "1", "--min-prompts", "2", "--input-len", "32", "--output-len", "8",
                "--out", str(out)]

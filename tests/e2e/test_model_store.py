@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.cost_report import find, scrape
+from scripts.harness.cluster import ROOT, wait_for
+from scripts.harness.metrics import find, scrape
 from serve_app.models.store import MANIFEST, Manifest, build_manifest, cache_entry
-from tests.e2e.conftest import CHEAP_S3_URI, ROOT, wait_for
+from tests.e2e.conftest import CHEAP_S3_URI
 
 pytestmark = pytest.mark.e2e
 

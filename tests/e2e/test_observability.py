@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from scripts.cost_report import find, scrape, total
-from tests.e2e.conftest import wait_for
+from scripts.harness.cluster import wait_for
+from scripts.harness.metrics import find, scrape, total
 from tests.e2e.test_openai_api import EASY, HARD, chat
 
 pytestmark = pytest.mark.e2e

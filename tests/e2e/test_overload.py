@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.e2e.conftest import wait_for
+from scripts.harness.cluster import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -21,9 +21,9 @@ import openai
 import pytest
 import yaml
 
-from scripts.cost_report import scrape, total
+from scripts.harness.cluster import BIN, DEPLOY_TIMEOUT_S, ROOT, get_json, wait_for, wait_until_running
+from scripts.harness.metrics import scrape, total
 from serve_app.routing.rollout import bucket
-from tests.e2e.conftest import BIN, DEPLOY_TIMEOUT_S, ROOT, get_json, wait_for, wait_until_running
 from tests.e2e.test_zz_faults import kill_replica
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ def deploy(stack, tmp_path, rollouts: dict | None, retired_v1: bool = False, wai
         config["applications"].append(app)
     path = tmp_path / f"deploy-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    subprocess.run([BIN / "python", "scripts/rollout.py", "check", str(path)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([BIN / "python", "-m", "scripts.rollout", "check", str(path)], cwd=ROOT, check=True, capture_output=True)
     subprocess.run([BIN / "serve", "deploy", str(path), "-a", stack.dashboard_url], cwd=ROOT, check=True, timeout=300)
     accepted = time.monotonic()
     if wait:

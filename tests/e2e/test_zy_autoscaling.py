@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import BIN, ROOT, app_status, get_json, wait_for, wait_until_running
+from scripts.harness.cluster import BIN, ROOT, app_status, get_json, wait_for, wait_until_running
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, get_json, wait_for
+from scripts.harness.cluster import ROOT, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
 

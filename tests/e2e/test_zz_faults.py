@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from scripts.process_tree import describe, survivors
-from tests.e2e.conftest import ENGINE_EXIT_TIMEOUT_S
+from scripts.harness.cluster import ENGINE_EXIT_TIMEOUT_S
+from scripts.harness.processes import describe, survivors
 
 pytestmark = pytest.mark.e2e
 

@@ -13,14 +13,15 @@ import uuid
 
 import pytest
 
+from scripts.harness.cluster import BIN, ROOT, free_port, stop_cluster
 from serve_app.models.store import cache_entry
-from tests.e2e.conftest import BIN, CHEAP_S3_URI, ROOT, free_port, stop_cluster
+from tests.e2e.conftest import CHEAP_S3_URI
 
 pytestmark = pytest.mark.e2e
 
 DRIVER = r"""
 import asyncio, json, sys, time
-import ray, yaml
+import ray
 from ray import serve
 from deployments.engine import LLMServer
 from serve_app.config import AppConfig
@@ -28,7 +29,7 @@ from serve_app.generation import GenerationChunk, GenerationRequest
 
 address, uri = sys.argv[1], sys.argv[2]
 ray.init(address=address, log_to_driver=False)
-tier = AppConfig.model_validate(yaml.safe_load(open("configs/local-cpu.yaml"))["applications"][0]["args"]).tiers["cheap"]
+tier = AppConfig.from_serve_file("configs/local-cpu.yaml").tiers["cheap"]
 options = tier.replica_options()
 options.update(num_replicas=2, max_replicas_per_node=1)
 app = LLMServer.options(name="llm-cheap", **options).bind("cheap", tier.model_copy(update={"model_source": uri}).model_dump())
@@ -105,7 +106,7 @@ def run_json(args: list, env: dict, timeout: float = 900):
 
 def test_prefetch_once_per_node_then_replicas_serve_from_their_nodes_cache(two_nodes):
     address, caches, env = two_nodes
-    prefetch = [BIN / "python", "scripts/model_store.py", "prefetch", CHEAP_S3_URI, "--cluster", address]
+    prefetch = [BIN / "python", "-m", "scripts.model_store", "prefetch", CHEAP_S3_URI, "--cluster", address]
     first = run_json(prefetch, env)
     assert sorted(r["cache_dir"] for r in first) == sorted(str(c) for c in caches.values())
     assert all(r["models"][0]["downloaded_mb"] > 0 for r in first)  # each node fetched its own copy

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from scripts.rollout import check
 from serve_app.config import AppConfig
+from serve_app.routing.rollout import check_serve_config as check
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -1,10 +1,8 @@
 """The API-versus-self-hosting arithmetic against hand-computed cases."""
 
-import json
 
 import pytest
 
-from scripts import cost_model
 from serve_app.analysis.cost import (
     ApiPrice,
     SelfHosted,
@@ -74,21 +72,6 @@ def test_no_break_even_when_a_full_replica_costs_more_per_request_than_the_api()
 
 def test_output_tokens_per_usd():
     assert output_tokens_per_usd(1000, 2.0) == pytest.approx(1_800_000)
-
-
-def test_the_tool_reads_a_benchmark_file_and_draws_the_plot(tmp_path):
-    bench = tmp_path / "overload.json"
-    bench.write_text(json.dumps({"sustainable_rps": 25.0, "max_tokens": 200}))  # 5000 tok/s
-    plot, out = tmp_path / "cost.png", tmp_path / "cost.json"
-    result = cost_model.main([
-        "--requests-per-day", "100000", "--input-tokens", "500", "--output-tokens", "200", "--peak-factor", "2",
-        "--api-input-per-mtok", "0.15", "--api-output-per-mtok", "0.60", "--hourly-usd", "2",
-        "--throughput-from", str(bench), "--utilization", "0.5", "--plot", str(plot), "--json", str(out)])
-    assert result["break_even_requests_per_day"] == result["first_cheaper_requests_per_day"] == 246_154
-    assert result["self_hosted"] == {"replicas": 1, "requests_per_day_per_replica": 540_000, "monthly_usd": 1460.0,
-                                     "output_tokens_per_usd_at_full_use": 9_000_000}
-    assert json.loads(out.read_text()) == result
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(("tokens_per_s", "hourly", "min_replicas"), [(3000, 2.5, 1), (5000, 2.0, 2), (1200, 1.1, 1)])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from scripts.cost_report import report, total
+from scripts.harness.metrics import report, total
 from serve_app.config import AppConfig
 
 
