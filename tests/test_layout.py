@@ -50,3 +50,11 @@ def test_tests_use_scripts_only_through_the_shared_harness():
             offending += [f"{path.relative_to(root)}: {name}" for name in names
                           if name.split(".")[0] == "scripts" and not name.startswith("scripts.harness")]
     assert not offending, offending
+
+
+def test_the_readme_is_a_short_front_door_that_links_every_docs_page():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    missing = [page.name for page in (root / "docs").glob("*.md") if f"(docs/{page.name})" not in readme]
+    assert not missing, f"docs pages the README does not link: {missing}"
