@@ -25,7 +25,7 @@ from serve_app.api.protocol import (
     Usage,
 )
 from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.routing.router import RoutedStream
+from serve_app.routing.stream import RoutedStream
 
 
 def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None) -> GenerationRequest:

@@ -22,13 +22,24 @@ token, progress and end through its `Ticket`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from serve_app.api.errors import InvalidRequest
 
 PRIORITY_BUDGET = {"low": 0.5, "normal": 1.0, "high": 2.0}
 """Share of the TTFT target each priority may expect to wait before it is shed."""
 UNBOUNDED_BUDGET_TOKENS = 1024
 """Token budget assumed for a request without max_tokens (it may run to the end of the context)."""
+
+
+def check_request(priority: str, timeout_s: float | None) -> None:
+    """A caller's priority and deadline, checked before any routing (400 naming the header if wrong)."""
+    if priority not in PRIORITY_BUDGET:
+        raise InvalidRequest(f"priority must be one of {sorted(PRIORITY_BUDGET)}", param="x-priority")
+    if timeout_s is not None and not (0 < timeout_s < math.inf):
+        raise InvalidRequest("the request timeout must be a positive number of seconds", param="x-request-timeout")
 
 
 @dataclass(frozen=True, slots=True)

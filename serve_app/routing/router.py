@@ -21,8 +21,6 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
@@ -49,19 +47,10 @@ from serve_app.routing.cascade import decide
 from serve_app.routing.circuit_breaker import BreakerState, CircuitBreaker
 from serve_app.routing.rollout import Choice, RolledBack, ShadowRecord, TierTraffic, agreement
 from serve_app.routing.scorers import SCORERS
+from serve_app.routing.stream import RoutedStream
 
 SHADOW_PRIMARY_WAIT_S = 600.0
 """How long a finished shadow waits for the primary answer to compare with (a client may never read it)."""
-
-
-@dataclass(slots=True)
-class RoutedStream:
-    routing: Routing
-    chunks: AsyncIterator[GenerationChunk]
-    ledger: Ledger | None = None
-    """The request's attempts so far; complete (with their costs) once `chunks` is exhausted."""
-    span: Any = None
-    """The request's trace span, when a deployment traces it."""
 
 
 async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
@@ -333,9 +322,7 @@ class CascadeRouter:
         answer. Client errors end the search at once. `timeout_s` bounds the whole search and answer
         (every try and fallback), within each tier's own timeouts. Every try is recorded in `ledger`."""
         ledger = ledger or Ledger(self._clock())
-        stream = await self._open(model, request, priority, timeout_s, ledger)
-        stream.ledger = ledger
-        return stream
+        return (await self._open(model, request, priority, timeout_s, ledger)).but(ledger=ledger)
 
     async def _open(self, model: str, request: GenerationRequest, priority: str, timeout_s: float | None,
                     ledger: Ledger) -> RoutedStream:
@@ -354,7 +341,8 @@ class CascadeRouter:
                 failures.append((step, exc))
                 continue
             if failures:
-                stream.routing = stream.routing.model_copy(update={"route": route, "fallback_reason": _reasons(failures)})
+                stream = stream.but(routing=stream.routing.model_copy(update={"route": route,
+                                                                              "fallback_reason": _reasons(failures)}))
             return self._remembered(route, request, stream)
         cached = self._cache.get(cache_key(route, request)) if self._cache else None
         if cached is not None:
@@ -481,9 +469,9 @@ class CascadeRouter:
     def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
         if self._cache is None:
             return stream
-        key, source, cache = cache_key(route, request), stream.chunks, self._cache
+        key, cache = cache_key(route, request), self._cache
 
-        async def tee() -> AsyncIterator[GenerationChunk]:
+        async def tee(source: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
             seen = []
             try:
                 async for chunk in source:
@@ -493,7 +481,7 @@ class CascadeRouter:
                 await source.aclose()
             cache.put(key, seen, stream.routing.served_by)
 
-        return RoutedStream(stream.routing, tee())
+        return stream.wrapped(tee)
 
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
                               ledger: Ledger) -> RoutedStream:

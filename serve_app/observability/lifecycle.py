@@ -1,0 +1,90 @@
+"""A request's life around its route: its ledger and ingress span opened before routing, and its
+metrics and span end recorded once the answer has been consumed (or at once when routing fails).
+
+Pure: the router, the metrics sink and the clock are injected; the deployment hands in Ray's metrics,
+the tests a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from opentelemetry import trace
+
+from serve_app.api import openai_format
+from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
+from serve_app.generation import GenerationRequest
+from serve_app.observability import telemetry, tracing
+from serve_app.observability.telemetry import Ledger
+from serve_app.routing.admission import check_request
+from serve_app.routing.stream import RoutedStream
+
+logger = logging.getLogger(__name__)
+
+
+class Routes(Protocol):
+    async def open(self, model: str, request: GenerationRequest, priority: str, timeout_s: float | None,
+                   ledger: Ledger) -> RoutedStream: ...
+
+    def backend_states(self) -> dict[str, Any]: ...
+
+
+class MetricsSink(Protocol):
+    def record(self, ledger: Ledger) -> None: ...
+
+    def backends(self, states: dict[str, Any]) -> None: ...
+
+
+class NoMetrics:
+    def record(self, ledger: Ledger) -> None:
+        pass
+
+    def backends(self, states: dict[str, Any]) -> None:
+        pass
+
+
+class RequestLifecycle:
+    def __init__(self, routes: Routes, sink: MetricsSink, default_max_tokens: int | None = None,
+                 record_content: bool = False, clock: Callable[[], float] = time.monotonic):
+        self._routes, self._sink, self._clock = routes, sink, clock
+        self._default_max_tokens, self._record_content = default_max_tokens, record_content
+
+    async def open(self, request: ChatCompletionRequest | CompletionRequest, priority: str = "normal",
+                   timeout_s: float | None = None, trace_context: dict[str, str] | None = None,
+                   session_key: str | None = None) -> RoutedStream:
+        """Route the request inside its trace's ingress span (a child of `trace_context`'s, if given)."""
+        chat = isinstance(request, ChatCompletionRequest)
+        ledger = Ledger(self._clock(), output_text=[] if self._record_content else None)
+        content = None
+        if self._record_content:
+            content = [m.as_template_input() for m in request.messages] if chat else request.prompt_text
+        span = tracing.start_request(
+            "chat" if chat else "text_completion", request.model, tracing.extract(trace_context), content,
+            {"max_tokens": request.requested_max_tokens, "temperature": request.temperature,
+             "top_p": request.top_p, "seed": request.seed})
+        try:
+            check_request(priority, timeout_s)
+            generation = openai_format.generation_request(request, self._default_max_tokens)
+            generation.session_key = session_key or generation.session_key
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                stream = await self._routes.open(request.model, generation, priority, timeout_s, ledger)
+        except BaseException as exc:
+            telemetry.note_failure(ledger, exc)
+            ledger.finished_s = self._clock()
+            self._finish(ledger, span)
+            raise
+        ledger.routing = stream.routing
+        return stream.wrapped(lambda chunks: telemetry.watched(chunks, ledger, self._clock,
+                                                               lambda done: self._finish(done, span)), span=span)
+
+    def _finish(self, ledger: Ledger, span: trace.Span) -> None:
+        try:
+            self._sink.record(ledger)
+            self._sink.backends(self._routes.backend_states())
+            output = None if ledger.output_text is None else "".join(ledger.output_text)
+            tracing.end_request(span, ledger, output)
+        except Exception:  # observability must never fail a request
+            logger.exception("recording a finished request failed")
