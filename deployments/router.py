@@ -39,8 +39,8 @@ from serve_app.api.service import ApiService
 from serve_app.config import AppConfig, RolloutConfig
 from serve_app.generation import Backend, GenerationChunk, GenerationRequest
 from serve_app.observability import tracing
+from serve_app.routing.factory import build_router
 from serve_app.routing.rollout import RolledBack
-from serve_app.routing.router import CascadeRouter
 
 logger = logging.getLogger("ray.serve")
 ENGINE_INFO_WAIT_S = 10.0
@@ -90,7 +90,7 @@ class Router:
         backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in engines.items()}
         backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
         self._metrics = RouterMetrics()
-        self._router = CascadeRouter(backends, self._config, time.monotonic, on_rollback=self._rolled_back,
+        self._router = build_router(backends, self._config, time.monotonic, on_rollback=self._rolled_back,
                                      on_shadow=self._metrics.shadow)
         context = serve.get_replica_context()
         self._service = ApiService(self._config, self._router, gate, self._metrics, on_call=self._watch_replicas,

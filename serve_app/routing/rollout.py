@@ -1,7 +1,7 @@
 """Traffic between the versions of a tier: the canary split, shadow copies, the canary guard.
 
-Pure: the router asks `TierTraffic` which version serves a request and whether to mirror it, and
-reports each outcome back; randomness and the clock are injected.
+Pure: `versions.TierVersions` asks `TierTraffic` which version serves a request and whether to mirror
+it, and reports each outcome back; randomness and the clock are injected.
 
 - Canary: a request with a session key goes to the canary when the key's hash bucket (0-100, the
   same in every router replica and across restarts) is below `canary_percent`, so a conversation
@@ -13,7 +13,8 @@ reports each outcome back; randomness and the clock are injected.
   shares it (keyed by `rollout_identity`) with every other replica and with replicas started later, which
   `adopt` it.
 - Shadow: a copy of a share of the requests goes to another version, bounded in number; its answer
-  is compared with the primary's (`agreement`) and recorded, never returned.
+  is compared with the primary's (`agreement`) and recorded, never returned (versions.TierVersions
+  sends the copies and keeps their log).
 """
 
 from __future__ import annotations
@@ -152,8 +153,6 @@ class TierTraffic:
         self.stable = rollout.stable or default_version
         self.guard = CanaryGuard(rollout.guard)
         self.rolled_back: RolledBack | None = None
-        self.shadow_in_flight = 0
-        self.shadows = ShadowLog()
         self._rng = rng
         self._clock = clock
 
@@ -189,14 +188,11 @@ class TierTraffic:
         self.rolled_back = rollback
         return True
 
-    def mirror(self) -> str | None:
-        """The shadow version to copy this request to, or None. A copy that would exceed the bound is
-        counted as shed."""
+    def wants_copy(self) -> str | None:
+        """The shadow version to copy this request to (`shadow_percent` of requests, at random), or None.
+        Whether a copy can be sent (the bound on copies in flight, a busy shadow) is versions.TierVersions'."""
         c = self.config
         if c.shadow is None or not c.shadow_percent or self._rng.random() * 100 >= c.shadow_percent:
-            return None
-        if self.shadow_in_flight >= c.shadow_max_in_flight:
-            self.shadows.add(ShadowRecord(c.shadow, "shed", error="too many copies in flight"))
             return None
         return c.shadow
 
@@ -207,8 +203,7 @@ class TierTraffic:
             "configured_canary_percent": c.canary_percent,
             "rolled_back": asdict(self.rolled_back) if self.rolled_back else None,
             "guard": self.guard.status(),
-            "shadow": c.shadow, "shadow_percent": c.shadow_percent, "shadow_in_flight": self.shadow_in_flight,
-            "shadow_results": self.shadows.summary(),
+            "shadow": c.shadow, "shadow_percent": c.shadow_percent,
         }
 
 

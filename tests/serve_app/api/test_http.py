@@ -14,7 +14,7 @@ from serve_app.api.errors import ServerError
 from serve_app.api.http import build_http_api
 from serve_app.api.service import ApiService
 from serve_app.config import AppConfig
-from serve_app.routing.router import CascadeRouter
+from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import Clock, FakeTier
 
 KEY = "sk-test"
@@ -27,7 +27,7 @@ def service(cheap=None, strong=None, max_body_bytes=4096) -> ApiService:
     config = AppConfig.model_validate({"model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
                                        "access": {"max_body_bytes": max_body_bytes}})
     backends = {"cheap": cheap or FakeTier(["Paris", "."], 0.9), "strong": strong or FakeTier(["Lyon", "!"], 0.9)}
-    api = ApiService(config, CascadeRouter(backends, config, Clock()), KeyGate([KEY], None, None, Clock()))
+    api = ApiService(config, build_router(backends, config, Clock()), KeyGate([KEY], None, None, Clock()))
     api.engine_infos.update({name: {"model": f"/models/{name}", "max_model_len": 2048} for name in backends})
     return api
 

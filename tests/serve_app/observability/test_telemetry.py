@@ -14,7 +14,7 @@ from serve_app.api.errors import BackendUnavailable, InvalidRequest, Overloaded
 from serve_app.config import AppConfig
 from serve_app.observability import tracing
 from serve_app.observability.telemetry import Ledger, note_failure, watched
-from serve_app.routing.router import CascadeRouter
+from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import Clock, FakeTier, request
 
 EXPORTER = InMemorySpanExporter()
@@ -53,7 +53,7 @@ def make(cheap_prob=0.9, fallbacks=None, **errors):
     backends = {"cheap": MeteredTier(["Paris", "."], cheap_prob, errors.get("cheap")),
                 "strong": MeteredTier(["Lyon", "!"], 0.9, errors.get("strong")),
                 "api": FakeTier(["Rome", "?"], 0.9, errors.get("api"))}
-    return CascadeRouter(backends, config, Clock()), backends
+    return build_router(backends, config, Clock()), backends
 
 
 def serve(router, model, on_end=lambda ledger: None):

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from serve_app.api.errors import BackendUnavailable
 from serve_app.config import AppConfig, RolloutConfig, TierRollout
+from serve_app.routing.factory import build_router
 from serve_app.routing.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
-from serve_app.routing.router import CascadeRouter
 from tests.serve_app.fakes import FakeTier, request
 
 
@@ -64,13 +64,10 @@ def test_the_guard_rolls_back_a_slow_canary_but_not_a_comparable_one():
     assert rollbacks[:2] == [None, None] and "median TTFT 0.33 s" in rollbacks[2].reason
 
 
-def test_shadow_copies_follow_the_share_and_the_bound():
+def test_shadow_copies_follow_the_share():
     t = traffic(seed=5, shadow="v2", shadow_percent=50, shadow_max_in_flight=1)
-    picks = [t.mirror() for _ in range(2000)]
+    picks = [t.wants_copy() for _ in range(2000)]
     assert 0.45 < picks.count("v2") / 2000 < 0.55
-    t.shadow_in_flight = 1
-    assert all(t.mirror() is None for _ in range(50))
-    assert t.shadows.counts["shed"] > 0
 
 
 def test_agreement_of_answers():
@@ -133,7 +130,7 @@ def versioned_router(rollout: dict, v2_error=None, seed=0):
     v1 = FakeTier(["Paris", " is", " big"], 0.9)
     v2 = FakeTier(["Paris", " is", " small"], 0.9, v2_error)
     events = {"rollbacks": [], "shadows": []}
-    router = CascadeRouter({"cheap": FakeTier(["x"], 0.9), "strong@v1": v1, "strong@v2": v2}, config, lambda: 0.0,
+    router = build_router({"cheap": FakeTier(["x"], 0.9), "strong@v1": v1, "strong@v2": v2}, config, lambda: 0.0,
                            random.Random(seed), on_rollback=lambda tier, r: events["rollbacks"].append((tier, r)),
                            on_shadow=lambda tier, r: events["shadows"].append((tier, r)))
     router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": rollout}}).check(config))
@@ -176,6 +173,22 @@ def test_a_shadow_copy_is_compared_but_never_returned():
     assert [r.outcome for r in records] == ["ok"] * 4
     assert all(r.agreement == pytest.approx(2 / 3, abs=1e-3) and r.exact is False for r in records)
     assert router.rollout_status()["strong"]["shadow_results"]["ok"] == 4
+
+
+def test_copies_past_the_bound_are_shed_and_reported_like_every_other_shadow_outcome():
+    router, v1, v2, events = versioned_router({"shadow": "v2", "shadow_percent": 100, "shadow_max_in_flight": 1})
+    v2.delay_s = 0.2  # the first copy is still running when the others come
+
+    async def three_at_once():
+        served = await asyncio.gather(*(ask(router, 1) for _ in range(3)))
+        await asyncio.sleep(0.5)  # the one copy sent finishes
+        return served
+
+    assert asyncio.run(three_at_once()) == [[("v1", "Paris is big")]] * 3
+    outcomes = sorted(r.outcome for _, r in events["shadows"])
+    assert outcomes == ["ok", "shed", "shed"] and len(v2.requests) == 1
+    assert router.rollout_status()["strong"]["shadow_results"]["shed"] == 2  # the log and the deployment agree
+    assert router.rollout_status()["strong"]["shadow_in_flight"] == 0
 
 
 def test_a_failing_shadow_is_recorded_and_the_client_still_gets_the_primary_answer():

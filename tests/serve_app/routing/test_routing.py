@@ -14,7 +14,7 @@ from serve_app.api.errors import (
 )
 from serve_app.config import AppConfig
 from serve_app.generation import Accepted, GenerationChunk
-from serve_app.routing.router import CascadeRouter
+from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import Clock, FakeTier, request
 
 
@@ -50,7 +50,7 @@ def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=
     delays = delays or {}
     cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
     strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
-    router = CascadeRouter({"cheap": cheap, "strong": strong},
+    router = build_router({"cheap": cheap, "strong": strong},
                            config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s,
                                   retries=retries, dispatch_s=dispatch_s),
                            clock or Clock())
@@ -168,7 +168,7 @@ def test_the_callers_timeout_bounds_the_whole_chain_and_spares_the_breaker():
     assert caught.value.status == 504
     assert cheap.closed == 1 and strong.requests == []  # no time was left for the fallback
     assert router.breaker_states() == {"cheap": "closed", "strong": "closed"}
-    assert not router._tiers["cheap"].breaker._failures  # not counted as a failure of the tier
+    assert not router.backends["cheap"].breaker._failures  # not counted as a failure of the tier
 
 
 def test_a_callers_timeout_longer_than_the_tiers_does_not_extend_it():
@@ -205,16 +205,16 @@ class AcceptsThenStalls:
 
 def test_a_request_no_replica_takes_fails_over_after_the_dispatch_timeout_without_retry():
     router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, retries=3)
-    dead = router._tiers["cheap"]._backend = Unanswered()
+    dead = router.backends["cheap"]._backend = Unanswered()
     stream, chunks = open_and_drain(router, "cheap", request())
     assert stream.routing.served_by == "strong" and stream.routing.fallback_reason == "cheap: no_live_replica"
     assert dead.calls == 1  # the same dead tier is not tried again
-    assert router._tiers["cheap"].breaker._failures
+    assert router.backends["cheap"].breaker._failures
 
 
 def test_an_accepted_request_gets_the_full_first_token_timeout():
     router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
-    router._tiers["cheap"]._backend = AcceptsThenStalls()
+    router.backends["cheap"]._backend = AcceptsThenStalls()
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: timeout"  # 0.2 s first-token timeout, not 0.02 s
 
@@ -222,7 +222,7 @@ def test_an_accepted_request_gets_the_full_first_token_timeout():
 def test_with_every_slot_busy_waiting_for_a_replica_is_queueing_not_death():
     router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
     saturate(router, "cheap", in_flight=2)  # Ray Serve queues the request until a slot frees
-    router._tiers["cheap"]._backend = Unanswered()
+    router.backends["cheap"]._backend = Unanswered()
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: timeout"
 
@@ -235,7 +235,7 @@ def test_accepted_markers_never_reach_the_caller():
                 yield chunk
 
     router, _, _ = make(dispatch_s=1.0)
-    router._tiers["strong"]._backend = Acking(["Lyon", "!"], 0.9)
+    router.backends["strong"]._backend = Acking(["Lyon", "!"], 0.9)
     _, chunks = open_and_drain(router, "strong", request())
     assert all(isinstance(c, GenerationChunk) for c in chunks) and "".join(c.text for c in chunks) == "Lyon!"
 
@@ -272,7 +272,7 @@ def test_cascade_falls_back_to_strong_when_cheap_fails():
 
 def saturate(router, tier, in_flight, ttft_s=1.0, tpot_s=0.4):
     """`in_flight` requests of 10 tokens on `tier` (2 slots), none of which has produced a token yet."""
-    load = router._tiers[tier].load
+    load = router.backends[tier].load
     load.ttft.add(ttft_s)
     load.tpot.add(tpot_s)
     for _ in range(in_flight):
@@ -308,7 +308,7 @@ def test_in_flight_count_returns_to_zero_after_streams_end_or_fail():
     router, _, _ = make(shed_s=5.0, fallbacks={"cheap": ["strong"], "auto": ["strong"]}, cheap=ServerError("boom"))
     open_and_drain(router, "cheap", request())
     open_and_drain(router, "auto", request())
-    assert router._tiers["cheap"].load.in_flight == 0 and router._tiers["strong"].load.in_flight == 0
+    assert router.backends["cheap"].load.in_flight == 0 and router.backends["strong"].load.in_flight == 0
 
 
 class Flaky(FakeTier):
@@ -330,7 +330,7 @@ class Flaky(FakeTier):
 def test_a_transient_engine_error_is_retried_on_the_same_tier():
     router, _, _ = make(retries=3)
     flaky = Flaky(["ok"], failures=1, error=BackendUnavailable("replica died"))
-    router._tiers["strong"]._backend = flaky
+    router.backends["strong"]._backend = flaky
     stream, chunks = open_and_drain(router, "strong", request())
     assert stream.routing.served_by == "strong" and stream.routing.fallback_reason is None
     assert [r.request_id for r in flaky.requests] == ["r1-strong-1", "r1-strong-2"]
@@ -340,7 +340,7 @@ def test_a_transient_engine_error_is_retried_on_the_same_tier():
 def test_retries_are_bounded_then_the_chain_moves_on():
     router, _, _ = make(retries=2, fallbacks={"strong": ["cheap"]})
     flaky = Flaky(["ok"], failures=5, error=ServerError("engine error"))
-    router._tiers["strong"]._backend = flaky
+    router.backends["strong"]._backend = flaky
     stream, _ = open_and_drain(router, "strong", request())
     assert len(flaky.requests) == 2 and stream.routing.served_by == "cheap"
 
@@ -349,7 +349,7 @@ def test_retries_are_bounded_then_the_chain_moves_on():
 def test_overload_and_client_errors_are_not_retried(error):
     router, _, _ = make(retries=3)
     flaky = Flaky(["ok"], failures=5, error=error)
-    router._tiers["strong"]._backend = flaky
+    router.backends["strong"]._backend = flaky
     with pytest.raises(type(error)):
         open_and_drain(router, "strong", request())
     assert len(flaky.requests) == 1
