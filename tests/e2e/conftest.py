@@ -114,6 +114,16 @@ def error_of(response) -> dict:
     return body["error"]
 
 
+def pytest_collection_modifyitems(items):
+    """The modules that change, read all of, or break the shared stack (`stage(n)`) run after every test
+    that only uses it, in stage order; file names do not matter, and any module runs alone with -k."""
+    def stage(item) -> int:
+        marker = item.get_closest_marker("stage")
+        return marker.args[0] if marker else 0
+
+    items.sort(key=stage)
+
+
 CHEAP_S3_URI = "s3://models/smollm2-135m-instruct-pruned/v1"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

@@ -17,7 +17,7 @@ import pytest
 from scripts.harness.cluster import ENGINE_EXIT_TIMEOUT_S
 from scripts.harness.processes import describe, survivors
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(4)]  # kills replicas and engines
 
 RECOVERY_TIMEOUT_S = 600
 

@@ -14,7 +14,7 @@ import yaml
 
 from scripts.harness.cluster import BIN, ROOT, app_status, get_json, wait_for, wait_until_running
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(2)]  # redeploys a tier autoscaled
 
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                "upscale_delay_s": 3, "downscale_delay_s": 20, "look_back_period_s": 6, "metrics_interval_s": 2}

@@ -24,9 +24,9 @@ import yaml
 from scripts.harness.cluster import BIN, DEPLOY_TIMEOUT_S, ROOT, get_json, wait_for, wait_until_running
 from scripts.harness.metrics import scrape, total
 from serve_app.routing.rollout import bucket
-from tests.e2e.test_zz_faults import kill_replica
+from tests.e2e.test_faults import kill_replica
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(1)]  # redeploys the app with versions
 
 APP, PREFIX = "rollout", "/rollout"
 V2_MODEL = "./models/smollm2-135m-instruct-pruned"
