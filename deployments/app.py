@@ -23,7 +23,7 @@ def build_app(args: dict[str, Any]) -> Application:
 
     engines = {
         engine.label: LLMServer.options(name=engine.deployment, **engine.config.replica_options()).bind(
-            engine.label, engine.config.model_dump(), config.observability.tracing.model_dump(),
+            engine.label, engine.config.model_dump(), config.observability.model_dump(),
             config.model_store.model_dump())
         for engine in config.engine_versions()
     }

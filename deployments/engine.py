@@ -25,7 +25,7 @@ from ray import serve
 from deployments import watchdog
 from deployments.metrics import EngineMetrics
 from serve_app.api.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
-from serve_app.config import ModelStoreConfig, TierConfig, TracingConfig
+from serve_app.config import ModelStoreConfig, ObservabilityConfig, TierConfig
 from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
 from serve_app.models import store as model_store
 from serve_app.observability import efficiency, tracing
@@ -70,10 +70,10 @@ class _Efficiency:
 
 @serve.deployment(name="llm")
 class LLMServer:
-    async def __init__(self, name: str, tier: dict[str, Any], tracing_config: dict[str, Any] | None = None,
+    async def __init__(self, name: str, tier: dict[str, Any], observability: dict[str, Any] | None = None,
                        model_store: dict[str, Any] | None = None):
-        """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's tracing and
-        model store settings."""
+        """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's observability
+        (its spans carry the app's service name) and model store settings."""
         # Before the engine starts a process: its processes end with this replica, however it ends.
         self._watchdog = watchdog.guard()
         imports_started = time.monotonic()
@@ -88,7 +88,8 @@ class LLMServer:
         self._start_phases: dict[str, float] = {}
         self._phase("import", time.monotonic() - imports_started)
         check_engine_kwargs(engine_kwargs)
-        tracing.configure(TracingConfig.model_validate(tracing_config or {}), "serve_app")
+        traced = ObservabilityConfig.model_validate(observability or {})
+        tracing.configure(traced.tracing, traced.service_name)
         self._model = config.served_model_name or model
         self._fetched_bytes, self._served = 0, 0
         if model.startswith("s3://"):

@@ -158,8 +158,8 @@ class TierConfig(BackendLimits):
     @property
     def default_version(self) -> str:
         """The version serving the tier's traffic unless a rollout says otherwise: the tier's own, else
-        the first listed."""
-        return next(iter(self.all_versions()))
+        the first listed (the order of `all_versions`, without validating every version again)."""
+        return self.version if self.model_source else next(iter(self.versions))
 
     @model_validator(mode="after")
     def _slots_fit_a_replica(self) -> TierConfig:
@@ -491,9 +491,6 @@ class AppConfig(StrictModel):
         """The validated args of this project's application in a Serve config file (the one named `app`,
         or the first whose import_path is the builder)."""
         return cls.model_validate(serve_app_entry(yaml.safe_load(Path(path).read_text()), app).get("args") or {})
-
-    def route_names(self) -> list[str]:
-        return [AUTO_ROUTE, self.model_alias, *self.tiers]
 
     def engine_versions(self) -> list[EngineVersion]:
         """Every engine deployment of the app: one per version of each tier."""

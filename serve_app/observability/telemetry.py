@@ -108,10 +108,6 @@ class Ledger:
             return "fallback"
         return "escalated" if routing.escalated else "served"
 
-    @property
-    def failed_attempts(self) -> list[Attempt]:
-        return [a for a in self.attempts if a.error is not None]
-
 
 def note_failure(ledger: Ledger, exc: BaseException) -> None:
     """How a request that raised ended: a serving error as it is, the caller going away (cancellation,

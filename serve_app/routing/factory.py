@@ -34,7 +34,8 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
 
     guarded = {name: external(name, api) for name, api in config.external.items() if name in backends}
     versions: dict[str, dict[str, GuardedBackend]] = {}
-    for engine in config.engine_versions():
+    engines = config.engine_versions()  # validates every version: once
+    for engine in engines:
         tier, replicas = engine.config, engine.config.initial_replicas
         guarded[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = GuardedBackend(
             engine.label, backends[engine.label], breaker(),
@@ -43,5 +44,5 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     tiers = {name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
              for name, tier in config.tiers.items()}
     cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) if r.answer_cache_max_entries else None
-    slots = {engine.label: engine.config.concurrency_slots for engine in config.engine_versions()}
+    slots = {engine.label: engine.config.concurrency_slots for engine in engines}
     return CascadeRouter(guarded, tiers, config, clock, slots, cache)
