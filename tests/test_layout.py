@@ -58,3 +58,10 @@ def test_the_readme_is_a_short_front_door_that_links_every_docs_page():
     assert len(readme.splitlines()) <= 200
     missing = [page.name for page in (root / "docs").glob("*.md") if f"(docs/{page.name})" not in readme]
     assert not missing, f"docs pages the README does not link: {missing}"
+
+
+def test_every_module_of_the_service_reads_in_one_sitting():
+    root = Path(__file__).resolve().parents[1]
+    long = {str(path.relative_to(root)): n for folder in ("serve_app", "deployments")
+            for path in (root / folder).rglob("*.py") if (n := len(path.read_text().splitlines())) > 300}
+    assert not long, f"modules over 300 lines: {long}"

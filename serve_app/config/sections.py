@@ -1,0 +1,145 @@
+"""The sections of the app's config besides its tiers: cascade, router, resilience, access, model
+store, observability."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from serve_app.config.base import DeploymentOptions, StrictModel
+from serve_app.routing.scorers import SCORERS
+
+
+class CascadeConfig(StrictModel):
+    """The `auto` route: answer with the cheap tier, escalate to the strong one when unsure."""
+
+    cheap_tier: str = "cheap"
+    """Tier that answers first."""
+    strong_tier: str = "strong"
+    """Tier that answers when the cheap answer's confidence is below `threshold`."""
+    scorer: str = "mean_prob"
+    """Confidence scorer, one of serve_app.routing.scorers.SCORERS."""
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Escalate when the cheap answer's confidence is below this."""
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str) -> str:
+        if value not in SCORERS:
+            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted(SCORERS)}")
+        return value
+
+
+class RouterConfig(StrictModel):
+    """The ingress and router deployment."""
+
+    default_max_tokens: PositiveInt | None = None
+    """Chat completions without max_tokens generate up to this many tokens (null: to the end of the
+    context window, as vLLM does). Completions keep OpenAI's default of 16."""
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=256))
+    """Ray Serve options of the router deployment."""
+    replica_poll_s: float = Field(10.0, gt=0)
+    """How often the router reads each tier's running replicas (its capacity) from the Serve controller.
+    Each read makes the controller build every deployment's details, so it is not free: replicas take
+    tens of seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
+    rollout_sync_s: float = Field(2.0, gt=0)
+    """How often a router replica reads the canary rollbacks other replicas decided (while a canary runs)."""
+
+
+class ResilienceConfig(StrictModel):
+    """What the router does when a backend fails: fallback chains and circuit breakers."""
+
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    """Per route, the routes to try in order when its own backend fails server-side (errors, timeouts,
+    open circuit), e.g. {strong: [cheap]}. Client errors (4xx) never fall back."""
+    breaker_failure_threshold: PositiveInt = 5
+    """Failures within breaker_window_s that open a tier's circuit."""
+    breaker_window_s: float = Field(30.0, gt=0)
+    """The window over which failures are counted."""
+    breaker_cooldown_s: float = Field(15.0, gt=0)
+    """How long an open circuit fails fast before one probe request is let through."""
+    retry_attempts: PositiveInt = 2
+    """Tries per backend (1: no retry) for retryable failures (a dead replica, an engine error),
+    only before the first byte reached the client; never for overload, open circuits or timeouts."""
+    retry_initial_backoff_s: float = Field(0.1, gt=0)
+    """First backoff; doubling with jitter after each failed try."""
+    retry_max_backoff_s: float = Field(2.0, gt=0)
+    """Longest single backoff."""
+    retry_deadline_s: float = Field(10.0, gt=0)
+    """No new try starts later than this after the first."""
+    answer_cache_max_entries: int = Field(1024, ge=0)
+    """Recent successful answers kept (0: no cache), served only when every backend failed."""
+    answer_cache_max_age_s: float = Field(600.0, gt=0)
+    """Cached answers older than this are never served."""
+    shed_ttft_target_s: float | None = Field(None, gt=0)
+    """Reject (503 + Retry-After) a request whose expected time to first token on its tier exceeds
+    this, scaled by priority (x-priority: low 0.5x, normal 1x, high 2x); null: never shed."""
+
+
+class AccessConfig(StrictModel):
+    """Who may call the API and how often. Keys never live in this file: only where to find them."""
+
+    api_keys_env: str | None = "SERVE_APP_API_KEYS"
+    """Environment variable holding comma-separated API keys; unset or empty means no keys from it."""
+    api_keys_file: str | None = None
+    """A secrets file with one API key per line (e.g. a mounted Kubernetes secret)."""
+    require_api_keys: bool = False
+    """Refuse to start when no key is found, instead of serving without authentication."""
+    requests_per_minute_per_key: float | None = Field(None, gt=0)
+    """Sustained request rate allowed per key (per router replica); null: unlimited."""
+    burst_per_key: PositiveInt | None = None
+    """Requests a key may send at once above the sustained rate; defaults to one minute's worth."""
+    max_body_bytes: PositiveInt = 1_048_576
+    """Largest request body accepted (413 beyond it)."""
+
+
+class ModelStoreConfig(StrictModel):
+    """How replicas fetch `s3://` model sources into their node's cache (serve_app.models.store). The
+    endpoint, region and credentials are boto3's own (AWS_ENDPOINT_URL_S3, AWS_PROFILE, roles, ...)."""
+
+    cache_dir: str = "/tmp/serve_app/models"
+    """Node-local cache folder; a node may override it with SERVE_APP_MODEL_CACHE_DIR in its environment."""
+    max_concurrency: PositiveInt = 8
+    """Concurrent ranged GETs per file."""
+    chunk_size_mb: int = Field(8, ge=5)
+    """Size of each ranged GET (S3 multipart parts are at least 5 MiB)."""
+    max_attempts: PositiveInt = 3
+    """Tries per S3 call (botocore's standard retry mode, with backoff)."""
+    verify_checksums: bool = True
+    """Check each file's sha256 against the manifest after download and before using a cached copy
+    (sizes are always checked)."""
+    warm_page_cache: bool = False
+    """Read the weights once before the engine starts, so it loads them from memory."""
+
+    def transfer(self):
+        from serve_app.models.store import TransferSettings
+
+        return TransferSettings(max_concurrency=self.max_concurrency, chunk_size_bytes=self.chunk_size_mb * 2**20,
+                                max_attempts=self.max_attempts)
+
+
+class TracingConfig(StrictModel):
+    """OpenTelemetry traces of every request (serve_app.observability.tracing)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    """Where spans go: an OTLP/HTTP collector, each replica's log, or nowhere."""
+    otlp_endpoint: str | None = None
+    """The collector's traces URL, e.g. http://otel-collector:4318/v1/traces; null: the standard
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else localhost:4318."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of new traces kept; a client's `traceparent` decides for the traces it starts."""
+    export_interval_ms: PositiveInt = 5000
+    """How long finished spans wait to be sent in a batch."""
+    record_content: bool = False
+    """Put prompts and answers on the request spans (gen_ai.input.messages / gen_ai.output.messages).
+    Off by default: they may hold personal data."""
+
+
+class ObservabilityConfig(StrictModel):
+    """Traces (metrics are always on, through Ray's Prometheus endpoint)."""
+
+    service_name: str = "serve_app"
+    """`service.name` of the spans."""
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    """Span export."""
