@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.harness.cluster import ROOT, RayHead, app_status, free_port, load_profile, wait_for
+from scripts.harness.cluster import ROOT, RayHead, app_args, app_status, free_port, load_profile, wait_for
 from serve_app.routing.rollout import check_serve_config
 
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
@@ -128,7 +128,7 @@ def main() -> None:
         print("switch:", switch)
 
         retired = copy.deepcopy(green)
-        strong = retired["applications"][0]["args"]["tiers"]["strong"]
+        strong = app_args(retired)["tiers"]["strong"]
         strong.update(model_source="./models/smollm2-135m-instruct-pruned", version="v2")
         strong.pop("versions")
         sent, accepted = deploy(retired, head)

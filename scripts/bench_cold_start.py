@@ -28,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from serve_app.generation import GenerationChunk, GenerationRequest
 from serve_app.models.store import (
     MiB,
@@ -140,7 +138,7 @@ def main() -> None:
 
     from serve_app.config import AppConfig
 
-    app_config = AppConfig.model_validate(yaml.safe_load(args.config.read_text())["applications"][0]["args"])
+    app_config = AppConfig.from_serve_file(args.config)
     tier, store = app_config.tiers["strong"], app_config.model_store.model_dump()
     cache_dir = Path(tempfile.mkdtemp(prefix="cold-start-cache-"))
     os.environ["RAY_AUTH_MODE"] = "disabled"

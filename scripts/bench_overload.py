@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from scripts.harness.cluster import app_args
 from scripts.harness.processes import stop_process_tree
 from serve_app.analysis.bench_stats import percentile
 
@@ -229,13 +230,13 @@ def main() -> None:
     if not args.fallback_to_cheap:
         # Both tiers share these two cores: under overload, strong's fallback to cheap would only move
         # the excess onto the same CPU (on GPUs each tier has its own). Measure one tier's shedding.
-        chains = shipped["applications"][0]["args"]["resilience"]["fallbacks"]
+        chains = app_args(shipped)["resilience"]["fallbacks"]
         chains["strong"] = [step for step in chains["strong"] if step != "cheap"]
     unshed = json.loads(json.dumps(shipped))
-    unshed["applications"][0]["args"]["resilience"]["shed_ttft_target_s"] = None
-    slots = shipped["applications"][0]["args"]["tiers"]["strong"]["concurrency_slots"]
+    app_args(unshed)["resilience"]["shed_ttft_target_s"] = None
+    slots = app_args(shipped)["tiers"]["strong"]["concurrency_slots"]
     report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
-                    "strong_fallbacks": shipped["applications"][0]["args"]["resilience"]["fallbacks"]["strong"],
+                    "strong_fallbacks": app_args(shipped)["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
     modes = [("shedding_on", shipped), ("shedding_off", unshed)] if "goodput" in args.parts else []
     for mode, config in modes:
@@ -250,7 +251,7 @@ def main() -> None:
         finally:
             stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
     if "burst" in args.parts:
-        target = shipped["applications"][0]["args"]["resilience"]["shed_ttft_target_s"]
+        target = app_args(shipped)["resilience"]["shed_ttft_target_s"]
         report["burst"] = {"requests": args.burst, "max_tokens": args.burst_max_tokens, "ttft_target_s": target}
         for route in args.burst_routes.split(","):
             process = start(yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text()))  # idle, as shipped

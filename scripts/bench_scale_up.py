@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from scripts.harness.cluster import free_port
+from scripts.harness.cluster import app_args, free_port
 from scripts.harness.metrics import scrape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +63,14 @@ def main() -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_metrics_report_interval_ms"] = "1000"
     config = yaml.safe_load(args.config.read_text())
-    app_args = config["applications"][0]["args"]
-    app_args["tiers"]["cheap"]["deployment"].update(num_replicas=None, autoscaling_config=AUTOSCALING)
+    profile_args = app_args(config)
+    profile_args["tiers"]["cheap"]["deployment"].update(num_replicas=None, autoscaling_config=AUTOSCALING)
     http_port, metrics_port = free_port(), free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        serve.run(build_app(app_args), name="llm", route_prefix="/")
+        serve.run(build_app(profile_args), name="llm", route_prefix="/")
         body = {"model": "cheap", "messages": [{"role": "user", "content": "Tell me a long story."}],
                 "max_tokens": args.max_tokens, "ignore_eos": True}
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/v1", timeout=300)

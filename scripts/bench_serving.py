@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.harness.cluster import BIN, ROOT, RayHead, free_port, load_profile, wait_for
+from scripts.harness.cluster import BIN, ROOT, RayHead, app_args, free_port, load_profile, wait_for
 from scripts.harness.processes import stop_process_tree
 from serve_app.analysis.bench_stats import Slo, overhead, records, summarize
 from serve_app.config import AppConfig
@@ -93,7 +93,7 @@ def bench_profile(profile: dict, port: int, max_concurrency: int) -> dict:
     """The profile on `port`, every tier's router slots and replica queue raised to `max_concurrency`."""
     config = json.loads(json.dumps(profile))
     config["http_options"] = {"host": "127.0.0.1", "port": port}
-    for tier in config["applications"][0]["args"]["tiers"].values():
+    for tier in app_args(config)["tiers"].values():
         tier["concurrency_slots"] = max(tier.get("concurrency_slots", 1), max_concurrency)
         deployment = tier.setdefault("deployment", {})
         deployment["max_ongoing_requests"] = max(deployment.get("max_ongoing_requests", 1), max_concurrency)
@@ -117,7 +117,7 @@ def ray_llm_config(strong, model_name: str, port: int) -> dict:
 @contextlib.contextmanager
 def started(system: str, profile: dict, max_concurrency: int, folder: Path) -> Iterator[Target]:
     """Start `system` on free loopback ports, yield it once it answers, stop it and its processes."""
-    config = AppConfig.model_validate(profile["applications"][0]["args"])
+    config = AppConfig.model_validate(app_args(profile))
     strong = config.tiers[config.cascade.strong_tier]
     model_name = Path(strong.model_source).name
     port, log = free_port(), folder / f"{system}.log"

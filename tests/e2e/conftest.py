@@ -103,6 +103,11 @@ class Stack:
     api_key: str = API_KEYS[0]
 
     @property
+    def args(self) -> dict:
+        """The deployed application's args (`config` is the whole Serve config)."""
+        return app_args(self.config)
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 

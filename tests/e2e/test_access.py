@@ -39,14 +39,14 @@ def test_health_stays_open(stack):
 
 
 def test_oversized_body_is_413_before_it_is_read(stack):
-    limit = stack.config["applications"][0]["args"]["access"]["max_body_bytes"]
+    limit = stack.args["access"]["max_body_bytes"]
     body = {**CHAT, "messages": [{"role": "user", "content": "x" * (limit + 10)}]}
     response = httpx.post(f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=60)
     assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
 
 
 def test_over_the_rate_limit_gets_429_with_retry_after_and_other_keys_are_unaffected(stack):
-    access = stack.config["applications"][0]["args"]["access"]
+    access = stack.args["access"]
     count = 3 * access["burst_per_key"]
     headers = {"Authorization": f"Bearer {API_KEYS[1]}"}
     with ThreadPoolExecutor(8) as pool:

@@ -91,7 +91,7 @@ def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_hand
     killed = kill_replica(serve_handles, "llm-cheap-v1", how="sigkill")
 
     # While the replica is gone, every answer still arrives, from the strong tier, saying why.
-    resilience = stack.config["applications"][0]["args"]["resilience"]
+    resilience = stack.args["resilience"]
     with ThreadPoolExecutor(resilience["breaker_failure_threshold"]) as pool:
         during = list(pool.map(lambda _: ask(stack), range(resilience["breaker_failure_threshold"])))
     for response in during:

@@ -84,14 +84,14 @@ def test_completions_stream_and_not(client, route):
 
 
 def test_easy_prompt_stays_on_the_cheap_tier(client, stack):
-    threshold = stack.config["applications"][0]["args"]["cascade"]["threshold"]
+    threshold = stack.args["cascade"]["threshold"]
     raw = chat(client, "auto", EASY, max_tokens=48)
     assert raw.headers["x-served-by"] == "cheap" and raw.headers["x-cascade-escalated"] == "false"
     assert float(raw.headers["x-cascade-confidence"]) >= threshold
 
 
 def test_hard_prompt_escalates_to_the_strong_tier(client, stack):
-    threshold = stack.config["applications"][0]["args"]["cascade"]["threshold"]
+    threshold = stack.args["cascade"]["threshold"]
     raw = chat(client, "smollm2-cascade", HARD, max_tokens=48)
     assert raw.headers["x-served-by"] == "strong" and raw.headers["x-cascade-escalated"] == "true"
     assert float(raw.headers["x-cascade-confidence"]) < threshold

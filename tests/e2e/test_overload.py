@@ -27,7 +27,7 @@ def test_a_burst_past_capacity_is_shed_not_melted(stack):
     body = {"model": "strong", "messages": [{"role": "user", "content": "Count from one to fifty."}],
             "max_tokens": 48, "ignore_eos": True, "temperature": 0}
     url = f"{stack.base_url}/chat/completions"
-    slots = stack.config["applications"][0]["args"]["tiers"]["strong"]["concurrency_slots"]
+    slots = stack.args["tiers"]["strong"]["concurrency_slots"]
     with httpx.Client(headers=stack.headers, timeout=300) as client, ThreadPoolExecutor(BURST) as pool:
         # Teach the router both tiers' speed at this length (one request, then a full batch each), as
         # live traffic would; the first request ends each tier's slow start.
@@ -84,7 +84,7 @@ def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
     wait_for("a new router replica", lambda: httpx.get(f"{stack.http_url}/health", timeout=10).status_code == 200 and [
         a for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("SERVE_REPLICA::llm#router#") and a["name"] != router["name"]], timeout_s=300)
-    args = stack.config["applications"][0]["args"]
+    args = stack.args
     # Long answers: a queue behind a full batch of them cannot start within the target, so the router
     # admits about a batch per backend and refuses the rest.
     body = {"model": "strong", "max_tokens": 256, "ignore_eos": True, "temperature": 0, "stream": True}
