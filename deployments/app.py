@@ -16,15 +16,15 @@ from serve_app.config import AppConfig
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the config tree (a bad field fails here, named) and wire the router to one engine
     deployment per version of each tier. Traffic between versions is the router's user_config
-    (serve_app.config.RolloutConfig), set in the Serve config's `deployments` section."""
+    (serve_app.config.RolloutConfig), set in the Serve config's `deployments` section. The replicas
+    get the validated models (validated once, here)."""
     config = AppConfig.model_validate(args)
     from deployments.engine import LLMServer
     from deployments.router import Router
 
     engines = {
         engine.label: LLMServer.options(name=engine.deployment, **engine.config.replica_options()).bind(
-            engine.label, engine.config.model_dump(), config.observability.model_dump(),
-            config.model_store.model_dump())
+            engine.label, engine.config, config.observability, config.model_store)
         for engine in config.engine_versions()
     }
-    return Router.options(**config.router.deployment.serve_options()).bind(config.model_dump(), engines)
+    return Router.options(**config.router.deployment.serve_options()).bind(config, engines)

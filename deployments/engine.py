@@ -70,10 +70,12 @@ class _Efficiency:
 
 @serve.deployment(name="llm")
 class LLMServer:
-    async def __init__(self, name: str, tier: dict[str, Any], observability: dict[str, Any] | None = None,
-                       model_store: dict[str, Any] | None = None):
-        """`name` and `tier` (a TierConfig) of the tier this replica serves; the app's observability
-        (its spans carry the app's service name) and model store settings."""
+    async def __init__(self, name: str, tier: TierConfig | dict[str, Any],
+                       observability: ObservabilityConfig | dict[str, Any] | None = None,
+                       model_store: ModelStoreConfig | dict[str, Any] | None = None):
+        """`name` and `tier` of the tier this replica serves; the app's observability (its spans carry
+        the app's service name) and model store settings. Models as the builder validated them, or
+        their dicts (validated here)."""
         # Before the engine starts a process: its processes end with this replica, however it ends.
         self._watchdog = watchdog.guard()
         imports_started = time.monotonic()

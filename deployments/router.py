@@ -75,8 +75,9 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
 @serve.deployment(name="router")
 @serve.ingress()
 class Router:
-    async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
-        """`engines`: one handle per engine version, by backend label (AppConfig.engine_versions)."""
+    async def __init__(self, config: AppConfig | dict[str, Any], engines: dict[str, DeploymentHandle]):
+        """`config` as the builder validated it (or its dict); `engines`: one handle per engine version,
+        by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
         self._engines = engines
         self._engine_versions = self._config.engine_versions()  # fixed for this replica's life
