@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import ray
 
@@ -43,37 +45,30 @@ class SharedRollbacks:
                                                  get_if_exists=True).remote())
         return self._actor
 
+    async def _ask(self, what: str, call: Callable[[Any], Awaitable[Any]], fallback: Any) -> Any:
+        """`call(actor)`'s answer; `fallback` (and a warning) when the actor cannot be reached."""
+        try:
+            return await call(await self._decisions())
+        except Exception:
+            logger.warning("could not %s", what, exc_info=True)
+            self._actor = None
+            return fallback
+
     async def apply(self, identities: dict[str, str]) -> dict[str, RolledBack]:
         """Announce the rollout each tier applies now; the rollbacks already decided for them."""
-        try:
-            actor = await self._decisions()
-            kept = await asyncio.gather(*(actor.apply.remote(tier, identity) for tier, identity in identities.items()))
-        except Exception:
-            logger.warning("could not read the shared rollout decisions", exc_info=True)
-            self._actor = None
-            return {}
+        kept = await self._ask("read the shared rollout decisions", lambda actor: asyncio.gather(
+            *(actor.apply.remote(tier, identity) for tier, identity in identities.items())), [None] * len(identities))
         return {tier: RolledBack(**rollback) for tier, rollback in zip(identities, kept, strict=True) if rollback}
 
     async def record(self, tier: str, identity: str, rollback: RolledBack) -> RolledBack | None:
         """Share a rollback this replica decided; the one that holds (another replica's when it came
         first; this one when the decisions cannot be reached), or None for a stale rollout."""
-        try:
-            actor = await self._decisions()
-            kept = await actor.record.remote(tier, identity, dataclasses.asdict(rollback))
-        except Exception:
-            logger.warning("could not share the rollback of %s; it holds in this router replica only", tier,
-                           exc_info=True)
-            self._actor = None
-            return rollback
+        mine = dataclasses.asdict(rollback)
+        kept = await self._ask(f"share the rollback of {tier}; it holds in this router replica only",
+                               lambda actor: actor.record.remote(tier, identity, mine), mine)
         return RolledBack(**kept) if kept else None
 
     async def current(self) -> dict[str, tuple[str, RolledBack]]:
         """Per tier with a rollback: the rollout identity it belongs to and the rollback."""
-        try:
-            actor = await self._decisions()
-            tiers = await actor.rollbacks.remote()
-        except Exception:
-            logger.warning("could not read the shared rollout decisions", exc_info=True)
-            self._actor = None
-            return {}
+        tiers = await self._ask("read the shared rollout decisions", lambda actor: actor.rollbacks.remote(), {})
         return {tier: (identity, RolledBack(**rollback)) for tier, (identity, rollback) in tiers.items() if rollback}
