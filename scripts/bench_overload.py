@@ -38,6 +38,7 @@ import yaml
 
 from scripts.harness.cluster import app_args
 from scripts.harness.processes import stop_process_tree
+from scripts.harness.streams import timed_chat
 from serve_app.analysis.bench_stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,32 +47,14 @@ URL = "http://127.0.0.1:8000"
 
 async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | None, ignore_eos: bool = True) -> dict:
     body = {"model": route, "messages": [{"role": "user", "content": f"Count from {i} to {i + 60}."}],
-            "ignore_eos": ignore_eos, "temperature": 0, "stream": True}
+            "ignore_eos": ignore_eos, "temperature": 0}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    start = time.perf_counter()
-    first = None
-    try:
-        async with client.stream("POST", f"{URL}/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                raw = await response.aread()
-                try:
-                    error = json.loads(raw).get("error", {})
-                except ValueError:  # not the router's envelope: e.g. Ray Serve's proxy refusing on its own
-                    error = {"code": "not_an_envelope", "message": raw.decode(errors="replace")[:200]}
-                return {"status": response.status_code, "latency_s": time.perf_counter() - start,
-                        "code": error.get("code"), "message": error.get("message"),
-                        "retry_after": response.headers.get("retry-after")}
-            served_by = response.headers.get("x-served-by")
-            async for line in response.aiter_lines():
-                if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                    first = time.perf_counter()
-    except httpx.HTTPError as exc:
-        return {"status": 0, "error": type(exc).__name__, "latency_s": time.perf_counter() - start}
-    end = time.perf_counter()
-    ttft = (first or end) - start
-    return {"status": 200, "served_by": served_by, "ttft_s": ttft,
-            "tpot_s": (end - (first or end)) / max(1, (max_tokens or 1) - 1), "latency_s": end - start}
+    result = await timed_chat(client, f"{URL}/v1/chat/completions", body)
+    if result["status"] == 200:
+        ttft = result["ttft_s"] if result["ttft_s"] is not None else result["latency_s"]
+        result |= {"ttft_s": ttft, "tpot_s": (result["latency_s"] - ttft) / max(1, (max_tokens or 1) - 1)}
+    return result
 
 
 async def closed_loop_rate(route: str, concurrency: int, duration_s: float, max_tokens: int) -> float:

@@ -8,14 +8,13 @@ A bounded burst on loopback: a fixed number of concurrent requests, each with a 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from scripts.harness.cluster import wait_for
+from scripts.harness.streams import timed_chat
 
 pytestmark = pytest.mark.e2e
 
@@ -58,20 +57,6 @@ def test_a_burst_past_capacity_is_shed_not_melted(stack):
     assert {r.headers["x-served-by"] for r in served} <= {"strong", "cheap", "backup"}
 
 
-async def _one_streamed(client: httpx.AsyncClient, url: str, body: dict) -> dict:
-    """Status, seconds to the answer's first token or to the refusal, and the error of a refusal."""
-    started = time.monotonic()
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            return {"status": response.status_code, "latency_s": time.monotonic() - started,
-                    "error": json.loads(await response.aread())["error"], "retry_after": response.headers.get("retry-after")}
-        first = None
-        async for line in response.aiter_lines():
-            if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                first = time.monotonic() - started
-        return {"status": 200, "ttft_s": first, "served_by": response.headers["x-served-by"]}
-
-
 def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
         stack, serve_handles):
     """A router replica that has seen no live request (restarted here) gets a burst far past capacity at
@@ -84,17 +69,16 @@ def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
     wait_for("a new router replica", lambda: httpx.get(f"{stack.http_url}/health", timeout=10).status_code == 200 and [
         a for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("SERVE_REPLICA::llm#router#") and a["name"] != router["name"]], timeout_s=300)
-    args = stack.args
     # Long answers: a queue behind a full batch of them cannot start within the target, so the router
     # admits about a batch per backend and refuses the rest.
-    body = {"model": "strong", "max_tokens": 256, "ignore_eos": True, "temperature": 0, "stream": True}
+    body = {"model": "strong", "max_tokens": 256, "ignore_eos": True, "temperature": 0}
 
     # At low priority, as a batch job's burst would come: admitted only when expected within half the target.
     headers = {**stack.headers, "x-priority": "low"}
 
     async def burst():
         async with httpx.AsyncClient(headers=headers, timeout=300, limits=httpx.Limits(max_connections=100)) as client:
-            return await asyncio.gather(*(_one_streamed(client, f"{stack.base_url}/chat/completions", {
+            return await asyncio.gather(*(timed_chat(client, f"{stack.base_url}/chat/completions", {
                 **body, "messages": [{"role": "user", "content": f"Count from {i} to {i + 30}."}]}) for i in range(SUDDEN)))
 
     results = asyncio.run(burst())
@@ -103,10 +87,11 @@ def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
     assert admitted and refused, [r["status"] for r in results]
     assert {r["status"] for r in refused} <= {429, 503}, refused
     for refusal in refused:
-        assert refusal["retry_after"] is not None and "timeout" not in refusal["error"]["message"], refusal
-        # Refused before any work: far sooner than the first-token timeout a request admitted in vain would
-        # have waited (the benchmark, scripts/bench_overload.py --parts burst, measures how much sooner).
-        assert refusal["latency_s"] < args["tiers"]["strong"]["first_token_timeout_s"] / 2, refusal
+        # Refused by admission (or the per-key rate limit), with the router's envelope and Retry-After:
+        # before any work, never by a timeout. How soon depends on this machine; the benchmark
+        # (scripts/bench_overload.py --parts burst) measures it.
+        assert refusal["code"] != "not_an_envelope", refusal
+        assert refusal["retry_after"] is not None and "timeout" not in refusal["message"], refusal
     # Every admitted request is answered. How soon it starts depends on this machine (the tiers and the
     # external stand-in share two cores): the benchmark reports it, this test does not assert it.
     assert all(r["ttft_s"] is not None for r in admitted), admitted
