@@ -145,7 +145,7 @@ class Router:
     async def _follow_rollbacks(self) -> None:
         """Adopt the rollbacks other router replicas decide, while some tier runs a canary."""
         while True:
-            if any(traffic["canary"] for traffic in self._router.rollout_status().values()):
+            if self._router.runs_canary():
                 adopted = False
                 for tier, (identity, rollback) in (await self._shared_rollbacks.current()).items():
                     if self._router.adopt_rollback(tier, identity, rollback):

@@ -79,6 +79,10 @@ class CascadeRouter:
     def rollout_status(self) -> dict[str, dict]:
         return {tier: versions.status() for tier, versions in self._tiers.items()}
 
+    def runs_canary(self) -> bool:
+        """Whether some tier sends traffic to a canary (rollbacks may then come from other replicas)."""
+        return any(versions.runs_canary for versions in self._tiers.values())
+
     def rollout_identities(self) -> dict[str, str]:
         """Per tier, the identity of its rollout (serve_app.routing.rollout.rollout_identity)."""
         return {tier: versions.identity for tier, versions in self._tiers.items()}

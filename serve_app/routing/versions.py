@@ -61,6 +61,10 @@ class TierVersions:
         """The identity of the rollout applied (serve_app.routing.rollout.rollout_identity)."""
         return self._traffic.identity
 
+    @property
+    def runs_canary(self) -> bool:
+        return self._traffic.config.canary is not None
+
     def apply(self, rollout: TierRollout) -> None:
         """A (validated) rollout. Unchanged: the guard's history and any rollback stay; changed: the split,
         the guard and the shadow log start afresh (copies still running finish into the old log)."""

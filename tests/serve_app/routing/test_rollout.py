@@ -237,3 +237,10 @@ def test_the_rollback_book_keeps_the_first_rollback_of_the_current_rollout():
     assert book.apply("strong", "B") is None                 # a new rollout starts clean...
     assert book.apply("strong", "A") is None                 # ...and so does the old one re-applied after it
     assert book.rollbacks() == {"strong": ("A", None)}
+
+
+def test_the_router_says_whether_a_canary_runs():
+    router, _, _, _ = versioned_router({"shadow": "v2", "shadow_percent": 10})
+    assert not router.runs_canary()
+    router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 5}}}))
+    assert router.runs_canary()
