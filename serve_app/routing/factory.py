@@ -32,7 +32,7 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
         return GuardedBackend(name, backends[name], breaker(), TierLoad(api.concurrency_slots, r.shed_ttft_target_s, clock),
                               api.first_token_timeout_s, api.total_timeout_s, None, api.price, clock)
 
-    guarded = {name: external(name, api) for name, api in config.external.items() if name in backends}
+    guarded: dict[str, GuardedBackend] = {}
     versions: dict[str, dict[str, GuardedBackend]] = {}
     engines = config.engine_versions()  # validates every version: once
     for engine in engines:
@@ -41,6 +41,7 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
             engine.label, backends[engine.label], breaker(),
             TierLoad(tier.concurrency_slots * replicas, r.shed_ttft_target_s, clock, cold_slots=max(1, replicas)),
             tier.first_token_timeout_s, tier.total_timeout_s, tier.dispatch_timeout_s, tier.price, clock, engine.version)
+    guarded |= {name: external(name, api) for name, api in config.external.items() if name in backends}
     tiers = {name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
              for name, tier in config.tiers.items()}
     cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) if r.answer_cache_max_entries else None
