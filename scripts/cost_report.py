@@ -23,6 +23,7 @@ from serve_app.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics-url", default="http://127.0.0.1:8080/metrics")

@@ -45,7 +45,6 @@ class ApiService:
         self.rollout_error: str | None = None
         """Why the last rollout config was refused, while the one before it stays."""
         self._on_call, self._before_models, self._replica = on_call, before_models, replica
-        self._labels = {(e.tier, e.version): e.label for e in config.engine_versions()}
 
     @property
     def max_body_bytes(self) -> int:
@@ -85,7 +84,7 @@ class ApiService:
         self._on_call()
         await self._before_models()
         status = self.router.rollout_status()
-        by_tier = {tier: self.engine_infos[self._labels[tier, status[tier]["stable"]]] for tier in self.config.tiers}
+        by_tier = {tier: self.engine_infos[self.router.label(tier, status[tier]["stable"])] for tier in self.config.tiers}
         cascade = by_tier[self.config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"])
                  for name, info in by_tier.items()]

@@ -79,6 +79,10 @@ class CascadeRouter:
     def rollout_status(self) -> dict[str, dict]:
         return {tier: versions.status() for tier, versions in self._tiers.items()}
 
+    def label(self, tier: str, version: str) -> str:
+        """The backend label of a tier's version: the tier's name while it has one version, else tier@version."""
+        return self._tiers[tier].label(version)
+
     def runs_canary(self) -> bool:
         """Whether some tier sends traffic to a canary (rollbacks may then come from other replicas)."""
         return any(versions.runs_canary for versions in self._tiers.values())

@@ -61,6 +61,10 @@ class TierVersions:
         """The identity of the rollout applied (serve_app.routing.rollout.rollout_identity)."""
         return self._traffic.identity
 
+    def label(self, version: str) -> str:
+        """The backend label of one of the tier's versions (metrics, health, engine infos)."""
+        return self._backends[version].name
+
     @property
     def runs_canary(self) -> bool:
         return self._traffic.config.canary is not None
