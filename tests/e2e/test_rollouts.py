@@ -120,10 +120,27 @@ def versions(stack, tmp_path_factory):
     wait_for("the rollout app gone", lambda: not rollout_status(stack), 300, 2)
 
 
+def past_slow_start(stack, http) -> None:
+    """Until every router replica has served the stable version once. A router replica whose engines'
+    warm-up figures did not reach it in time (busy cores) starts in slow start, one request at a time,
+    and rightly refuses concurrent load until it has seen a first token."""
+    seen: set[str] = set()
+
+    def both() -> bool:
+        ask(http)
+        status = rollouts_now(stack)
+        if status["tiers"]["strong"]["guard"]["stable"]["requests"] >= 1:
+            seen.add(status["replica"])
+        return len(seen) >= 2
+
+    wait_for("every router replica past slow start", both, 300, 0.2)
+
+
 def test_the_canary_takes_its_share_and_a_session_sticks_to_one_version(stack, versions):
     http, tmp = versions
     deploy(stack, tmp, {"strong": {"canary": "v2", "canary_percent": 50, "guard": {"min_requests": 1000}}})
     wait_applied(stack, lambda s: s["canary_percent"] == 50)
+    past_slow_start(stack, http)
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda _: ask(http), range(40)))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
