@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config import AppConfig
+from serve_app.models.tokenizers import check_shared_tokenizer
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -19,6 +20,12 @@ def build_app(args: dict[str, Any]) -> Application:
     (serve_app.config.RolloutConfig), set in the Serve config's `deployments` section. The replicas
     get the validated models (validated once, here)."""
     config = AppConfig.model_validate(args)
+    if config.cascade.mode == "speculative" or config.cascade.allow_request_overrides:
+        versions = {name: [(f"{name}@{v}", c.resolved_model()) for v, c in tier.all_versions().items()]
+                    for name, tier in config.tiers.items()}
+        for cheap in versions[config.cascade.cheap_tier]:
+            for strong in versions[config.cascade.strong_tier]:
+                check_shared_tokenizer(cheap, strong)
     from deployments.engine import LLMServer
     from deployments.router import Router
 

@@ -9,11 +9,10 @@ the request in the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import fcntl
 import logging
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,11 +21,11 @@ from typing import Any
 
 from ray import serve
 
-from deployments import watchdog
+from deployments import engine_outputs, watchdog
 from deployments.metrics import EngineMetrics
 from serve_app.api.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.config import ModelStoreConfig, ObservabilityConfig, TierConfig
-from serve_app.generation import Accepted, GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.generation import Accepted, GenerationChunk, GenerationRequest
 from serve_app.models import store as model_store
 from serve_app.observability import efficiency, tracing
 from serve_app.observability.metering import ProcessorSharing
@@ -42,30 +41,6 @@ def check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(engine_kwargs) - known)
     if unknown:
         raise ValueError(f"engine_kwargs: {unknown} are not vLLM AsyncEngineArgs fields")
-
-
-def _probe_peaks(bandwidth_gb_s: float | None, tflops: float | None) -> tuple[float, float]:
-    """Configured peaks, or probed ones; one probe at a time per node, so replicas starting together
-    do not halve each other's figure."""
-    if bandwidth_gb_s is not None and tflops is not None:
-        return bandwidth_gb_s * 1e9, tflops * 1e12
-    with open(Path(tempfile.gettempdir()) / "serve_app-peak-probe.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return (bandwidth_gb_s * 1e9 if bandwidth_gb_s else efficiency.probe_bandwidth(0.25, repeats=3),
-                tflops * 1e12 if tflops else efficiency.probe_flops(1024, repeats=3))
-
-
-class _Efficiency:
-    """MBU and MFU of each finished answer, from the model's shape and the configured or probed peaks."""
-
-    def __init__(self, model_dir: str, hf_config: dict[str, Any], dtype: str, peaks: tuple[float, float]):
-        self.shape = efficiency.ModelShape.from_hf_config(hf_config, efficiency.count_parameters(model_dir), dtype)
-        self.peak_bytes_per_s, self.peak_flops = peaks
-
-    def of(self, tpot_s: float, batch: float, context_tokens: int) -> tuple[float, float]:
-        batch = max(1, round(batch))
-        return (efficiency.mbu(self.shape, tpot_s, self.peak_bytes_per_s, batch, context_tokens),
-                efficiency.mfu(self.shape, tpot_s, self.peak_flops, batch))
 
 
 @serve.deployment(name="llm")
@@ -103,13 +78,14 @@ class LLMServer:
                                                  stat_loggers=[RayPrometheusStatLogger])
         self._phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
+        self._eos_ids = engine_outputs.eos_ids(self._tokenizer, self._engine.model_config.hf_config)
         self._max_model_len = self._engine.model_config.max_model_len
         self._meter = ProcessorSharing(time.monotonic)
         self._efficiency = None
         if Path(model).is_dir():
             dtype = str(self._engine.model_config.dtype).removeprefix("torch.")
-            self._efficiency = _Efficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
-                                           _probe_peaks(config.peak_memory_bandwidth_gb_s, config.peak_tflops))
+            self._efficiency = efficiency.AnswerEfficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
+                                           efficiency.probe_peaks(config.peak_memory_bandwidth_gb_s, config.peak_tflops))
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
         self._warm_up_figures: dict[str, float] | None = None
         if config.warm_up_tokens:
@@ -188,18 +164,20 @@ class LLMServer:
         await self._engine.check_health()
 
     def __del__(self):
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine.shutdown()
+        if getattr(self, "_engine", None) is not None:
+            self._engine.shutdown()
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The templated prompt's token ids, then the answer already served (`prefix_token_ids`)."""
         if request.messages is not None:
             try:
                 text = self._tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
             except Exception as exc:  # a template may reject e.g. two system messages
                 raise InvalidRequest(f"messages do not fit the model's chat template: {exc}", param="messages") from None
-            return self._tokenizer.encode(text, add_special_tokens=False)
-        return self._tokenizer.encode(request.prompt)
+            ids = self._tokenizer.encode(text, add_special_tokens=False)
+        else:
+            ids = self._tokenizer.encode(request.prompt)
+        return ids + list(request.prefix_token_ids or ())
 
     def _sampling_params(self, request: GenerationRequest, prompt_len: int):
         from vllm import SamplingParams
@@ -223,40 +201,81 @@ class LLMServer:
         except (TypeError, ValueError, VLLMClientError) as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Accepted | GenerationChunk]:
-        """`Accepted` at once (this replica is alive and has the request), then the answer's deltas."""
+    @contextlib.contextmanager
+    def _engine_errors(self, request: GenerationRequest):
+        """vLLM's exceptions as the seam's: the request's fault, a dead engine, anything else."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        try:
+            yield
+        except VLLMClientError as exc:
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
+        except EngineDeadError as exc:
+            raise BackendUnavailable(f"engine for {self._model} is dead: {exc}") from None
+        except (InvalidRequest, ContextLengthExceeded):
+            raise
+        except Exception as exc:
+            logger.exception("generation failed for request %s", request.request_id)
+            raise ServerError(f"generation failed: {type(exc).__name__}") from None
+
+    async def _verify(self, request: GenerationRequest, prompt_ids: list[int]) -> GenerationChunk:
+        """One prefill over prompt + prefix + `verify_token_ids`, scoring them, and one token of this
+        model's own after them (engine_outputs.score)."""
+        scored, prefix = list(request.verify_token_ids), list(request.prefix_token_ids or ())
+        if len(prompt_ids) + len(scored) >= self._max_model_len:
+            raise ContextLengthExceeded(f"This model's maximum context length is {self._max_model_len} tokens; "
+                                        f"verifying {len(prompt_ids) + len(scored)} leaves no room.", param="messages")
+        stop_ids = set(request.sampling.get("stop_token_ids") or ()) | (
+            set() if request.sampling.get("ignore_eos") else self._eos_ids)
+        span = tracing.start_generation(self._model, self._tier, request.trace_context)
+        mark, output, rescored = self._meter.join(), None, False
+        try:
+            with self._engine_errors(request):
+                output, rescored = await engine_outputs.score(self._engine, prompt_ids, scored, request)
+                context = prompt_ids[:len(prompt_ids) - len(prefix)][-engine_outputs.DECODE_CONTEXT_TOKENS:]
+                verdict = engine_outputs.verification(
+                    output, context, prefix, scored, lambda t: self._tokenizer.decode(t, skip_special_tokens=True),
+                    stop_ids, self._tokenizer.eos_token_id)
+        finally:
+            held = self._meter.leave(mark)
+            span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids) + len(scored),
+                                 "gen_ai.usage.output_tokens": 1, "serve_app.replica_seconds": held,
+                                 "serve_app.verified_tokens": len(scored), "serve_app.rescored": rescored,
+                                 "serve_app.cached_tokens": (output.num_cached_tokens or 0) if output else 0})
+            span.end()
+        return GenerationChunk(text="", token_ids=[], prompt_tokens=len(prompt_ids) + len(scored), completion_tokens=1,
+                               replica_seconds=held, verification=verdict, finish_reason="length")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Accepted | GenerationChunk]:
+        """`Accepted` at once (this replica is alive and has the request), then the answer's deltas; for
+        a scoring request (`verify_token_ids`), one chunk with the verdict."""
         yield Accepted()
         prompt_ids = self._prompt_ids(request)
+        if request.verify_token_ids is not None:
+            yield await self._verify(request, prompt_ids)
+            return
         params = self._sampling_params(request, len(prompt_ids))
         produced, finished = 0, False
         span = tracing.start_generation(self._model, self._tier, request.trace_context)
         mark, joined, first_token_at = self._meter.join(), time.monotonic(), None
         try:
-            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id,
-                                                      trace_headers=self._vllm_trace_headers(request)):
-                completion = output.outputs[0]
-                produced += len(completion.token_ids)
-                first_token_at = first_token_at or time.monotonic()
-                finished = completion.finish_reason is not None
-                yield GenerationChunk(
-                    text=completion.text,
-                    token_ids=list(completion.token_ids),
-                    prompt_tokens=len(prompt_ids),
-                    completion_tokens=produced,
-                    logprobs=_token_logprobs(completion, params.logprobs),
-                    finish_reason=completion.finish_reason,
-                    replica_seconds=self._meter.held(mark),
-                )
-        except VLLMClientError as exc:
-            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
-        except EngineDeadError as exc:
-            raise BackendUnavailable(f"engine for {self._model} is dead: {exc}") from None
-        except Exception as exc:
-            logger.exception("generation failed for request %s", request.request_id)
-            raise ServerError(f"generation failed: {type(exc).__name__}") from None
+            with self._engine_errors(request):
+                async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id,
+                                                          trace_headers=self._vllm_trace_headers(request)):
+                    completion = output.outputs[0]
+                    produced += len(completion.token_ids)
+                    first_token_at = first_token_at or time.monotonic()
+                    finished = completion.finish_reason is not None
+                    yield GenerationChunk(
+                        text=completion.text,
+                        token_ids=list(completion.token_ids),
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=produced,
+                        logprobs=engine_outputs.token_logprobs(completion, params.logprobs),
+                        finish_reason=completion.finish_reason,
+                        replica_seconds=self._meter.held(mark),
+                    )
         finally:
             held = self._meter.leave(mark)
             span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids), "gen_ai.usage.output_tokens": produced,
@@ -277,16 +296,3 @@ class LLMServer:
         mbu, mfu = self._efficiency.of(tpot, (now - joined) / held, prompt + produced // 2)
         self._metrics.efficiency(mbu, mfu, self._efficiency.peak_bytes_per_s)
 
-
-def _token_logprobs(completion, top_k: int | None) -> list[TokenLogprob] | None:
-    if top_k is None or completion.logprobs is None:
-        return None
-    result = []
-    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
-        sampled = position[token_id]
-        top = sorted((lp for lp in position.values() if lp.rank is not None and lp.rank <= top_k), key=lambda lp: lp.rank)
-        result.append(TokenLogprob(
-            token=sampled.decoded_token or "", logprob=sampled.logprob,
-            top=[(lp.decoded_token or "", lp.logprob) for lp in top],
-        ))
-    return result

@@ -24,6 +24,14 @@ class GenerationRequest:
     """Keeps a conversation on one version of a tier during a canary (x-session-id, else the OpenAI `user`)."""
     trace_context: dict[str, str] = field(default_factory=dict)
     """W3C trace headers (`traceparent`, ...) of the router's attempt span, so the engine's span joins the trace."""
+    cascade: dict[str, Any] | None = None
+    """The request's own cascade settings (serve_app.api.protocol.CascadeOptions), over the config's."""
+    prefix_token_ids: list[int] | None = None
+    """Answer tokens already served (a speculative cascade's): the engine continues after the templated
+    prompt followed by these ids, never re-tokenised text."""
+    verify_token_ids: list[int] | None = None
+    """Score these tokens instead of generating: one prefill over prompt + prefix + these, answered by a
+    single chunk with a `Verification` and one token of the engine's own after them."""
 
 
 @dataclass(slots=True)
@@ -31,6 +39,25 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """A model's verdict on tokens it was asked to score (`GenerationRequest.verify_token_ids`).
+
+    For every scored position i: the log-probability the model gives the scored token (`logprobs[i]`)
+    and its own most likely token there (`top_ids[i]`, `top_logprobs[i]`). `texts[k]` is the text that
+    serving the first k scored tokens followed by the model's own token at position k adds to the
+    answer, for k = 0..n; the own token at n is the one generated after all of them (`ids[n]`), so
+    `ids` are the candidates `top_ids + [generated]`; `stops[k]` says whether that candidate ends the
+    answer (an end-of-sequence or stop token id)."""
+
+    logprobs: tuple[float, ...]
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+    ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    stops: tuple[bool, ...]
 
 
 @dataclass(slots=True)
@@ -45,6 +72,10 @@ class GenerationChunk:
     finish_reason: str | None = None
     replica_seconds: float = 0.0
     """Cumulative share of an engine replica the request has held (serve_app.observability.metering); 0 from an API."""
+    verification: Verification | None = None
+    """The answer to a scoring request (`GenerationRequest.verify_token_ids`)."""
+    speculation: dict[str, int] | None = None
+    """On a speculative cascade's last chunk: drafted, accepted and replaced tokens, verification passes."""
 
 
 @dataclass(slots=True)

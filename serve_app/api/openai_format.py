@@ -21,6 +21,7 @@ from serve_app.api.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
+    Routing,
     TopLogprob,
     Usage,
 )
@@ -30,12 +31,13 @@ from serve_app.routing.stream import RoutedStream
 
 def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None) -> GenerationRequest:
     request_id = uuid.uuid4().hex
+    cascade = request.cascade.model_dump(exclude_none=True) if request.cascade else None
     if isinstance(request, ChatCompletionRequest):
         sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
         return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages],
-                                 session_key=request.user)
+                                 session_key=request.user, cascade=cascade)
     sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
-    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=request.user)
+    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=request.user, cascade=cascade)
 
 
 def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:
@@ -80,10 +82,15 @@ async def _collect(stream: RoutedStream) -> tuple[str, list[TokenLogprob] | None
     return "".join(text), logprobs, last
 
 
+def _final_routing(stream: RoutedStream, chunk: GenerationChunk) -> Routing | None:
+    """The routing again, with what a speculative cascade's answer took, on its last chunk."""
+    return None if chunk.speculation is None else stream.routing.model_copy(update={"speculation": chunk.speculation})
+
+
 async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
     text, logprobs, last = await _collect(stream)
     return ChatCompletionResponse(
-        model=stream.routing.served_by, usage=_usage(last, stream), routing=stream.routing,
+        model=stream.routing.served_by, usage=_usage(last, stream), routing=_final_routing(stream, last) or stream.routing,
         choices=[ChatChoice(message=AssistantMessage(content=text), logprobs=_chat_logprobs(logprobs),
                             finish_reason=last.finish_reason)],
     )
@@ -92,7 +99,7 @@ async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
 async def completion_response(stream: RoutedStream) -> CompletionResponse:
     text, logprobs, last = await _collect(stream)
     return CompletionResponse(
-        model=stream.routing.served_by, usage=_usage(last, stream), routing=stream.routing,
+        model=stream.routing.served_by, usage=_usage(last, stream), routing=_final_routing(stream, last) or stream.routing,
         choices=[CompletionChoice(text=text, logprobs=_completion_logprobs(logprobs, 0), finish_reason=last.finish_reason)],
     )
 
@@ -107,7 +114,7 @@ async def chat_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterato
     async for chunk in stream.chunks:
         last = chunk
         if chunk.text or chunk.finish_reason or chunk.logprobs:
-            yield ChatCompletionChunk(**head, choices=[ChatChunkChoice(
+            yield ChatCompletionChunk(**head, routing=_final_routing(stream, chunk), choices=[ChatChunkChoice(
                 delta=DeltaMessage(content=chunk.text), logprobs=_chat_logprobs(chunk.logprobs),
                 finish_reason=chunk.finish_reason,
             )])
@@ -121,7 +128,8 @@ async def completion_chunks(stream: RoutedStream, include_usage: bool) -> AsyncI
     async for chunk in stream.chunks:
         last = chunk
         if chunk.text or chunk.finish_reason or chunk.logprobs:
-            yield CompletionResponse(**head, routing=stream.routing if first else None, choices=[CompletionChoice(
+            yield CompletionResponse(**head, routing=stream.routing if first else _final_routing(stream, chunk),
+                                     choices=[CompletionChoice(
                 text=chunk.text, logprobs=_completion_logprobs(chunk.logprobs, offset), finish_reason=chunk.finish_reason,
             )])
             offset, first = offset + len(chunk.text), False

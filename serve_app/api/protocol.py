@@ -28,6 +28,17 @@ PASSED_THROUGH = (
 """Request fields that are vLLM SamplingParams fields of the same name and meaning."""
 
 
+class CascadeOptions(BaseModel):
+    """Extension: this request's own settings for the `auto` route's cascade (serve_app.config.CascadeConfig),
+    taken only where the app's `cascade.allow_request_overrides` is on."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["confidence", "speculative"] | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    alpha: float | None = Field(None, ge=0.0, lt=1.0)
+    draft_tokens: int | None = Field(None, ge=1, le=64)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +67,7 @@ class _Request(BaseModel):
     include_stop_str_in_output: bool | None = None
     bad_words: list[str] | None = None
     allowed_token_ids: list[int] | None = None
+    cascade: CascadeOptions | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> _Request:
@@ -164,6 +176,9 @@ class Routing(BaseModel):
     reason: str | None = None
     fallback_reason: str | None = None
     """Set when the route's own backend failed and another answered: what failed, and how."""
+    speculation: dict[str, int] | None = None
+    """A speculative cascade's answer (in the last stream chunk): drafted, accepted, replaced and added
+    tokens, verification passes, and whether a tier failed mid-answer."""
 
 
 class Usage(BaseModel):

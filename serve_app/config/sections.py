@@ -22,6 +22,19 @@ class CascadeConfig(StrictModel):
     """Confidence scorer, one of serve_app.routing.scorers.SCORERS."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """Escalate when the cheap answer's confidence is below this."""
+    mode: Literal["confidence", "speculative"] = "confidence"
+    """`confidence`: the cheap tier answers in full, and its answer is served or escalated by `scorer`
+    and `threshold`. `speculative`: the cheap tier drafts blocks of `draft_tokens` that the strong tier
+    verifies as they stream (serve_app.routing.speculative); both tiers must share a tokenizer."""
+    draft_tokens: int = Field(4, ge=1, le=64)
+    """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier."""
+    alpha: float = Field(0.0, ge=0.0, lt=1.0)
+    """Speculative mode: keep a drafted token v while p_strong(v) >= (1 - alpha) * max p_strong; 0 keeps
+    only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts."""
+    allow_request_overrides: bool = False
+    """Let a request set its own mode, threshold, alpha and draft_tokens (the `cascade` field of its
+    body, an extension): for evaluations and A/B tests on one deployment. With it on, the speculative
+    mode's tokenizer check applies at start whatever `mode` is."""
 
     @field_validator("scorer")
     @classmethod

@@ -12,13 +12,16 @@ with TPOT the time of one decode step. Pure arithmetic, plus the probes that mea
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import struct
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,3 +103,27 @@ def probe_flops(size: int = 2048, repeats: int = 5) -> float:
         a @ a
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def probe_peaks(bandwidth_gb_s: float | None, tflops: float | None) -> tuple[float, float]:
+    """Configured peaks, or probed ones; one probe at a time per node, so replicas starting together
+    do not halve each other's figure."""
+    if bandwidth_gb_s is not None and tflops is not None:
+        return bandwidth_gb_s * 1e9, tflops * 1e12
+    with open(Path(tempfile.gettempdir()) / "serve_app-peak-probe.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return (bandwidth_gb_s * 1e9 if bandwidth_gb_s else probe_bandwidth(0.25, repeats=3),
+                tflops * 1e12 if tflops else probe_flops(1024, repeats=3))
+
+
+class AnswerEfficiency:
+    """MBU and MFU of each finished answer, from the model's shape and the configured or probed peaks."""
+
+    def __init__(self, model_dir: str, hf_config: dict[str, Any], dtype: str, peaks: tuple[float, float]):
+        self.shape = ModelShape.from_hf_config(hf_config, count_parameters(model_dir), dtype)
+        self.peak_bytes_per_s, self.peak_flops = peaks
+
+    def of(self, tpot_s: float, batch: float, context_tokens: int) -> tuple[float, float]:
+        batch = max(1, round(batch))
+        return (mbu(self.shape, tpot_s, self.peak_bytes_per_s, batch, context_tokens),
+                mfu(self.shape, tpot_s, self.peak_flops, batch))

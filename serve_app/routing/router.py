@@ -3,10 +3,12 @@
 No Ray here: a backend is any function returning an async stream of `GenerationChunk`s, so the
 deployment hands in Ray Serve handles and the unit tests hand in fakes.
 
-Streaming and the cascade: the `auto` route runs the cheap tier to completion and buffers its answer
-until the decision, then either replays the buffer or streams the strong tier's answer from its
-start. A client therefore never sees part of one answer followed by another, at the price of a
-time-to-first-token on `auto` equal to the cheap tier's whole generation time.
+Streaming and the cascade: in `confidence` mode the `auto` route runs the cheap tier to completion and
+buffers its answer until the decision, then either replays the buffer or streams the strong tier's
+answer from its start. A client therefore never sees part of one answer followed by another, at the
+price of a time-to-first-token on `auto` equal to the cheap tier's whole generation time. In
+`speculative` mode (serve_app.routing.speculative) the answer streams block by block as the strong
+tier verifies the cheap tier's drafts.
 
 Every route opens its stream before returning: the first chunk has arrived (or the engine raised),
 so errors still become an HTTP status, and a failing backend can still be replaced by the next one
@@ -16,6 +18,7 @@ in the route's fallback chain. Once the first chunk is out, a failure ends the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
@@ -26,12 +29,13 @@ from serve_app.api.errors import (
     BackendTimeout,
     BackendUnavailable,
     ClientError,
+    InvalidRequest,
     ModelNotFound,
     Overloaded,
     ServingError,
 )
 from serve_app.api.protocol import Routing
-from serve_app.config import AUTO_ROUTE, AppConfig, RolloutConfig, TierRollout
+from serve_app.config import AUTO_ROUTE, AppConfig, CascadeConfig, RolloutConfig, TierRollout
 from serve_app.generation import GenerationChunk, GenerationRequest
 from serve_app.observability.telemetry import Ledger
 from serve_app.routing.answer_cache import AnswerCache, cache_key
@@ -40,6 +44,7 @@ from serve_app.routing.cascade import decide
 from serve_app.routing.circuit_breaker import BreakerState
 from serve_app.routing.rollout import RolledBack
 from serve_app.routing.scorers import SCORERS
+from serve_app.routing.speculative import SpeculativeAnswer
 from serve_app.routing.stream import RoutedStream
 from serve_app.routing.versions import TierVersions
 
@@ -47,6 +52,13 @@ from serve_app.routing.versions import TierVersions
 async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
     for chunk in chunks:
         yield chunk
+
+
+async def _prepended(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    async with contextlib.aclosing(rest):
+        yield first
+        async for chunk in rest:
+            yield chunk
 
 
 def _reasons(failures: list[tuple[str, ServingError]]) -> str:
@@ -206,15 +218,48 @@ class CascadeRouter:
 
         return stream.wrapped(tee)
 
+    def _cascade_for(self, request: GenerationRequest) -> CascadeConfig:
+        """The config's cascade settings, with the request's own over them where the config allows it."""
+        if not request.cascade:
+            return self._cascade
+        if not self._cascade.allow_request_overrides:
+            raise InvalidRequest("this deployment does not take per-request cascade settings "
+                                 "(cascade.allow_request_overrides)", param="cascade")
+        return self._cascade.model_copy(update=request.cascade)
+
+    async def _speculative_stream(self, request: GenerationRequest, cascade: CascadeConfig, priority: str,
+                                  deadline: float, ledger: Ledger) -> RoutedStream:
+        """The speculative cascade's answer, opened: its first round is out (or both tiers failed)."""
+        if request.sampling.get("logprobs") is not None:
+            raise InvalidRequest("logprobs are not available on the speculative cascade route; ask a tier",
+                                 param="logprobs")
+        cheap, strong, versions = cascade.cheap_tier, cascade.strong_tier, {}
+
+        async def open_tier(tier: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+            versions[tier], chunks = await self._tiers[tier].open(request, priority, deadline, ledger)
+            return chunks
+
+        answer = SpeculativeAnswer(open_tier, request, cheap, strong, cascade.draft_tokens, cascade.alpha)
+        chunks = answer.chunks()
+        first = await anext(chunks)
+        served_by = cheap if answer.stats.strong_failed else strong
+        routing = Routing(route=AUTO_ROUTE, served_by=served_by, version=versions.get(served_by), reason="speculative",
+                          fallback_reason=f"{strong}: failed mid-answer" if answer.stats.strong_failed else
+                          f"{cheap}: failed" if answer.stats.cheap_failed else None)
+        return RoutedStream(routing, _prepended(first, chunks))
+
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
                               ledger: Ledger) -> RoutedStream:
-        cheap, strong = self._cascade.cheap_tier, self._cascade.strong_tier
+        cascade = self._cascade_for(request)
+        if cascade.mode == "speculative":
+            return await self._speculative_stream(request, cascade, priority, deadline, ledger)
+        cheap, strong = cascade.cheap_tier, cascade.strong_tier
         wanted = request.sampling.get("logprobs")
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
         version, chunks = await self._tiers[cheap].open(probe, priority, deadline, ledger)
         answer = [chunk async for chunk in chunks]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
-        decision = decide(logprobs, answer[-1].finish_reason, self._scorer, self._cascade.threshold)
+        decision = decide(logprobs, answer[-1].finish_reason, self._scorer, cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version, escalated=decision.escalate,
                           confidence=round(decision.confidence, 6), reason=decision.reason)
         if decision.escalate:

@@ -1,9 +1,11 @@
-"""Fakes the policy tests share: a backend that streams fixed words, a settable clock, a request."""
+"""Fakes the policy tests share: a backend that streams fixed words, one over integer tokens that also
+scores (for the speculative cascade), a settable clock, a request."""
 
 import asyncio
 import math
 
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.api.errors import BackendUnavailable
+from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob, Verification
 
 
 class FakeTier:
@@ -40,3 +42,62 @@ class Clock:
 
 def request(logprobs=None):
     return GenerationRequest("r1", {"max_tokens": 8, "logprobs": logprobs}, prompt="capital of France?")
+
+
+EOS = 0
+TOP, OTHER = 0.6, 0.3
+
+
+def text_of(ids):
+    return "".join(f" w{t}" for t in ids if t != EOS)
+
+
+class TokenModel:
+    """A fake engine over integer tokens: its favourite token at answer position i is `favourites[i]`
+    (EOS past the end), with probability TOP; any other token has OTHER. Generates greedily, one chunk
+    per token; scores like the engine's `verify_token_ids` path. Fails calls numbered in `fail_calls`."""
+
+    def __init__(self, favourites, fail_calls=(), hang_after=None):
+        self.favourites, self.fail_calls, self.hang_after = list(favourites), set(fail_calls), hang_after
+        self.requests: list[GenerationRequest] = []
+        self.open_streams = 0
+
+    def favourite(self, position):
+        return self.favourites[position] if position < len(self.favourites) else EOS
+
+    async def open(self, request):
+        return self(request)
+
+    async def __call__(self, request):
+        """As a router backend: a stream of chunks (an error raised at its first)."""
+        self.requests.append(request)
+        if len(self.requests) in self.fail_calls:
+            raise BackendUnavailable("replica lost")
+        self.open_streams += 1
+        try:
+            prefix = list(request.prefix_token_ids or [])
+            if request.verify_token_ids is not None:
+                yield GenerationChunk("", [], 5 + len(prefix), 1, verification=self.verify(prefix, request.verify_token_ids))
+                return
+            limit = request.sampling.get("max_tokens") or 10_000
+            for n in range(1, limit + 1):
+                if self.hang_after is not None and n > self.hang_after:
+                    await asyncio.Event().wait()
+                token = self.favourite(len(prefix) + n - 1)
+                logprobs = None if request.sampling.get("logprobs") is None else [TokenLogprob(text_of([token]), math.log(TOP))]
+                yield GenerationChunk(text_of([token]), [token], 5 + len(prefix), n, logprobs=logprobs,
+                                      finish_reason="stop" if token == EOS else "length" if n == limit else None)
+                if token == EOS:
+                    return
+        finally:
+            self.open_streams -= 1
+
+    def verify(self, prefix, scored):
+        start = len(prefix)
+        tops = [self.favourite(start + j) for j in range(len(scored))]
+        ids = [*tops, self.favourite(start + len(scored))]
+        texts = [text_of(prefix + list(scored[:k]) + [c])[len(text_of(prefix)):] for k, c in enumerate(ids)]
+        return Verification(
+            logprobs=tuple(math.log(TOP if v == t else OTHER) for v, t in zip(scored, tops, strict=True)),
+            top_ids=tuple(tops), top_logprobs=tuple(math.log(TOP) for _ in tops), ids=tuple(ids),
+            texts=tuple(texts), stops=tuple(c == EOS for c in ids))

@@ -15,17 +15,17 @@ from serve_app.api.http import build_http_api
 from serve_app.api.service import ApiService
 from serve_app.config import AppConfig
 from serve_app.routing.factory import build_router
-from tests.serve_app.fakes import Clock, FakeTier
+from tests.serve_app.fakes import EOS, Clock, FakeTier, TokenModel, text_of
 
 KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = {"model": "cheap", "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 8}
 
 
-def service(cheap=None, strong=None, max_body_bytes=4096) -> ApiService:
+def service(cheap=None, strong=None, max_body_bytes=4096, cascade=None) -> ApiService:
     tier = {"model_source": "/models/x", "concurrency_slots": 4}
     config = AppConfig.model_validate({"model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
-                                       "access": {"max_body_bytes": max_body_bytes}})
+                                       "access": {"max_body_bytes": max_body_bytes}, "cascade": cascade or {}})
     backends = {"cheap": cheap or FakeTier(["Paris", "."], 0.9), "strong": strong or FakeTier(["Lyon", "!"], 0.9)}
     api = ApiService(config, build_router(backends, config, Clock()), KeyGate([KEY], None, None, Clock()))
     api.engine_infos.update({name: {"model": f"/models/{name}", "max_model_len": 2048} for name in backends})
@@ -118,6 +118,20 @@ def test_a_stream_is_server_sent_events_ending_in_done_with_usage_when_asked():
     assert all(e.startswith("data: ") for e in events[:-1])
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in payloads if c["choices"]) == "Paris."
     assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_a_speculative_stream_reports_what_the_answer_took_in_its_last_chunk():
+    api = service(TokenModel([5, 6, 1, 8, 9, EOS]), TokenModel([5, 6, 7, 8, 9, EOS]), cascade={"mode": "speculative"})
+    response = call(api, "POST", "/v1/chat/completions", json={**CHAT, "model": "auto", "stream": True}, headers=AUTH)
+    assert response.status_code == 200 and response.headers["x-served-by"] == "strong"
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == text_of(
+        [5, 6, 7, 8, 9])
+    assert events[0]["routing"]["reason"] == "speculative" and "speculation" not in events[0]["routing"]
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["routing"]["speculation"]["replaced"] == 1 and events[-1]["routing"]["speculation"]["passes"] == 2
+    body = call(api, "POST", "/v1/chat/completions", json={**CHAT, "model": "auto"}, headers=AUTH).json()
+    assert body["routing"]["speculation"]["accepted"] == 5 and body["usage"]["completion_tokens"] == 6
 
 
 def test_a_stream_that_fails_after_its_first_byte_reports_the_error_in_band():

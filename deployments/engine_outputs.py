@@ -1,0 +1,100 @@
+"""vLLM's request outputs turned into the engine seam's types (serve_app.generation): the sampled
+tokens' log-probabilities, and a scoring request's `Verification`.
+
+Duck-typed over vLLM's `CompletionOutput`/`RequestOutput`, so no vLLM import: the unit tests hand in
+plain objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from serve_app.generation import GenerationRequest, TokenLogprob, Verification
+
+DECODE_CONTEXT_TOKENS = 4
+"""Prompt tokens decoded in front of an answer's, so that a tokenizer that drops a leading space at the
+start of a text (SentencePiece) decodes the first answer token as it reads in context, as vLLM's
+incremental detokenizer does."""
+
+
+def eos_ids(tokenizer: Any, hf_config: Any) -> set[int]:
+    """The token ids that end this model's answers: its tokenizer's and its config's end of sequence."""
+    configured = getattr(hf_config, "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return {i for i in ids if i is not None}
+
+
+def token_logprobs(completion: Any, top_k: int | None) -> list[TokenLogprob] | None:
+    """The sampled tokens' log-probabilities with their `top_k` alternatives, when they were asked for."""
+    if top_k is None or completion.logprobs is None:
+        return None
+    result = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
+        sampled = position[token_id]
+        top = sorted((lp for lp in position.values() if lp.rank is not None and lp.rank <= top_k), key=lambda lp: lp.rank)
+        result.append(TokenLogprob(
+            token=sampled.decoded_token or "", logprob=sampled.logprob,
+            top=[(lp.decoded_token or "", lp.logprob) for lp in top],
+        ))
+    return result
+
+
+SAMPLING_OF_OWN_TOKEN = ("temperature", "top_p", "top_k", "min_p", "seed")
+"""The caller's sampling options that a scoring call keeps for the one token it generates."""
+
+
+async def score(engine: Any, prompt_ids: list[int], scored: list[int], request: GenerationRequest) -> tuple[Any, bool]:
+    """vLLM's output for one prefill over `prompt_ids + scored` with prompt log-probabilities, and one
+    token sampled after them; whether it took a second prefill. The first reads the prefix cache; if
+    the hit covered a scored position, the second does not."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    own = {k: v for k, v in request.sampling.items() if k in SAMPLING_OF_OWN_TOKEN}
+    output = None
+    for skip_cache in (False, True):
+        params = SamplingParams(**own, max_tokens=1, prompt_logprobs=1, detokenize=False,
+                                skip_reading_prefix_cache=skip_cache, output_kind=RequestOutputKind.FINAL_ONLY)
+        async for output in engine.generate({"prompt_token_ids": prompt_ids + scored}, params,  # noqa: B007
+                                            f"{request.request_id}-{int(skip_cache)}"):
+            pass
+        if not scored_positions_cached(output.num_cached_tokens, len(prompt_ids)):
+            return output, skip_cache
+    return output, True
+
+
+def scored_positions_cached(num_cached_tokens: int | None, first_scored: int) -> bool:
+    """Whether the engine's prefix-cache hit covered a position whose logits the verdict needs.
+
+    vLLM computes prompt log-probabilities only for the positions it prefills: the token at position i
+    is scored from the logits at i - 1, so the verdict on tokens from `first_scored` on needs every
+    position from `first_scored - 1` computed, i.e. a hit of at most `first_scored - 1` tokens."""
+    return (num_cached_tokens or 0) > first_scored - 1
+
+
+def verification(output: Any, context_ids: Sequence[int], prefix_ids: Sequence[int], verify_ids: Sequence[int],
+                 decode: Callable[[list[int]], str], stop_ids: set[int], eos_id: int | None) -> Verification:
+    """The verdict of one scoring prefill (`output`: vLLM's RequestOutput with `prompt_logprobs=1`)
+    over prompt + `prefix_ids` + `verify_ids`, whose last `len(verify_ids)` prompt positions are scored.
+
+    `context_ids`: the prompt's last tokens, decoded in front of the answer for its text; `decode`:
+    token ids to text (special tokens skipped); `stop_ids`: token ids that end an answer."""
+    rows = output.prompt_logprobs
+    first = len(rows) - len(verify_ids)
+    logprobs, top_ids, top_logprobs = [], [], []
+    for position, token_id in zip(rows[first:], verify_ids, strict=True):
+        top_id, top = next((i, lp) for i, lp in position.items() if lp.rank == 1)
+        logprobs.append(position[token_id].logprob)
+        top_ids.append(top_id)
+        top_logprobs.append(top.logprob)
+    generated = list(output.outputs[0].token_ids)
+    ids = [*top_ids, generated[0] if generated else eos_id]
+    context = list(context_ids)
+    base = decode(context + list(prefix_ids))
+    texts = []
+    for k, candidate in enumerate(ids):
+        served = [*prefix_ids, *verify_ids[:k]] + ([] if candidate in stop_ids else [candidate])
+        texts.append(decode(context + served)[len(base):])
+    return Verification(logprobs=tuple(logprobs), top_ids=tuple(top_ids), top_logprobs=tuple(top_logprobs),
+                        ids=tuple(ids), texts=tuple(texts), stops=tuple(i in stop_ids for i in ids))

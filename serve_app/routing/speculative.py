@@ -1,0 +1,215 @@
+"""The speculative cascade (`cascade.mode: speculative`): the cheap tier drafts, the strong tier verifies.
+
+Each round, the cheap tier drafts a block of up to `draft_tokens` tokens after the answer so far; the
+strong tier scores the block in one prefill (serve_app.generation.Verification) and keeps the longest
+prefix whose every token v passes the Token-V3 rule of Narasimhan et al. (ICLR 2025),
+
+    p_strong(v) >= (1 - alpha) * max p_strong,
+
+then adds one token of its own: its most likely token where it rejected a draft token, or the token
+it generates after the block when it kept all of it. The round's tokens stream to the client at
+once; the next draft continues from the served token ids. At alpha = 0 and temperature 0 the answer
+is the strong tier's greedy answer (up to ties), with the strong tier running only prefills.
+
+At temperature > 0 drafts are sampled by the cheap tier at the caller's settings, the rule judges them
+on the strong model's raw probabilities, a rejected token is replaced by the strong model's most
+likely token, and the token after a kept block is sampled by the strong tier at the caller's
+settings. The answer is thus the cheap tier's sample with every token the strong model finds
+unlikely (below (1 - alpha) of its favourite) corrected, not a sample of the strong tier's own
+distribution.
+
+If the strong tier fails mid-answer, the cheap tier drafts the rest alone; if the cheap tier fails,
+the strong tier generates the rest alone. Either is reported in the last chunk's `speculation`
+(`strong_failed` / `cheap_failed`). Pure: the tiers are functions handed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from serve_app.api.errors import ClientError, ServerError, ServingError
+from serve_app.generation import GenerationChunk, GenerationRequest, Verification
+
+Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
+"""Open a tier's stream for a request (through its versions, guard, breaker and shedding)."""
+
+
+def kept(verdict: Verification, alpha: float) -> int:
+    """How many of the scored tokens the strong model keeps: the longest prefix passing Token-V3."""
+    bound = math.log1p(-alpha)
+    for i, (logprob, top) in enumerate(zip(verdict.logprobs, verdict.top_logprobs, strict=True)):
+        if logprob < top + bound:
+            return i
+    return len(verdict.logprobs)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string starts in `text`, if one occurs."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+@dataclass(slots=True)
+class Speculation:
+    """What a speculative answer took: tokens drafted by the cheap tier and kept, tokens the strong tier
+    put in instead of a rejected draft, tokens it added after a kept block, verification passes."""
+
+    drafted: int = 0
+    accepted: int = 0
+    replaced: int = 0
+    added: int = 0
+    passes: int = 0
+    strong_failed: bool = False
+    cheap_failed: bool = False
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(slots=True)
+class _Draft:
+    ids: list[int]
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+
+
+async def _drain(chunks: AsyncIterator[GenerationChunk]) -> _Draft:
+    ids, text, finish, prompt = [], [], None, 0
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            ids += chunk.token_ids
+            text.append(chunk.text)
+            finish, prompt = chunk.finish_reason or finish, chunk.prompt_tokens
+    return _Draft(ids, "".join(text), finish, prompt)
+
+
+class SpeculativeAnswer:
+    """One answer's rounds. Iterate `chunks()` for the served deltas; usage counts served tokens."""
+
+    def __init__(self, open_tier: Open, request: GenerationRequest, cheap: str, strong: str,
+                 draft_tokens: int, alpha: float):
+        self._open, self._request = open_tier, request
+        self._cheap, self._strong = cheap, strong
+        self._gamma, self._alpha = draft_tokens, alpha
+        self._max_tokens = request.sampling.get("max_tokens")
+        self._stops = [request.sampling["stop"]] if isinstance(request.sampling.get("stop"), str) \
+            else list(request.sampling.get("stop") or ())
+        # The router applies stop strings to the served text; the tiers must not cut drafts at them.
+        self._sampling = {k: v for k, v in request.sampling.items() if k not in ("stop", "logprobs", "max_tokens")}
+        self.stats = Speculation()
+        self._ids: list[int] = []
+        self._text = ""
+        self._prompt_tokens = 0
+        self._round = 0
+
+    def _ask(self, max_tokens: int | None, verify: list[int] | None = None) -> GenerationRequest:
+        self._round += 1
+        sampling = {**self._sampling, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+        return dataclasses.replace(self._request, request_id=f"{self._request.request_id}-s{self._round}",
+                                   sampling=sampling, prefix_token_ids=list(self._ids), verify_token_ids=verify)
+
+    def _room(self) -> int | None:
+        return None if self._max_tokens is None else self._max_tokens - len(self._ids)
+
+    def _chunk(self, ids: list[int], text: str, finish: str | None) -> GenerationChunk:
+        self._ids += ids
+        self._text += text
+        return GenerationChunk(text=text, token_ids=ids, prompt_tokens=self._prompt_tokens,
+                               completion_tokens=len(self._ids), finish_reason=finish,
+                               speculation=self.stats.as_dict() if finish else None)
+
+    def _stopped(self, text: str) -> tuple[str, bool]:
+        """`text` cut before a stop string, if the answer so far plus `text` contains one."""
+        at = cut_at_stop(self._text + text, self._stops)
+        return (text, False) if at is None else ((self._text + text)[:at][len(self._text):], True)
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        while True:
+            room = self._room()
+            if room is not None and room <= 0:
+                yield self._chunk([], "", "length")
+                return
+            block = self._gamma if room is None else min(self._gamma, room)
+            try:
+                draft = await _drain(await self._open(self._cheap, self._ask(block)))
+            except ClientError:
+                raise
+            except ServingError:
+                self.stats.cheap_failed = True
+                async for chunk in self._alone(self._strong):
+                    yield chunk
+                return
+            self._prompt_tokens = self._prompt_tokens or draft.prompt_tokens
+            self.stats.drafted += len(draft.ids)
+            if not draft.ids:  # the cheap tier ended the answer without a token: the strong tier finishes it
+                async for chunk in self._alone(self._strong):
+                    yield chunk
+                return
+            try:
+                verdict = await self._verify(draft.ids)
+            except ClientError:
+                raise
+            except ServingError:
+                self.stats.strong_failed = True
+                text, stopped = self._stopped(draft.text)
+                done = stopped or draft.finish_reason == "stop" or (room is not None and room <= len(draft.ids))
+                yield self._chunk(draft.ids, text, ("stop" if stopped or draft.finish_reason == "stop" else "length")
+                                  if done else None)
+                if not done:
+                    async for chunk in self._alone(self._cheap):
+                        yield chunk
+                return
+            chunk = self._round_chunk(draft, verdict, room)
+            yield chunk
+            if chunk.finish_reason is not None:
+                return
+
+    async def _verify(self, ids: list[int]) -> Verification:
+        self.stats.passes += 1
+        return await _drain_verdict(await self._open(self._strong, self._ask(None, verify=ids)))
+
+    def _round_chunk(self, draft: _Draft, verdict: Verification, room: int | None) -> GenerationChunk:
+        n, k = len(draft.ids), kept(verdict, self._alpha)
+        self.stats.accepted += k
+        if k < n:  # the strong model's own token in place of the first rejected one
+            self.stats.replaced += 1
+            ids, text, finish = draft.ids[:k] + [verdict.ids[k]], verdict.texts[k], "stop" if verdict.stops[k] else None
+        elif draft.finish_reason == "stop":  # the kept draft ended the answer (an end-of-sequence token)
+            ids, text, finish = draft.ids, draft.text, "stop"
+        elif room is not None and room <= n:  # the kept draft used up max_tokens
+            ids, text, finish = draft.ids, draft.text, "length"
+        else:  # all kept: the strong model's next token comes with the same prefill
+            self.stats.added += 1
+            ids, text, finish = draft.ids + [verdict.ids[n]], verdict.texts[n], "stop" if verdict.stops[n] else None
+        text, stopped = self._stopped(text)
+        if finish is None and room is not None and len(ids) >= room:
+            finish = "length"
+        return self._chunk(ids, text, "stop" if stopped else finish)
+
+    async def _alone(self, tier: str) -> AsyncIterator[GenerationChunk]:
+        """The rest of the answer from one tier, streamed as it comes (the other tier failed)."""
+        request = self._ask(self._room())
+        chunks = await self._open(tier, request)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                self._prompt_tokens = self._prompt_tokens or chunk.prompt_tokens - len(request.prefix_token_ids)
+                text, stopped = self._stopped(chunk.text)
+                finish = "stop" if stopped else chunk.finish_reason
+                yield self._chunk(list(chunk.token_ids), text, finish)
+                if stopped:
+                    return
+
+
+async def _drain_verdict(chunks: AsyncIterator[GenerationChunk]) -> Verification:
+    verdict = None
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            verdict = chunk.verification or verdict
+    if verdict is None:
+        raise ServerError("the strong tier answered a scoring request without a verdict")
+    return verdict

@@ -1,0 +1,41 @@
+"""vLLM outputs to the seam's types, over plain objects shaped like vLLM's (no engine)."""
+
+from types import SimpleNamespace as NS
+
+from deployments.engine_outputs import eos_ids, scored_positions_cached, verification
+
+EOS = 0
+WORDS = {1: "The", 2: " cat", 3: " sat", 4: " dog", 5: " ran", 9: "<prompt>"}
+
+
+def decode(ids):
+    return "".join(WORDS[i] for i in ids if i != EOS)
+
+
+def position(given, given_lp, top=None, top_lp=None):
+    """One prompt position of vLLM's prompt_logprobs=1: the given token, and the top one when it differs."""
+    row = {given: NS(logprob=given_lp, rank=1 if top is None else 2)}
+    if top is not None:
+        row[top] = NS(logprob=top_lp, rank=1)
+    return row
+
+
+def test_the_verdict_scores_the_last_positions_and_offers_a_text_per_outcome():
+    # prompt [9, 9], prefix [1], scored [2, 4]: the model prefers " cat" then " sat", then ends.
+    rows = [None, position(9, -1.0), position(1, -0.5), position(2, -0.1), position(4, -2.0, top=3, top_lp=-0.2)]
+    output = NS(prompt_logprobs=rows, outputs=[NS(token_ids=[EOS])])
+    v = verification(output, [9, 9], [1], [2, 4], decode, {EOS}, EOS)
+    assert v.logprobs == (-0.1, -2.0) and v.top_ids == (2, 3) and v.top_logprobs == (-0.1, -0.2)
+    assert v.ids == (2, 3, EOS) and v.stops == (False, False, True)
+    assert v.texts == (" cat", " cat sat", " cat dog")  # relative to the served "The"; EOS adds no text
+
+
+def test_a_verdict_needs_every_scored_position_computed():
+    assert not scored_positions_cached(None, 10)
+    assert not scored_positions_cached(9, 10)  # logits at 9 score the token at 10
+    assert scored_positions_cached(10, 10)
+
+
+def test_end_of_sequence_ids_come_from_tokenizer_and_config():
+    assert eos_ids(NS(eos_token_id=2), NS(eos_token_id=[2, 7])) == {2, 7}
+    assert eos_ids(NS(eos_token_id=None), NS()) == set()
