@@ -42,9 +42,13 @@ def generation_request(request: ChatCompletionRequest | CompletionRequest, defau
 
 def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:
     """Called once the stream is exhausted, when the ledger holds every attempt's cost."""
+    held: dict[str, float] = {}
+    for attempt in stream.ledger.attempts if stream.ledger else ():
+        if attempt.replica_seconds:
+            held[attempt.backend] = round(held.get(attempt.backend, 0.0) + attempt.replica_seconds, 6)
     return Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
                  total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
-                 cost_usd=round(stream.ledger.cost_usd, 9) if stream.ledger else None)
+                 cost_usd=round(stream.ledger.cost_usd, 9) if stream.ledger else None, replica_seconds=held or None)
 
 
 def _chat_logprobs(logprobs: list[TokenLogprob] | None) -> ChatLogprobs | None:

@@ -188,6 +188,8 @@ class Usage(BaseModel):
     cost_usd: float | None = None
     """Extension: the estimated cost of the request, every attempt included (a cascade's discarded
     cheap answer, failed tries), from the configured prices (serve_app.observability.metering)."""
+    replica_seconds: dict[str, float] | None = None
+    """Extension: per backend, the share of an engine replica the request held, every attempt included."""
 
 
 class TopLogprob(BaseModel):

@@ -1,0 +1,147 @@
+"""The speculative cascade against the strong and cheap tiers on the eval set: exactness, accuracy,
+strong-tier replica-seconds, time to first token.
+
+    .venv/bin/python -m scripts.eval_speculative [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
+        [--limit N] [--alphas 0,0.3,0.6] [--draft-tokens 4] [--out bench-out/speculative-eval.json]
+
+Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
+on in the local profile). One request at a time, streamed, at temperature 0: every prompt once on the
+`strong` route (with its top-two log-probabilities), once on `cheap`, and once on `auto` in
+speculative mode per alpha. Reports per mode the accuracy, the strong and cheap tiers' replica-seconds
+(from each answer's usage) relative to sending every prompt to `strong`, TTFT and latency p50, cost;
+and for alpha 0 how many answers equal the strong answer exactly, how many first differ at a near-tie
+(top-two log-probabilities within `--tie` where a prefill and a decode step may rank them
+differently), and which differ otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serve_app.analysis import cascade_eval
+from serve_app.analysis.bench_stats import percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dict) -> dict:
+    """One streamed chat answer: text, TTFT, latency, usage (with replica-seconds), routing, logprobs."""
+    started, first, text, logprobs, usage, routing = time.perf_counter(), None, [], [], {}, {}
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **extra}
+    with http.stream("POST", "/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            routing = chunk.get("routing") or routing
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                content = choice["delta"].get("content")
+                if content and first is None:
+                    first = time.perf_counter() - started
+                text.append(content or "")
+                logprobs += (choice.get("logprobs") or {}).get("content") or []
+    return {"text": "".join(text), "ttft_s": first, "latency_s": time.perf_counter() - started,
+            "replica_seconds": usage.get("replica_seconds") or {}, "cost_usd": usage.get("cost_usd") or 0.0,
+            "completion_tokens": usage.get("completion_tokens"), "speculation": routing.get("speculation"),
+            "logprobs": [{"token": t["token"], "top": sorted((x["logprob"] for x in t["top_logprobs"]), reverse=True)}
+                         for t in logprobs]}
+
+
+def divergence(strong: dict, text: str, tie: float) -> str:
+    """`exact`, `near_tie` (the strong answer's top two were within `tie` where `text` leaves it), or `differs`."""
+    if text == strong["text"]:
+        return "exact"
+    served = ""
+    for token in strong["logprobs"]:
+        if not text.startswith(served + token["token"]):
+            top = token["top"]
+            return "near_tie" if len(top) > 1 and top[0] - top[1] < tie else "differs"
+        served += token["token"]
+    return "differs"
+
+
+def summarize(rows: list[dict], alphas: list[float], tie: float) -> dict:
+    strong_s = sum(r["strong"]["replica_seconds"].get("strong", 0.0) for r in rows)
+
+    def mode(key: str) -> dict:
+        answers = [r[key] for r in rows]
+        return {"accuracy": sum(a["correct"] for a in answers) / len(rows),
+                "strong_seconds": round(sum(a["replica_seconds"].get("strong", 0.0) for a in answers), 3),
+                "strong_seconds_vs_strong_route": round(sum(a["replica_seconds"].get("strong", 0.0) for a in answers)
+                                                        / strong_s, 4) if strong_s else None,
+                "cheap_seconds": round(sum(a["replica_seconds"].get("cheap", 0.0) for a in answers), 3),
+                "ttft_p50_s": percentile([a["ttft_s"] for a in answers if a["ttft_s"] is not None], 50),
+                "latency_p50_s": percentile([a["latency_s"] for a in answers], 50),
+                "cost_usd": round(sum(a["cost_usd"] for a in answers), 9)}
+
+    summary = {"prompts": len(rows), "strong": mode("strong"), "cheap": mode("cheap")}
+    for alpha in alphas:
+        key = f"speculative@{alpha:g}"
+        entry = mode(key)
+        totals = {k: sum((r[key]["speculation"] or {}).get(k, 0) for r in rows)
+                  for k in ("drafted", "accepted", "replaced", "added", "passes")}
+        entry["speculation"] = totals
+        entry["served_from_drafts"] = round(totals["accepted"] / max(1, totals["accepted"] + totals["replaced"]
+                                                                    + totals["added"]), 4)
+        kinds = [divergence(r["strong"], r[key]["text"], tie) for r in rows]
+        entry["versus_strong"] = {k: kinds.count(k) for k in ("exact", "near_tie", "differs")}
+        entry["differs"] = [r["id"] for r, k in zip(rows, kinds, strict=True) if k == "differs"]
+        summary[key] = entry
+    summary["ttft_ratio_speculative_to_strong"] = (
+        round(summary[f"speculative@{alphas[0]:g}"]["ttft_p50_s"] / summary["strong"]["ttft_p50_s"], 3)
+        if alphas and summary["strong"]["ttft_p50_s"] else None)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key")
+    parser.add_argument("--data", type=Path, default=ROOT / "scripts/data/cascade_eval.jsonl")
+    parser.add_argument("--limit", type=int, help="every k-th prompt so that about this many are asked")
+    parser.add_argument("--alphas", default="0", help="comma-separated alphas of the speculative mode")
+    parser.add_argument("--draft-tokens", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--tie", type=float, default=0.01, help="near-tie tolerance between top-two log-probabilities")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out/speculative-eval.json")
+    args = parser.parse_args()
+
+    items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    if args.limit and args.limit < len(items):
+        items = items[::-(-len(items) // args.limit)]
+    alphas = [float(a) for a in args.alphas.split(",")]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    rows = []
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=600) as http:
+        for i, item in enumerate(items, 1):
+            row = {"id": item["id"], "kind": item["kind"],
+                   "strong": ask(http, "strong", item["prompt"], args.max_tokens, {"logprobs": True, "top_logprobs": 2}),
+                   "cheap": ask(http, "cheap", item["prompt"], args.max_tokens, {})}
+            for alpha in alphas:
+                cascade = {"mode": "speculative", "alpha": alpha, "draft_tokens": args.draft_tokens}
+                row[f"speculative@{alpha:g}"] = ask(http, "auto", item["prompt"], args.max_tokens, {"cascade": cascade})
+            for answer in row.values():
+                if isinstance(answer, dict):
+                    answer["correct"] = cascade_eval.correct(item["check"], answer["text"], item["answer"])
+            rows.append(row)
+            print(f"\r{i}/{len(items)} prompts", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    summary = summarize(rows, alphas, args.tie)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"max_tokens": args.max_tokens, "draft_tokens": args.draft_tokens,
+                                    "alphas": alphas, **summary, "answers": rows}, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The speculative cascade on the real stack (a request's own `cascade` settings, which the local
+profile allows): at alpha 0 and temperature 0 the streamed answer is the `strong` route's answer,
+token for token (or differs first at a near-tie the test reports), every draft and verification pass
+is an attempt in the request's trace with its engine span, and the answer's usage and speculation
+figures agree."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+
+from scripts.harness.cluster import ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SPECULATIVE = {"cascade": {"mode": "speculative", "alpha": 0.0, "draft_tokens": 4}}
+NEAR_TIE = 0.01
+"""Top-two log-probabilities closer than this: a prefill and a decode step may rank them differently."""
+
+
+def sample_prompts() -> list[str]:
+    items = [json.loads(line) for line in (ROOT / "scripts" / "data" / "cascade_eval.jsonl").read_text().splitlines()]
+    kinds: dict[str, str] = {}
+    for item in items:
+        kinds.setdefault(item["kind"], item["prompt"])
+    return list(kinds.values())  # one of each kind: arithmetic, capital, sentiment, instruction, fact
+
+
+def speculative_stream(client, prompt: str, **kwargs):
+    chunks = list(client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=24, stream=True,
+        stream_options={"include_usage": True}, extra_body=SPECULATIVE, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    return text, chunks, final[-1]
+
+
+def first_divergence_is_a_near_tie(strong_logprobs, text: str) -> bool:
+    """Where `text` first leaves the strong answer, the strong model's top two were nearly tied."""
+    served = ""
+    for token in strong_logprobs:
+        if not text.startswith(served + token.token):
+            top = sorted((t.logprob for t in token.top_logprobs), reverse=True)
+            return len(top) > 1 and top[0] - top[1] < NEAR_TIE
+        served += token.token
+    return False
+
+
+@pytest.mark.parametrize("prompt", sample_prompts())
+def test_at_alpha_zero_the_speculative_answer_is_the_strong_answer(client, prompt):
+    strong = client.chat.completions.create(model="strong", messages=[{"role": "user", "content": prompt}],
+                                            temperature=0, max_tokens=24, logprobs=True, top_logprobs=2)
+    text, chunks, final = speculative_stream(client, prompt)
+    expected = strong.choices[0].message.content
+    assert text == expected or first_divergence_is_a_near_tie(strong.choices[0].logprobs.content, text), (text, expected)
+    routing = chunks[0].model_extra["routing"]
+    assert routing["route"] == "auto" and routing["served_by"] == "strong" and routing["reason"] == "speculative"
+    speculation = final.model_extra["routing"]["speculation"]
+    usage = chunks[-1].usage
+    assert speculation["passes"] >= 1 and not speculation["strong_failed"] and not speculation["cheap_failed"]
+    assert speculation["accepted"] + speculation["replaced"] + speculation["added"] == usage.completion_tokens
+    assert speculation["accepted"] <= speculation["drafted"]
+    if text == expected:
+        assert usage.completion_tokens == strong.usage.completion_tokens
+        assert final.choices[0].finish_reason == strong.choices[0].finish_reason
+    held = usage.model_extra["replica_seconds"]
+    assert held["cheap"] > 0 and held["strong"] > 0 and usage.model_extra["cost_usd"] > 0
+
+
+def test_every_pass_is_an_attempt_in_the_trace(client, stack):
+    trace_id = secrets.token_hex(16)
+    _, _, final = speculative_stream(client, sample_prompts()[1],
+                                     extra_headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+    speculation = final.model_extra["routing"]["speculation"]
+
+    def complete():
+        spans = stack.spans.trace(trace_id)
+        engines = [s for s in spans if s.name.startswith("generate")]
+        return spans if len(engines) >= 2 * speculation["passes"] else None  # a draft and a verification each
+
+    spans = wait_for("the request's spans at the collector", complete, timeout_s=180, every_s=1)
+    (root,) = [s for s in spans if s.name == "chat auto"]
+    strong = [s for s in spans if s.name == "attempt strong"]
+    cheap = [s for s in spans if s.name == "attempt cheap"]
+    assert len(strong) == speculation["passes"] and len(cheap) >= speculation["passes"]
+    assert all(s.parent_span_id == root.span_id for s in strong + cheap)
+    verifying = [s for s in spans if s.attributes.get("serve_app.verified_tokens")]
+    assert len(verifying) == speculation["passes"]
+    assert sum(s.attributes["serve_app.verified_tokens"] for s in verifying) == speculation["drafted"]
+    assert {s.parent_span_id for s in verifying} == {s.span_id for s in strong}
+    assert root.attributes["serve_app.cost_usd"] > 0
