@@ -1,6 +1,7 @@
 """The speculative cascade (`cascade.mode: speculative`): the cheap tier drafts, the strong tier verifies.
 
-Each round, the cheap tier drafts a block of up to `draft_tokens` tokens after the answer so far; the
+The strong tier generates the opening token (so time to first token is its own, and its prefix cache
+holds the prompt for what follows). Then, each round, the cheap tier drafts a block of up to `draft_tokens` tokens after the answer so far; the
 strong tier scores the block in one prefill (serve_app.generation.Verification) and keeps the longest
 prefix whose every token v passes the Token-V3 rule of Narasimhan et al. (ICLR 2025),
 
@@ -56,7 +57,8 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
 @dataclass(slots=True)
 class Speculation:
     """What a speculative answer took: tokens drafted by the cheap tier and kept, tokens the strong tier
-    put in instead of a rejected draft, tokens it added after a kept block, verification passes."""
+    put in instead of a rejected draft, tokens it added of its own (the opening token, and one after each
+kept block), verification passes."""
 
     drafted: int = 0
     accepted: int = 0
@@ -110,8 +112,10 @@ class SpeculativeAnswer:
     def _ask(self, max_tokens: int | None, verify: list[int] | None = None) -> GenerationRequest:
         self._round += 1
         sampling = {**self._sampling, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+        # One version of each tier for the whole answer while a canary runs: the rounds share a session key.
         return dataclasses.replace(self._request, request_id=f"{self._request.request_id}-s{self._round}",
-                                   sampling=sampling, prefix_token_ids=list(self._ids), verify_token_ids=verify)
+                                   sampling=sampling, prefix_token_ids=list(self._ids), verify_token_ids=verify,
+                                   session_key=self._request.session_key or self._request.request_id)
 
     def _room(self) -> int | None:
         return None if self._max_tokens is None else self._max_tokens - len(self._ids)
@@ -129,6 +133,29 @@ class SpeculativeAnswer:
         return (text, False) if at is None else ((self._text + text)[:at][len(self._text):], True)
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """The opening token comes from the strong tier (its time to first token is the strong tier's,
+        and its prefix cache then holds the prompt for the verification passes); then the rounds."""
+        try:
+            opening = await _drain(await self._open(self._strong, self._ask(1)))
+        except ClientError:
+            raise
+        except ServingError:
+            self.stats.strong_failed = True
+            async for chunk in self._alone(self._cheap):
+                yield chunk
+            return
+        self._prompt_tokens = opening.prompt_tokens
+        self.stats.added += len(opening.ids)
+        text, stopped = self._stopped(opening.text)
+        ended = stopped or opening.finish_reason == "stop" or not opening.ids
+        room = self._room()
+        yield self._chunk(opening.ids, text, "stop" if ended else "length" if room is not None and room <= 1 else None)
+        if ended or (room is not None and room <= 1):
+            return
+        async for chunk in self._rounds():
+            yield chunk
+
+    async def _rounds(self) -> AsyncIterator[GenerationChunk]:
         while True:
             room = self._room()
             if room is not None and room <= 0:
@@ -144,7 +171,6 @@ class SpeculativeAnswer:
                 async for chunk in self._alone(self._strong):
                     yield chunk
                 return
-            self._prompt_tokens = self._prompt_tokens or draft.prompt_tokens
             self.stats.drafted += len(draft.ids)
             if not draft.ids:  # the cheap tier ended the answer without a token: the strong tier finishes it
                 async for chunk in self._alone(self._strong):
@@ -171,7 +197,7 @@ class SpeculativeAnswer:
 
     async def _verify(self, ids: list[int]) -> Verification:
         self.stats.passes += 1
-        return await _drain_verdict(await self._open(self._strong, self._ask(None, verify=ids)))
+        return await _drain_verdict(await self._open(self._strong, self._ask(1, verify=ids)))  # one token of its own
 
     def _round_chunk(self, draft: _Draft, verdict: Verification, room: int | None) -> GenerationChunk:
         n, k = len(draft.ids), kept(verdict, self._alpha)

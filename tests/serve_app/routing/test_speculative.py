@@ -49,9 +49,10 @@ def test_at_alpha_zero_the_answer_is_the_strong_greedy_answer():
     chunks = collect(spec)
     assert [t for c in chunks for t in c.token_ids] == STRONG
     assert "".join(c.text for c in chunks) == text_of(STRONG)
-    assert [c.token_ids for c in chunks] == [[5, 6, 7], [8, 9, EOS]]  # kept 5 6, replaced 1 by 7; then all kept
+    # the strong tier's opening token; kept 6, replaced 1 by 7; then all kept to the end
+    assert [c.token_ids for c in chunks] == [[5], [6, 7], [8, 9, EOS]]
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == len(STRONG)
-    assert chunks[-1].speculation == {"drafted": 7, "accepted": 5, "replaced": 1, "added": 0, "passes": 2,
+    assert chunks[-1].speculation == {"drafted": 7, "accepted": 4, "replaced": 1, "added": 1, "passes": 2,
                                       "strong_failed": 0, "cheap_failed": 0}
     assert chunks[0].speculation is None
 
@@ -59,16 +60,18 @@ def test_at_alpha_zero_the_answer_is_the_strong_greedy_answer():
 def test_every_draft_resumes_from_the_served_token_ids():
     cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS]), TokenModel(STRONG)
     collect(answer(cheap, strong))
-    assert [r.prefix_token_ids for r in cheap.requests] == [[], [5, 6, 7]]
-    assert [(r.prefix_token_ids, r.verify_token_ids) for r in strong.requests] == [([], [5, 6, 1, 8]),
-                                                                                   ([5, 6, 7], [8, 9, EOS])]
+    assert [r.prefix_token_ids for r in cheap.requests] == [[5], [5, 6, 7]]
+    assert [(r.prefix_token_ids, r.verify_token_ids) for r in strong.requests] == [
+        ([], None), ([5], [6, 1, 8, 9]), ([5, 6, 7], [8, 9, EOS])]
     assert all("stop" not in r.sampling for r in cheap.requests + strong.requests)
+    assert all(r.sampling["max_tokens"] == 1 for r in strong.requests)  # what admission expects of a pass
+    assert {r.session_key for r in cheap.requests + strong.requests} == {"r1"}  # one version per tier
 
 
 def test_a_kept_block_brings_the_strong_tiers_next_token_with_it():
     cheap, strong = TokenModel(STRONG), TokenModel(STRONG)
     chunks = collect(answer(cheap, strong, draft_tokens=2))
-    assert [c.token_ids for c in chunks] == [[5, 6, 7], [8, 9, EOS]]
+    assert [c.token_ids for c in chunks] == [[5], [6, 7, 8], [9, EOS]]
     assert chunks[-1].speculation["added"] == 2 and chunks[-1].finish_reason == "stop"
     assert chunks[-1].speculation["passes"] == 2
 
@@ -104,7 +107,7 @@ def test_a_stop_string_cuts_the_served_text():
 
 
 def test_the_strong_tier_failing_mid_answer_leaves_the_rest_to_the_cheap_tier():
-    cheap, strong = TokenModel([5, 6, 1, 8, 9, 2, EOS]), TokenModel(STRONG, fail_calls={2})
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, 2, EOS]), TokenModel(STRONG, fail_calls={3})  # the second pass
     chunks = collect(answer(cheap, strong))
     assert [t for c in chunks for t in c.token_ids] == [5, 6, 7, 8, 9, 2, EOS]  # verified, then cheap alone
     assert chunks[-1].speculation["strong_failed"] == 1 and chunks[-1].finish_reason == "stop"
@@ -132,7 +135,7 @@ def test_closing_the_answer_closes_the_tier_streams():
 
     async def go():
         chunks = answer(cheap, strong).chunks()
-        first = await anext(chunks)
+        first = await anext(chunks), await anext(chunks)  # the opening token, then the strong tier's next
         reading = asyncio.ensure_future(anext(chunks))
         await asyncio.sleep(0.05)
         assert strong.open_streams == 1  # the strong tier is generating the rest alone
@@ -142,7 +145,7 @@ def test_closing_the_answer_closes_the_tier_streams():
         await chunks.aclose()
         return first
 
-    assert asyncio.run(go()).token_ids == [5]
+    assert [c.token_ids for c in asyncio.run(go())] == [[5], [6]]
     assert strong.open_streams == 0 and cheap.open_streams == 0
 
 
@@ -165,9 +168,9 @@ def test_the_auto_route_streams_the_speculative_answer_and_bills_every_pass():
     assert [t for c in chunks for t in c.token_ids] == STRONG
     assert (stream.routing.route, stream.routing.served_by, stream.routing.reason) == ("auto", "strong", "speculative")
     assert stream.routing.fallback_reason is None and stream.routing.version == "v1"
-    assert [a.backend for a in stream.ledger.attempts] == ["cheap", "strong", "cheap", "strong"]
+    assert [a.backend for a in stream.ledger.attempts] == ["strong", "cheap", "strong", "cheap", "strong"]
     assert all(a.error is None and a.finished_s is not None for a in stream.ledger.attempts)
-    assert [a.input_tokens for a in stream.ledger.attempts] == [5, 5, 8, 8]
+    assert [a.input_tokens for a in stream.ledger.attempts] == [5, 6, 6, 8, 8]
     assert chunks[0].prompt_tokens == 5 and chunks[-1].completion_tokens == len(STRONG)
     assert cheap.open_streams == strong.open_streams == 0
 
@@ -206,7 +209,7 @@ def test_a_request_may_choose_its_cascade_only_where_the_config_allows_it():
     stream, chunks = asyncio.run(go(True, {"mode": "speculative", "alpha": 0.55}))
     assert stream.routing.reason == "speculative" and [t for c in chunks for t in c.token_ids] == [5, 6, 1, 8, 9, EOS]
     _, chunks = asyncio.run(go(True, {"mode": "speculative", "draft_tokens": 2}))
-    assert [c.token_ids for c in chunks] == [[5, 6, 7], [8, 9, EOS]]
+    assert [c.token_ids for c in chunks] == [[5], [6, 7], [8, 9, EOS]] and chunks[-1].speculation["drafted"] == 4
     for threshold, served_by in ((0.5, "cheap"), (0.7, "strong")):  # confidence mode; the cheap answer scores 0.6
         stream, chunks = asyncio.run(go(True, {"threshold": threshold}))
         assert stream.routing.served_by == served_by and chunks[-1].speculation is None
