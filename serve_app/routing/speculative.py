@@ -1,16 +1,18 @@
 """The speculative cascade (`cascade.mode: speculative`): the cheap tier drafts, the strong tier verifies.
 
 The strong tier generates the opening token (so time to first token is its own, and its prefix cache
-holds the prompt for what follows). Then, each round, the cheap tier drafts a block of up to `draft_tokens` tokens after the answer so far; the
-strong tier scores the block in one prefill (serve_app.generation.Verification) and keeps the longest
-prefix whose every token v passes the Token-V3 rule of Narasimhan et al. (ICLR 2025),
+holds the prompt for what follows). Then, each round, the cheap tier drafts a block of up to
+`draft_tokens` tokens after the answer so far; the strong tier scores the block in one prefill
+(serve_app.generation.Verification) and keeps the longest prefix whose every token v passes the
+Token-V3 rule of Narasimhan et al. (ICLR 2025),
 
     p_strong(v) >= (1 - alpha) * max p_strong,
 
 then adds one token of its own: its most likely token where it rejected a draft token, or the token
 it generates after the block when it kept all of it. The round's tokens stream to the client at
 once; the next draft continues from the served token ids. At alpha = 0 and temperature 0 the answer
-is the strong tier's greedy answer (up to ties), with the strong tier running only prefills.
+is the strong tier's greedy answer (up to ties), with the strong tier decoding only its opening token
+and otherwise running prefills.
 
 At temperature > 0 drafts are sampled by the cheap tier at the caller's settings, the rule judges them
 on the strong model's raw probabilities, a rejected token is replaced by the strong model's most
