@@ -29,6 +29,7 @@ import httpx
 
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.cascade_eval import Answered
+from serve_app.analysis.deferral import learn
 from serve_app.config import AppConfig
 from serve_app.routing.scorers import SCORERS
 
@@ -94,7 +95,7 @@ def summarize(rows: list[dict]) -> dict:
         "strong_share_to_recover_50pct": cascade_eval.calls_to_recover(curve, 0.5),
         "strong_share_to_recover_80pct": cascade_eval.calls_to_recover(curve, 0.8),
         "apgr_by_scorer": {name: round(cascade_eval.apgr(cascade_eval.sweep(rescored(rows, name))), 4)
-                           for name in SCORERS},
+                           for name in SCORERS} | {"learned (5-fold cross-validated)": learn(rows)[0].cv_apgr},
         "curve": [{**asdict(p), "random_accuracy": cascade_eval.random_routing_accuracy(results, p.strong_share)}
                   for p in curve],
     }

@@ -21,6 +21,7 @@ from serve_app.config.rollouts import CanaryGuardConfig, RolloutConfig, TierRoll
 from serve_app.config.sections import (
     AccessConfig,
     CascadeConfig,
+    LearnedRule,
     ModelStoreConfig,
     ObservabilityConfig,
     ResilienceConfig,
@@ -32,6 +33,6 @@ from serve_app.config.tiers import BackendLimits, ExternalConfig, TierConfig
 __all__ = [
     "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_MERGED_FIELDS", "VERSION_NAME", "AccessConfig", "AppConfig",
     "BackendLimits", "CanaryGuardConfig", "CascadeConfig", "DeploymentOptions", "EngineVersion", "ExternalConfig",
-    "ModelStoreConfig", "ObservabilityConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "StrictModel",
+    "LearnedRule", "ModelStoreConfig", "ObservabilityConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "StrictModel",
     "TierConfig", "TierRollout", "TracingConfig", "engine_deployment", "serve_app_entry",
 ]

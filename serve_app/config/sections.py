@@ -5,10 +5,28 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from serve_app.config.base import DeploymentOptions, StrictModel
-from serve_app.routing.scorers import SCORERS
+from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, Scorer, learned_scorer
+
+
+class LearnedRule(StrictModel):
+    """A logistic deferral rule over features of the cheap answer's log-probabilities."""
+
+    intercept: float
+    coefficients: dict[str, float]
+    """Per feature (serve_app.routing.scorers.FEATURES), its weight."""
+    cv_apgr: float | None = None
+    """Its cross-validated APGR on the calibration sample, for the record."""
+
+    @field_validator("coefficients")
+    @classmethod
+    def _known_features(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(FEATURES))
+        if unknown or not value:
+            raise ValueError(f"unknown features {unknown}; choose from {sorted(FEATURES)}")
+        return value
 
 
 class CascadeConfig(StrictModel):
@@ -19,7 +37,7 @@ class CascadeConfig(StrictModel):
     strong_tier: str = "strong"
     """Tier that answers when the cheap answer's confidence is below `threshold`."""
     scorer: str = "mean_prob"
-    """Confidence scorer, one of serve_app.routing.scorers.SCORERS."""
+    """Confidence scorer, one of serve_app.routing.scorers.SCORERS, or `learned` (with `learned`)."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """Escalate when the cheap answer's confidence is below this."""
     mode: Literal["confidence", "speculative"] = "confidence"
@@ -36,12 +54,27 @@ class CascadeConfig(StrictModel):
     body, an extension): for evaluations and A/B tests on one deployment. With it on, the speculative
     mode's tokenizer check applies at start whatever `mode` is."""
 
+    learned: LearnedRule | None = None
+    """The fitted rule of the `learned` scorer (scripts/calibrate_cascade.py --learn writes it)."""
+
     @field_validator("scorer")
     @classmethod
     def _known_scorer(cls, value: str) -> str:
-        if value not in SCORERS:
-            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted(SCORERS)}")
+        if value not in SCORERS and value != LEARNED:
+            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted([*SCORERS, LEARNED])}")
         return value
+
+    @model_validator(mode="after")
+    def _learned_rule_given(self) -> CascadeConfig:
+        if self.scorer == LEARNED and self.learned is None:
+            raise ValueError("scorer learned needs cascade.learned (scripts/calibrate_cascade.py --learn writes it)")
+        return self
+
+    def scorer_fn(self) -> Scorer:
+        """The confidence scorer this config names, built."""
+        if self.scorer == LEARNED:
+            return learned_scorer(self.learned.intercept, self.learned.coefficients)
+        return SCORERS[self.scorer]
 
 
 class RouterConfig(StrictModel):

@@ -43,7 +43,6 @@ from serve_app.routing.backend import GuardedBackend, is_retryable
 from serve_app.routing.cascade import decide
 from serve_app.routing.circuit_breaker import BreakerState
 from serve_app.routing.rollout import RolledBack
-from serve_app.routing.scorers import SCORERS
 from serve_app.routing.speculative import SpeculativeAnswer
 from serve_app.routing.stream import RoutedStream
 from serve_app.routing.versions import TierVersions
@@ -76,7 +75,7 @@ class CascadeRouter:
         self._slots_per_replica = slots_per_replica
         self._cache = cache
         self._cascade = config.cascade
-        self._scorer = SCORERS[config.cascade.scorer]
+        self._scorer = config.cascade.scorer_fn()
         self._alias = config.model_alias
         self._routable = list(config.tiers)
         self._fallbacks = config.resilience.fallbacks
@@ -259,7 +258,8 @@ class CascadeRouter:
         version, chunks = await self._tiers[cheap].open(probe, priority, deadline, ledger)
         answer = [chunk async for chunk in chunks]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
-        decision = decide(logprobs, answer[-1].finish_reason, self._scorer, cascade.threshold)
+        decision = decide(logprobs, answer[-1].finish_reason,
+                          self._scorer if cascade is self._cascade else cascade.scorer_fn(), cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version, escalated=decision.escalate,
                           confidence=round(decision.confidence, 6), reason=decision.reason)
         if decision.escalate:

@@ -3,6 +3,10 @@
 A scorer is a plain function registered by name; the config picks one, and an unknown name is a
 validation error listing the choices. Log-probabilities are vLLM's raw ones (before temperature),
 so a score does not depend on the caller's sampling settings.
+
+`learned` is a logistic rule over features of the log-probabilities (quantiles, minimum, mean,
+length), fitted offline by scripts/calibrate_cascade.py and evaluated here with plain arithmetic:
+its coefficients live in the config (`cascade.learned`), so it is built by `scorer_for`.
 """
 
 from __future__ import annotations
@@ -37,3 +41,42 @@ SCORERS: dict[str, Scorer] = {
     "min_prob": min_prob,
     "tail_mean_prob": tail_mean_prob,
 }
+LEARNED = "learned"
+"""The scorer name of the fitted logistic rule (`LearnedRule`)."""
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    place = q * (len(ordered) - 1)
+    low = math.floor(place)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (place - low)
+
+
+FEATURES: dict[str, Callable[[Sequence[float]], float]] = {
+    "mean": lambda lp: sum(lp) / len(lp),
+    "min": min,
+    "q10": lambda lp: _quantile(lp, 0.1),
+    "q25": lambda lp: _quantile(lp, 0.25),
+    "median": lambda lp: _quantile(lp, 0.5),
+    "log_length": lambda lp: math.log(len(lp)),
+}
+"""Features of a non-empty answer's token log-probabilities that a learned rule may weigh."""
+
+
+def features(logprobs: Sequence[float], names: Sequence[str] = tuple(FEATURES)) -> list[float]:
+    return [FEATURES[name](logprobs) for name in names]
+
+
+def learned_scorer(intercept: float, coefficients: dict[str, float]) -> Scorer:
+    """sigmoid(intercept + sum of coefficient * feature): the fitted probability that keeping the cheap
+    answer loses nothing (it is right, or the strong one would be wrong too)."""
+    names, weights = list(coefficients), list(coefficients.values())
+
+    def score(logprobs: Sequence[float]) -> float:
+        if not logprobs:
+            return 0.0
+        z = intercept + sum(w * x for w, x in zip(weights, features(logprobs, names), strict=True))
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    return score

@@ -1,6 +1,7 @@
 """The config tree: shipped profiles validate; bad configs fail naming the field."""
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,16 @@ def test_unknown_scorer_lists_the_choices():
 
 def test_threshold_out_of_range_is_named():
     assert "cascade.threshold" in broken(lambda a: a["cascade"].update(threshold=1.5))
+
+
+def test_the_learned_scorer_needs_its_rule_over_known_features():
+    assert "needs cascade.learned" in broken(lambda a: a["cascade"].update(scorer="learned"))
+    assert "unknown features" in broken(lambda a: a["cascade"].update(
+        scorer="learned", learned={"intercept": 0, "coefficients": {"vibes": 1.0}}))
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    args["cascade"].update(scorer="learned", learned={"intercept": -1.0, "coefficients": {"min": 2.0}})
+    score = AppConfig.model_validate(args).cascade.scorer_fn()
+    assert score([math.log(0.5), 0.0]) == pytest.approx(1 / (1 + math.exp(1 + 2 * math.log(2))))
 
 
 def test_cascade_must_name_existing_tiers():
