@@ -40,6 +40,8 @@ def token_logprobs(completion: Any, top_k: int | None) -> list[TokenLogprob] | N
     return result
 
 
+UNFINISHED = "\ufffd"
+"""What a tokenizer decodes an incomplete UTF-8 sequence to."""
 SAMPLING_OF_OWN_TOKEN = ("temperature", "top_p", "top_k", "min_p", "seed")
 """The caller's sampling options that a scoring call keeps for the one token it generates."""
 
@@ -91,10 +93,12 @@ def verification(output: Any, context_ids: Sequence[int], prefix_ids: Sequence[i
     generated = list(output.outputs[0].token_ids)
     ids = [*top_ids, generated[0] if generated else eos_id]
     context = list(context_ids)
-    base = decode(context + list(prefix_ids))
+    # A character split across tokens decodes as U+FFFD until its last byte arrives: held back, as
+    # vLLM's incremental detokenizer does, so it is sent whole with the round that completes it.
+    base = decode(context + list(prefix_ids)).rstrip(UNFINISHED)
     texts = []
     for k, candidate in enumerate(ids):
         served = [*prefix_ids, *verify_ids[:k]] + ([] if candidate in stop_ids else [candidate])
-        texts.append(decode(context + served)[len(base):])
+        texts.append(decode(context + served).rstrip(UNFINISHED)[len(base):])
     return Verification(logprobs=tuple(logprobs), top_ids=tuple(top_ids), top_logprobs=tuple(top_logprobs),
                         ids=tuple(ids), texts=tuple(texts), stops=tuple(i in stop_ids for i in ids))

@@ -39,3 +39,19 @@ def test_a_verdict_needs_every_scored_position_computed():
 def test_end_of_sequence_ids_come_from_tokenizer_and_config():
     assert eos_ids(NS(eos_token_id=2), NS(eos_token_id=[2, 7])) == {2, 7}
     assert eos_ids(NS(eos_token_id=None), NS()) == set()
+
+
+def test_a_character_split_across_tokens_is_sent_whole():
+    bytes_of = {1: b"ok ", 2: b"\xf0\x9f", 3: b"\x98\x80", 4: b"!"}  # 2 and 3 are the halves of an emoji
+
+    def decode_bytes(ids):
+        return b"".join(bytes_of[i] for i in ids if i != EOS).decode(errors="replace")
+
+    # prompt [1], nothing served yet, scoring [2] (the first half); the model's next token is 3
+    first = verification(NS(prompt_logprobs=[None, position(2, -0.1)], outputs=[NS(token_ids=[3])]),
+                         [1], [], [2], decode_bytes, {EOS}, EOS)
+    assert first.texts == ("", "\U0001f600")  # half an emoji is held back, not sent as U+FFFD
+    # [2] served (with no text yet); scoring [3] completes the emoji
+    second = verification(NS(prompt_logprobs=[None, position(2, -0.1), position(3, -0.1)], outputs=[NS(token_ids=[4])]),
+                          [1], [2], [3], decode_bytes, {EOS}, EOS)
+    assert second.texts == ("\U0001f600", "\U0001f600!")
