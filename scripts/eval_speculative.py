@@ -7,7 +7,8 @@ strong-tier replica-seconds, time to first token.
 Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
 on in the local profile). One request at a time, streamed, at temperature 0: every prompt once on the
 `strong` route (with its top-two log-probabilities), once on `cheap`, and once on `auto` in
-speculative mode per alpha. Reports per mode the accuracy, the strong and cheap tiers' replica-seconds
+speculative mode per alpha, each prompt starting with another of them (whichever asks a prompt first
+fills the engines' prefix caches for the others). Reports per mode the accuracy, the strong and cheap tiers' replica-seconds
 (from each answer's usage) relative to sending every prompt to `strong`, TTFT and latency p50, cost;
 and for alpha 0 how many answers equal the strong answer exactly, how many first differ at a near-tie
 (top-two log-probabilities within `--tie` where a prefill and a decode step may rank them
@@ -123,12 +124,14 @@ def main() -> None:
     rows = []
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=600) as http:
         for i, item in enumerate(items, 1):
-            row = {"id": item["id"], "kind": item["kind"],
-                   "strong": ask(http, "strong", item["prompt"], args.max_tokens, {"logprobs": True, "top_logprobs": 2}),
-                   "cheap": ask(http, "cheap", item["prompt"], args.max_tokens, {})}
-            for alpha in alphas:
-                cascade = {"mode": "speculative", "alpha": alpha, "draft_tokens": args.draft_tokens}
-                row[f"speculative@{alpha:g}"] = ask(http, "auto", item["prompt"], args.max_tokens, {"cascade": cascade})
+            asks = {"strong": ("strong", {"logprobs": True, "top_logprobs": 2}), "cheap": ("cheap", {})} | {
+                f"speculative@{a:g}": ("auto", {"cascade": {"mode": "speculative", "alpha": a,
+                                                             "draft_tokens": args.draft_tokens}}) for a in alphas}
+            # The first to ask a prompt fills the engines' prefix caches for the others: each prompt
+            # starts with another mode, so that no mode is always the one that pays.
+            order = list(asks)[i % len(asks):] + list(asks)[:i % len(asks)]
+            row = {"id": item["id"], "kind": item["kind"]} | {
+                key: ask(http, asks[key][0], item["prompt"], args.max_tokens, asks[key][1]) for key in order}
             for answer in row.values():
                 if isinstance(answer, dict):
                     answer["correct"] = cascade_eval.correct(item["check"], answer["text"], item["answer"])
