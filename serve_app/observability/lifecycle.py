@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from opentelemetry import trace
 
 from serve_app.api import openai_format
 from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
-from serve_app.generation import GenerationRequest
+from serve_app.generation import GenerationChunk, GenerationRequest
 from serve_app.observability import telemetry, tracing
 from serve_app.observability.telemetry import Ledger
 from serve_app.routing.admission import check_request
@@ -77,7 +77,7 @@ class RequestLifecycle:
             self._finish(ledger, span)
             raise
         ledger.routing = stream.routing
-        return stream.wrapped(lambda chunks: telemetry.watched(chunks, ledger, self._clock,
+        return stream.wrapped(lambda chunks: telemetry.watched(_in_span(chunks, span), ledger, self._clock,
                                                                lambda done: self._finish(done, span)), span=span)
 
     def _finish(self, ledger: Ledger, span: trace.Span) -> None:
@@ -88,3 +88,18 @@ class RequestLifecycle:
             tracing.end_request(span, ledger, output)
         except Exception:  # observability must never fail a request
             logger.exception("recording a finished request failed")
+
+
+async def _in_span(chunks: AsyncIterator[GenerationChunk], span: trace.Span) -> AsyncIterator[GenerationChunk]:
+    """`chunks`, each one produced with the request's span current: backends a route opens while its
+    answer streams (a speculative cascade's rounds) are attempts of the same trace."""
+    try:
+        while True:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        await chunks.aclose()

@@ -80,7 +80,10 @@ def test_every_pass_is_an_attempt_in_the_trace(client, stack):
         engines = [s for s in spans if s.name.startswith("generate")]
         return spans if len(engines) >= 2 * speculation["passes"] else None  # a draft and a verification each
 
-    spans = wait_for("the request's spans at the collector", complete, timeout_s=180, every_s=1)
+    try:
+        spans = wait_for("the request's spans at the collector", complete, timeout_s=180, every_s=1)
+    except TimeoutError:
+        pytest.fail(f"{speculation}: {sorted(s.name for s in stack.spans.trace(trace_id))}")
     (root,) = [s for s in spans if s.name == "chat auto"]
     strong = [s for s in spans if s.name == "attempt strong"]
     cheap = [s for s in spans if s.name == "attempt cheap"]
