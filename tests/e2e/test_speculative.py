@@ -78,7 +78,8 @@ def test_every_pass_is_an_attempt_in_the_trace(client, stack):
     def complete():
         spans = stack.spans.trace(trace_id)
         engines = [s for s in spans if s.name.startswith("generate")]
-        return spans if len(engines) >= 2 * speculation["passes"] else None  # a draft and a verification each
+        whole = len(engines) >= 2 * speculation["passes"] + 1  # the opening token, then a draft and a verification
+        return spans if whole and any(s.name == "chat auto" for s in spans) else None
 
     try:
         spans = wait_for("the request's spans at the collector", complete, timeout_s=180, every_s=1)
@@ -87,10 +88,10 @@ def test_every_pass_is_an_attempt_in_the_trace(client, stack):
     (root,) = [s for s in spans if s.name == "chat auto"]
     strong = [s for s in spans if s.name == "attempt strong"]
     cheap = [s for s in spans if s.name == "attempt cheap"]
-    assert len(strong) == speculation["passes"] and len(cheap) >= speculation["passes"]
+    assert len(strong) == speculation["passes"] + 1 and len(cheap) == speculation["passes"]  # + the opening token
     assert all(s.parent_span_id == root.span_id for s in strong + cheap)
     verifying = [s for s in spans if s.attributes.get("serve_app.verified_tokens")]
     assert len(verifying) == speculation["passes"]
     assert sum(s.attributes["serve_app.verified_tokens"] for s in verifying) == speculation["drafted"]
-    assert {s.parent_span_id for s in verifying} == {s.span_id for s in strong}
+    assert {s.parent_span_id for s in verifying} < {s.span_id for s in strong}
     assert root.attributes["serve_app.cost_usd"] > 0
