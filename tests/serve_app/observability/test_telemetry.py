@@ -181,3 +181,29 @@ def test_how_a_request_that_raised_ended(error, outcome):
     ledger = Ledger(0.0)
     note_failure(ledger, error)
     assert ledger.outcome == outcome
+
+
+def test_backends_opened_while_an_answer_streams_are_attempts_of_its_trace():
+    from serve_app.api.access import KeyGate
+    from serve_app.api.protocol import ChatCompletionRequest
+    from serve_app.api.service import ApiService
+    from tests.serve_app.fakes import TokenModel
+
+    tier = {"model_source": "/m", "concurrency_slots": 2}
+    config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier}, "cascade": {"mode": "speculative"}})
+    strong = [5, 6, 7, 8, 9, 0]
+    router = build_router({"cheap": TokenModel([5, 6, 1, 8, 9, 0]), "strong": TokenModel(strong)}, config, Clock())
+    api = ApiService(config, router, KeyGate([], None, None, Clock()))
+
+    async def go():
+        stream = await api.open(ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": "q"}]))
+        return [chunk async for chunk in stream.chunks]
+
+    chunks = asyncio.run(go())
+    assert [t for c in chunks for t in c.token_ids] == strong
+    spans = EXPORTER.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "chat auto"]
+    attempts = [s for s in spans if s.name.startswith("attempt")]
+    assert len(attempts) == 1 + 2 * chunks[-1].speculation["passes"]  # the opening token, then drafts and passes
+    assert all(s.parent.span_id == root.context.span_id and s.context.trace_id == root.context.trace_id
+               for s in attempts)
