@@ -75,7 +75,6 @@ class CascadeRouter:
         self._slots_per_replica = slots_per_replica
         self._cache = cache
         self._cascade = config.cascade
-        self._scorer = config.cascade.scorer_fn()
         self._alias = config.model_alias
         self._routable = list(config.tiers)
         self._fallbacks = config.resilience.fallbacks
@@ -258,8 +257,7 @@ class CascadeRouter:
         version, chunks = await self._tiers[cheap].open(probe, priority, deadline, ledger)
         answer = [chunk async for chunk in chunks]
         logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
-        decision = decide(logprobs, answer[-1].finish_reason,
-                          self._scorer if cascade is self._cascade else cascade.scorer_fn(), cascade.threshold)
+        decision = decide(logprobs, answer[-1].finish_reason, cascade.scorer_fn(), cascade.threshold)
         routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version, escalated=decision.escalate,
                           confidence=round(decision.confidence, 6), reason=decision.reason)
         if decision.escalate:

@@ -6,13 +6,15 @@ so a score does not depend on the caller's sampling settings.
 
 `learned` is a logistic rule over features of the log-probabilities (quantiles, minimum, mean,
 length), fitted offline by scripts/calibrate_cascade.py and evaluated here with plain arithmetic:
-its coefficients live in the config (`cascade.learned`), so it is built by `scorer_for`.
+its coefficients live in the config (`cascade.learned`), so it is built by `CascadeConfig.scorer_fn`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+
+from serve_app.analysis.bench_stats import percentile
 
 Scorer = Callable[[Sequence[float]], float]
 
@@ -45,20 +47,12 @@ LEARNED = "learned"
 """The scorer name of the fitted logistic rule (`LearnedRule`)."""
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    place = q * (len(ordered) - 1)
-    low = math.floor(place)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (place - low)
-
-
 FEATURES: dict[str, Callable[[Sequence[float]], float]] = {
     "mean": lambda lp: sum(lp) / len(lp),
     "min": min,
-    "q10": lambda lp: _quantile(lp, 0.1),
-    "q25": lambda lp: _quantile(lp, 0.25),
-    "median": lambda lp: _quantile(lp, 0.5),
+    "q10": lambda lp: percentile(lp, 10),
+    "q25": lambda lp: percentile(lp, 25),
+    "median": lambda lp: percentile(lp, 50),
     "log_length": lambda lp: math.log(len(lp)),
 }
 """Features of a non-empty answer's token log-probabilities that a learned rule may weigh."""

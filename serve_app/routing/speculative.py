@@ -137,11 +137,8 @@ class SpeculativeAnswer:
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         """The opening token comes from the strong tier (its time to first token is the strong tier's,
         and its prefix cache then holds the prompt for the verification passes); then the rounds."""
-        try:
-            opening = await _drain(await self._open(self._strong, self._ask(1)))
-        except ClientError:
-            raise
-        except ServingError:
+        opening = await self._answer(self._strong, self._ask(1))
+        if opening is None:
             self.stats.strong_failed = True
             async for chunk in self._alone(self._cheap):
                 yield chunk
@@ -164,11 +161,8 @@ class SpeculativeAnswer:
                 yield self._chunk([], "", "length")
                 return
             block = self._gamma if room is None else min(self._gamma, room)
-            try:
-                draft = await _drain(await self._open(self._cheap, self._ask(block)))
-            except ClientError:
-                raise
-            except ServingError:
+            draft = await self._answer(self._cheap, self._ask(block))
+            if draft is None:
                 self.stats.cheap_failed = True
                 async for chunk in self._alone(self._strong):
                     yield chunk
@@ -196,6 +190,16 @@ class SpeculativeAnswer:
             yield chunk
             if chunk.finish_reason is not None:
                 return
+
+    async def _answer(self, tier: str, request: GenerationRequest) -> _Draft | None:
+        """The tier's whole answer to `request`, or None when the tier failed server-side (shed, broken,
+        timed out); the request's own errors are raised."""
+        try:
+            return await _drain(await self._open(tier, request))
+        except ClientError:
+            raise
+        except ServingError:
+            return None
 
     async def _verify(self, ids: list[int]) -> Verification:
         self.stats.passes += 1
