@@ -219,10 +219,10 @@ class LLMServer:
             logger.exception("generation failed for request %s", request.request_id)
             raise ServerError(f"generation failed: {type(exc).__name__}") from None
 
-    async def _verify(self, request: GenerationRequest, prompt_ids: list[int]) -> GenerationChunk:
-        """One prefill over prompt + prefix + `verify_token_ids`, scoring them, and one token of this
-        model's own after them (engine_outputs.score)."""
-        scored, prefix = list(request.verify_token_ids), list(request.prefix_token_ids or ())
+    async def _verify(self, request: GenerationRequest, prompt_ids: list[int], scored: list[int]) -> GenerationChunk:
+        """One prefill over prompt + prefix + `scored`, scoring them, and one token of this model's own
+        after them (engine_outputs.score)."""
+        prefix = list(request.prefix_token_ids or ())
         if len(prompt_ids) + len(scored) >= self._max_model_len:
             raise ContextLengthExceeded(f"This model's maximum context length is {self._max_model_len} tokens; "
                                         f"verifying {len(prompt_ids) + len(scored)} leaves no room.", param="messages")
@@ -249,11 +249,11 @@ class LLMServer:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Accepted | GenerationChunk]:
         """`Accepted` at once (this replica is alive and has the request), then the answer's deltas; for
-        a scoring request (`verify_token_ids`), one chunk with the verdict."""
+        a scoring request (`verify_token_ids` or `verify_text`), one chunk with the verdict."""
         yield Accepted()
         prompt_ids = self._prompt_ids(request)
-        if request.verify_token_ids is not None:
-            yield await self._verify(request, prompt_ids)
+        if (scored := engine_outputs.scored_ids(self._tokenizer, request)) is not None:
+            yield await self._verify(request, prompt_ids, scored)
             return
         params = self._sampling_params(request, len(prompt_ids))
         produced, finished = 0, False

@@ -25,6 +25,14 @@ def eos_ids(tokenizer: Any, hf_config: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def scored_ids(tokenizer: Any, request: GenerationRequest) -> list[int] | None:
+    """The tokens a scoring request asks to score (its ids, or its text in this model's tokens); None
+    for a generation."""
+    if request.verify_text is not None:
+        return tokenizer.encode(request.verify_text, add_special_tokens=False)
+    return None if request.verify_token_ids is None else list(request.verify_token_ids)
+
+
 def token_logprobs(completion: Any, top_k: int | None) -> list[TokenLogprob] | None:
     """The sampled tokens' log-probabilities with their `top_k` alternatives, when they were asked for."""
     if top_k is None or completion.logprobs is None:

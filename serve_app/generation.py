@@ -32,6 +32,9 @@ class GenerationRequest:
     verify_token_ids: list[int] | None = None
     """Score these tokens instead of generating: one prefill over prompt + prefix + these, answered by a
     single chunk with a `Verification` and one token of the engine's own after them."""
+    verify_text: str | None = None
+    """Score this text in the engine's own tokens (for a tier whose tokenizer is not the answer's);
+    as `verify_token_ids` otherwise."""
 
 
 @dataclass(slots=True)

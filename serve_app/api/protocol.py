@@ -33,7 +33,9 @@ class CascadeOptions(BaseModel):
     taken only where the app's `cascade.allow_request_overrides` is on."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["confidence", "speculative"] | None = None
+    mode: Literal["confidence", "verified", "speculative"] | None = None
+    scorer: str | None = None
+    verifier: str | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     alpha: float | None = Field(None, ge=0.0, lt=1.0)
     draft_tokens: int | None = Field(None, ge=1, le=64)
@@ -176,6 +178,9 @@ class Routing(BaseModel):
     reason: str | None = None
     fallback_reason: str | None = None
     """Set when the route's own backend failed and another answered: what failed, and how."""
+    verification: dict[str, float] | None = None
+    """The `verified` cascade's verdict on the cheap answer: every verifier's score of it
+    (serve_app.routing.scorers.VERIFIERS), and the answer's length in the strong tier's tokens."""
     speculation: dict[str, int] | None = None
     """A speculative cascade's answer (in the last stream chunk): drafted, accepted, replaced and added
     tokens, verification passes, and whether a tier failed mid-answer."""

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from serve_app.config.base import DeploymentOptions, StrictModel
-from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, Scorer, learned_scorer
+from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, VERIFIERS, Scorer, Verifier, learned_scorer
 
 
 class LearnedRule(StrictModel):
@@ -39,18 +39,23 @@ class CascadeConfig(StrictModel):
     scorer: str = "mean_prob"
     """Confidence scorer, one of serve_app.routing.scorers.SCORERS, or `learned` (with `learned`)."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
-    """Escalate when the cheap answer's confidence is below this."""
-    mode: Literal["confidence", "speculative"] = "confidence"
+    """Escalate when the cheap answer's confidence (or, in `verified` mode, its verifier's score) is below this."""
+    mode: Literal["confidence", "verified", "speculative"] = "confidence"
     """`confidence`: the cheap tier answers in full, and its answer is served or escalated by `scorer`
-    and `threshold`. `speculative`: the cheap tier drafts blocks of `draft_tokens` that the strong tier
-    verifies as they stream (serve_app.routing.speculative); both tiers must share a tokenizer."""
+    and `threshold`. `verified`: the same, judged by `verifier` on the strong tier's verdict on the cheap
+    answer (one prefill of the strong tier). `speculative`: the cheap tier drafts blocks of `draft_tokens`
+    that the strong tier verifies as they stream (serve_app.routing.speculative); both tiers must share a
+    tokenizer."""
+    verifier: str = "accepted_share"
+    """Verified mode: one of serve_app.routing.scorers.VERIFIERS."""
     draft_tokens: int = Field(4, ge=1, le=64)
     """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier."""
     alpha: float = Field(0.0, ge=0.0, lt=1.0)
     """Speculative mode: keep a drafted token v while p_strong(v) >= (1 - alpha) * max p_strong; 0 keeps
-    only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts."""
+    only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts.
+    Verified mode: the same rule, for the verifiers that count kept tokens."""
     allow_request_overrides: bool = False
-    """Let a request set its own mode, threshold, alpha and draft_tokens (the `cascade` field of its
+    """Let a request set its own mode, scorer, verifier, threshold, alpha and draft_tokens (the `cascade` field of its
     body, an extension): for evaluations and A/B tests on one deployment. With it on, the speculative
     mode's tokenizer check applies at start whatever `mode` is."""
 
@@ -64,6 +69,13 @@ class CascadeConfig(StrictModel):
             raise ValueError(f"unknown scorer {value!r}; choose one of {sorted([*SCORERS, LEARNED])}")
         return value
 
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, value: str) -> str:
+        if value not in VERIFIERS:
+            raise ValueError(f"unknown verifier {value!r}; choose one of {sorted(VERIFIERS)}")
+        return value
+
     @model_validator(mode="after")
     def _learned_rule_given(self) -> CascadeConfig:
         if self.scorer == LEARNED and self.learned is None:
@@ -75,6 +87,9 @@ class CascadeConfig(StrictModel):
         if self.scorer == LEARNED:
             return learned_scorer(self.learned.intercept, self.learned.coefficients)
         return SCORERS[self.scorer]
+
+    def verifier_fn(self) -> Verifier:
+        return VERIFIERS[self.verifier]
 
 
 class RouterConfig(StrictModel):

@@ -21,9 +21,14 @@ def decide(logprobs: Sequence[float], finish_reason: str | None, scorer: Scorer,
     An answer cut off by `max_tokens` (finish_reason "length") is judged like any other: the caller
     asked for that length, and the strong tier would be cut off at the same point.
     """
-    if not logprobs:
-        return CascadeDecision(escalate=True, confidence=0.0, reason="empty_answer")
-    confidence = scorer(logprobs)
+    return judged(scorer(logprobs), threshold) if logprobs else EMPTY_ANSWER
+
+
+EMPTY_ANSWER = CascadeDecision(escalate=True, confidence=0.0, reason="empty_answer")
+
+
+def judged(confidence: float, threshold: float) -> CascadeDecision:
+    """Escalate when `confidence` (a scorer's or a verifier's) is below `threshold`."""
     if confidence < threshold:
         return CascadeDecision(escalate=True, confidence=confidence, reason="low_confidence")
     return CascadeDecision(escalate=False, confidence=confidence, reason="confident")

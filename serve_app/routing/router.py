@@ -3,8 +3,9 @@
 No Ray here: a backend is any function returning an async stream of `GenerationChunk`s, so the
 deployment hands in Ray Serve handles and the unit tests hand in fakes.
 
-Streaming and the cascade: in `confidence` mode the `auto` route runs the cheap tier to completion and
-buffers its answer until the decision, then either replays the buffer or streams the strong tier's
+Streaming and the cascade: in `confidence` and `verified` modes the `auto` route runs the cheap tier to
+completion and buffers its answer until the decision (in `verified` mode, after one scoring prefill of
+the strong tier over it), then either replays the buffer or streams the strong tier's
 answer from its start. A client therefore never sees part of one answer followed by another, at the
 price of a time-to-first-token on `auto` equal to the cheap tier's whole generation time. In
 `speculative` mode (serve_app.routing.speculative) the answer streams block by block as the strong
@@ -23,6 +24,7 @@ import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
 
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
 from serve_app.api.errors import (
@@ -40,10 +42,11 @@ from serve_app.generation import GenerationChunk, GenerationRequest
 from serve_app.observability.telemetry import Ledger
 from serve_app.routing.answer_cache import AnswerCache, cache_key
 from serve_app.routing.backend import GuardedBackend, is_retryable
-from serve_app.routing.cascade import decide
+from serve_app.routing.cascade import EMPTY_ANSWER, CascadeDecision, decide, judged
 from serve_app.routing.circuit_breaker import BreakerState
 from serve_app.routing.rollout import RolledBack
-from serve_app.routing.speculative import SpeculativeAnswer
+from serve_app.routing.scorers import VERIFIERS
+from serve_app.routing.speculative import SpeculativeAnswer, drain_verdict
 from serve_app.routing.stream import RoutedStream
 from serve_app.routing.versions import TierVersions
 
@@ -223,7 +226,10 @@ class CascadeRouter:
         if not self._cascade.allow_request_overrides:
             raise InvalidRequest("this deployment does not take per-request cascade settings "
                                  "(cascade.allow_request_overrides)", param="cascade")
-        return self._cascade.model_copy(update=request.cascade)
+        try:
+            return CascadeConfig.model_validate(self._cascade.model_dump() | request.cascade)
+        except ValidationError as exc:
+            raise InvalidRequest(f"cascade: {exc.errors()[0]['msg']}", param="cascade") from None
 
     async def _speculative_stream(self, request: GenerationRequest, cascade: CascadeConfig, priority: str,
                                   deadline: float, ledger: Ledger) -> RoutedStream:
@@ -256,10 +262,14 @@ class CascadeRouter:
         probe = dataclasses.replace(request, sampling={**request.sampling, "logprobs": wanted or 0})
         version, chunks = await self._tiers[cheap].open(probe, priority, deadline, ledger)
         answer = [chunk async for chunk in chunks]
-        logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
-        decision = decide(logprobs, answer[-1].finish_reason, cascade.scorer_fn(), cascade.threshold)
-        routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version, escalated=decision.escalate,
-                          confidence=round(decision.confidence, 6), reason=decision.reason)
+        routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version)
+        if cascade.mode == "verified":
+            decision, routing = await self._verified(request, cascade, answer, routing, priority, deadline, ledger)
+        else:
+            logprobs = [lp.logprob for chunk in answer for lp in chunk.logprobs or ()]
+            decision = decide(logprobs, answer[-1].finish_reason, cascade.scorer_fn(), cascade.threshold)
+        routing = routing.model_copy(update={"escalated": decision.escalate, "reason": decision.reason,
+                                             "confidence": round(decision.confidence, 6)})
         if decision.escalate:
             try:
                 escalation = dataclasses.replace(request, request_id=f"{request.request_id}-{strong}")
@@ -273,3 +283,23 @@ class CascadeRouter:
             for chunk in answer:
                 chunk.logprobs = None
         return RoutedStream(routing, _from_list(answer))
+
+    async def _verified(self, request: GenerationRequest, cascade: CascadeConfig, answer: list[GenerationChunk],
+                        routing: Routing, priority: str, deadline: float,
+                        ledger: Ledger) -> tuple[CascadeDecision, Routing]:
+        """The strong tier's verdict on the cheap answer's text (in its own tokens, one prefill), judged
+        by the configured verifier. A verdict the strong tier cannot give leaves the cheap answer served."""
+        text = "".join(chunk.text for chunk in answer)
+        if not text:
+            return EMPTY_ANSWER, routing
+        scoring = dataclasses.replace(request, request_id=f"{request.request_id}-verify", verify_text=text,
+                                      sampling={k: v for k, v in request.sampling.items() if k != "logprobs"})
+        try:
+            _, chunks = await self._tiers[cascade.strong_tier].open(scoring, priority, deadline, ledger)
+            verdict = await drain_verdict(chunks)
+        except ServingError as exc:  # a client error too: e.g. the answer does not fit the strong model's context
+            return (CascadeDecision(escalate=False, confidence=0.0, reason="unverified"),
+                    routing.model_copy(update={"fallback_reason": f"{cascade.strong_tier}: {exc.code}"}))
+        scores = {name: round(verify(verdict, cascade.alpha), 6) for name, verify in VERIFIERS.items()}
+        routing = routing.model_copy(update={"verification": scores | {"tokens": len(verdict.logprobs)}})
+        return judged(scores[cascade.verifier], cascade.threshold), routing

@@ -4,6 +4,11 @@ A scorer is a plain function registered by name; the config picks one, and an un
 validation error listing the choices. Log-probabilities are vLLM's raw ones (before temperature),
 so a score does not depend on the caller's sampling settings.
 
+Verifiers (`VERIFIERS`, for `cascade.mode: verified`) judge the cheap answer by the strong model's
+verdict on it instead (serve_app.generation.Verification, one prefill of the strong tier): the share
+of answer tokens the strong model would keep under the Token-V3 rule of the speculative cascade, the
+share before the first it rejects, or its own mean probability of the answer.
+
 `learned` is a logistic rule over features of the log-probabilities (quantiles, minimum, mean,
 length), fitted offline by scripts/calibrate_cascade.py and evaluated here with plain arithmetic:
 its coefficients live in the config (`cascade.learned`), so it is built by `CascadeConfig.scorer_fn`.
@@ -15,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from serve_app.analysis.bench_stats import percentile
+from serve_app.generation import Verification
 
 Scorer = Callable[[Sequence[float]], float]
 
@@ -43,6 +49,48 @@ SCORERS: dict[str, Scorer] = {
     "min_prob": min_prob,
     "tail_mean_prob": tail_mean_prob,
 }
+
+
+def passes_token_v3(verdict: Verification, alpha: float) -> list[bool]:
+    """Per scored token v, whether the strong model keeps it: p_strong(v) >= (1 - alpha) * max p_strong
+    (Token-V3, Narasimhan et al., ICLR 2025)."""
+    bound = math.log1p(-alpha)
+    return [lp >= top + bound for lp, top in zip(verdict.logprobs, verdict.top_logprobs, strict=True)]
+
+
+def kept(verdict: Verification, alpha: float) -> int:
+    """How many of the scored tokens the strong model keeps: the longest prefix passing Token-V3."""
+    passes = passes_token_v3(verdict, alpha)
+    return passes.index(False) if False in passes else len(passes)
+
+
+Verifier = Callable[[Verification, float], float]
+
+
+def accepted_share(verdict: Verification, alpha: float) -> float:
+    """Share of the answer's tokens that pass Token-V3."""
+    passes = passes_token_v3(verdict, alpha)
+    return sum(passes) / len(passes) if passes else 0.0
+
+
+def accepted_prefix(verdict: Verification, alpha: float) -> float:
+    """Share of the answer's tokens before the first that fails Token-V3 (where the strong model's
+    greedy answer would part from it, at alpha 0)."""
+    return kept(verdict, alpha) / len(verdict.logprobs) if verdict.logprobs else 0.0
+
+
+def strong_mean_prob(verdict: Verification, alpha: float) -> float:
+    """The strong model's geometric-mean probability of the answer's tokens (alpha unused)."""
+    return mean_prob(verdict.logprobs)
+
+
+VERIFIERS: dict[str, Verifier] = {
+    "accepted_share": accepted_share,
+    "accepted_prefix": accepted_prefix,
+    "strong_mean_prob": strong_mean_prob,
+}
+"""Scorers of the `verified` mode: the strong model's verdict on the cheap answer in, [0, 1] out."""
+
 LEARNED = "learned"
 """The scorer name of the fitted logistic rule (`LearnedRule`)."""
 

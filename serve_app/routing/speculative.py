@@ -30,24 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from serve_app.api.errors import ClientError, ServerError, ServingError
 from serve_app.generation import GenerationChunk, GenerationRequest, Verification
+from serve_app.routing.scorers import kept
 
 Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
 """Open a tier's stream for a request (through its versions, guard, breaker and shedding)."""
 
-
-def kept(verdict: Verification, alpha: float) -> int:
-    """How many of the scored tokens the strong model keeps: the longest prefix passing Token-V3."""
-    bound = math.log1p(-alpha)
-    for i, (logprob, top) in enumerate(zip(verdict.logprobs, verdict.top_logprobs, strict=True)):
-        if logprob < top + bound:
-            return i
-    return len(verdict.logprobs)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -203,7 +195,7 @@ class SpeculativeAnswer:
 
     async def _verify(self, ids: list[int]) -> Verification:
         self.stats.passes += 1
-        return await _drain_verdict(await self._open(self._strong, self._ask(1, verify=ids)))  # one token of its own
+        return await drain_verdict(await self._open(self._strong, self._ask(1, verify=ids)))  # one token of its own
 
     def _round_chunk(self, draft: _Draft, verdict: Verification, room: int | None) -> GenerationChunk:
         n, k = len(draft.ids), kept(verdict, self._alpha)
@@ -237,7 +229,8 @@ class SpeculativeAnswer:
                     return
 
 
-async def _drain_verdict(chunks: AsyncIterator[GenerationChunk]) -> Verification:
+async def drain_verdict(chunks: AsyncIterator[GenerationChunk]) -> Verification:
+    """The verdict a scoring request's stream carries (an error if it carries none)."""
     verdict = None
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:

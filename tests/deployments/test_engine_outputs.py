@@ -2,7 +2,8 @@
 
 from types import SimpleNamespace as NS
 
-from deployments.engine_outputs import eos_ids, scored_positions_cached, verification
+from deployments.engine_outputs import eos_ids, scored_ids, scored_positions_cached, verification
+from serve_app.generation import GenerationRequest
 
 EOS = 0
 WORDS = {1: "The", 2: " cat", 3: " sat", 4: " dog", 5: " ran", 9: "<prompt>"}
@@ -55,3 +56,17 @@ def test_a_character_split_across_tokens_is_sent_whole():
     second = verification(NS(prompt_logprobs=[None, position(2, -0.1), position(3, -0.1)], outputs=[NS(token_ids=[4])]),
                           [1], [2], [3], decode_bytes, {EOS}, EOS)
     assert second.texts == ("\U0001f600", "\U0001f600!")
+
+
+def test_a_scoring_request_names_its_tokens_by_id_or_by_text_in_the_engines_own_tokens():
+    class Words:
+        def encode(self, text, add_special_tokens):
+            assert not add_special_tokens
+            return [len(word) for word in text.split()]
+
+    def request(**scoring):
+        return GenerationRequest("r", {}, prompt="q", **scoring)
+
+    assert scored_ids(Words(), request(verify_token_ids=[7, 8])) == [7, 8]
+    assert scored_ids(Words(), request(verify_text="a bcd ef")) == [1, 3, 2]
+    assert scored_ids(Words(), request()) is None

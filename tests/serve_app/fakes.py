@@ -52,10 +52,15 @@ def text_of(ids):
     return "".join(f" w{t}" for t in ids if t != EOS)
 
 
+def ids_of(text):
+    """`text_of` undone: the token model's tokenizer."""
+    return [int(word[1:]) for word in text.split()]
+
+
 class TokenModel:
     """A fake engine over integer tokens: its favourite token at answer position i is `favourites[i]`
     (EOS past the end), with probability TOP; any other token has OTHER. Generates greedily, one chunk
-    per token; scores like the engine's `verify_token_ids` path. Fails calls numbered in `fail_calls`."""
+    per token; scores like the engine's `verify_token_ids` / `verify_text` path. Fails calls numbered in `fail_calls`."""
 
     def __init__(self, favourites, fail_calls=(), hang_after=None):
         self.favourites, self.fail_calls, self.hang_after = list(favourites), set(fail_calls), hang_after
@@ -76,8 +81,9 @@ class TokenModel:
         self.open_streams += 1
         try:
             prefix = list(request.prefix_token_ids or [])
-            if request.verify_token_ids is not None:
-                yield GenerationChunk("", [], 5 + len(prefix), 1, verification=self.verify(prefix, request.verify_token_ids))
+            scored = ids_of(request.verify_text) if request.verify_text is not None else request.verify_token_ids
+            if scored is not None:
+                yield GenerationChunk("", [], 5 + len(prefix), 1, verification=self.verify(prefix, scored))
                 return
             limit = request.sampling.get("max_tokens") or 10_000
             for n in range(1, limit + 1):

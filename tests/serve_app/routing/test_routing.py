@@ -72,7 +72,8 @@ def test_confident_cheap_answer_is_kept_without_calling_strong(model):
     assert "".join(c.text for c in chunks) == "Paris."
     assert stream.routing.model_dump() == {
         "route": "auto", "served_by": "cheap", "escalated": False, "confidence": pytest.approx(0.9),
-        "reason": "confident", "fallback_reason": None, "version": "v1", "speculation": None}
+        "reason": "confident", "fallback_reason": None, "version": "v1", "speculation": None,
+        "verification": None}
     assert strong.requests == []
 
 

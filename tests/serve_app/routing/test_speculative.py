@@ -11,7 +11,8 @@ from serve_app.api.errors import BackendUnavailable, InvalidRequest
 from serve_app.config import AppConfig
 from serve_app.generation import GenerationRequest, Verification
 from serve_app.routing.factory import build_router
-from serve_app.routing.speculative import SpeculativeAnswer, cut_at_stop, kept
+from serve_app.routing.scorers import kept
+from serve_app.routing.speculative import SpeculativeAnswer, cut_at_stop
 from tests.serve_app.fakes import EOS, Clock, TokenModel, text_of
 
 
