@@ -53,8 +53,9 @@ def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dic
     return {"text": "".join(text), "ttft_s": first, "latency_s": time.perf_counter() - started,
             "replica_seconds": usage.get("replica_seconds") or {}, "cost_usd": usage.get("cost_usd") or 0.0,
             "completion_tokens": usage.get("completion_tokens"), "speculation": routing.get("speculation"),
-            "logprobs": [{"token": t["token"], "top": sorted((x["logprob"] for x in t["top_logprobs"]), reverse=True)}
-                         for t in logprobs]}
+            "routing": routing,
+            "logprobs": [{"token": t["token"], "logprob": t["logprob"],
+                          "top": sorted((x["logprob"] for x in t["top_logprobs"]), reverse=True)} for t in logprobs]}
 
 
 def divergence(strong: dict, text: str, tie: float) -> str:
