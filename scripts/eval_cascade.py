@@ -173,8 +173,15 @@ def summarize(rows: list[dict], scorer: str) -> dict:
         f"verified ({best_verifier})": threshold_mode(rows, [r["verification"].get(best_verifier, 0.0) for r in rows],
                                                       verified=True),
     } | {f"speculative (alpha {a})": speculative_mode(rows, a) for a in rows[0]["speculative"]}
+    by_kind: dict[str, dict[str, int]] = {}
+    for row in rows:
+        kind = by_kind.setdefault(row["kind"], {"n": 0, "cheap": 0, "strong": 0})
+        kind["n"] += 1
+        kind["cheap"] += row["cheap_correct"]
+        kind["strong"] += row["strong_correct"]
     return {
-        "prompts": len(rows), "cheap_accuracy": cheap_acc, "strong_accuracy": strong_acc, "random_apgr": 0.5,
+        "prompts": len(rows), "cheap_accuracy": cheap_acc, "strong_accuracy": strong_acc, "by_kind": by_kind,
+        "random_apgr": 0.5,
         "apgr_by_scorer": {name: round(cascade_eval.apgr(cascade_eval.sweep(rescored(rows, name))), 4) for name in SCORERS}
         | {"learned (5-fold cross-validated)": rule.cv_apgr},
         "apgr_by_verifier": verifier_apgr, "modes": modes,

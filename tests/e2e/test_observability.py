@@ -11,7 +11,7 @@ import pytest
 
 from scripts.harness.cluster import wait_for
 from scripts.harness.metrics import find, scrape, total
-from tests.e2e.test_openai_api import EASY, HARD, chat
+from tests.e2e.test_openai_api import CONFIDENCE, EASY, HARD, chat
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,8 @@ SERVER, CLIENT = 2, 3  # OTLP span kinds
 
 def test_an_escalated_request_is_one_trace_under_the_clients_parent(client, stack):
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-    raw = chat(client, "auto", HARD, max_tokens=48, extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    raw = chat(client, "auto", HARD, max_tokens=48, extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+               extra_body=CONFIDENCE)
     response = raw.parse()
     assert raw.headers["x-cascade-escalated"] == "true" and raw.headers["x-trace-id"] == trace_id
 
@@ -60,7 +61,8 @@ def test_every_answer_carries_its_cost(client, stack):
     usage = raw.parse().usage
     assert usage.cost_usd > 0 and float(raw.headers["x-request-cost-usd"]) == pytest.approx(usage.cost_usd, abs=1e-9)
     # A cascade that escalates pays for the cheap answer it threw away, so it costs more than the strong answer alone.
-    escalated, strong = chat(client, "auto", HARD, max_tokens=48).parse(), chat(client, "strong", HARD, max_tokens=48).parse()
+    escalated = chat(client, "auto", HARD, max_tokens=48, extra_body=CONFIDENCE).parse()
+    strong = chat(client, "strong", HARD, max_tokens=48).parse()
     assert escalated.usage.completion_tokens == strong.usage.completion_tokens
     assert escalated.usage.cost_usd > strong.usage.cost_usd
     chunks = list(client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": EASY}],

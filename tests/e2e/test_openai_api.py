@@ -18,6 +18,10 @@ HARD = "Name the author of the novel 'The Brothers Karamazov' and the year it wa
 ROUTES = ["cheap", "strong", "auto"]
 
 
+CONFIDENCE = {"cascade": {"mode": "confidence"}}
+"""The confidence cascade, whatever mode the profile ships for `auto` (the local one takes per-request settings)."""
+
+
 def chat(client, model, content=EASY, **kwargs):
     kwargs.setdefault("max_tokens", 24)
     return client.chat.completions.with_raw_response.create(
@@ -85,14 +89,14 @@ def test_completions_stream_and_not(client, route):
 
 def test_easy_prompt_stays_on_the_cheap_tier(client, stack):
     threshold = stack.args["cascade"]["threshold"]
-    raw = chat(client, "auto", EASY, max_tokens=48)
+    raw = chat(client, "auto", EASY, max_tokens=48, extra_body=CONFIDENCE)
     assert raw.headers["x-served-by"] == "cheap" and raw.headers["x-cascade-escalated"] == "false"
     assert float(raw.headers["x-cascade-confidence"]) >= threshold
 
 
 def test_hard_prompt_escalates_to_the_strong_tier(client, stack):
     threshold = stack.args["cascade"]["threshold"]
-    raw = chat(client, "smollm2-cascade", HARD, max_tokens=48)
+    raw = chat(client, "smollm2-cascade", HARD, max_tokens=48, extra_body=CONFIDENCE)
     assert raw.headers["x-served-by"] == "strong" and raw.headers["x-cascade-escalated"] == "true"
     assert float(raw.headers["x-cascade-confidence"]) < threshold
     response = raw.parse()
@@ -104,7 +108,7 @@ def test_escalated_stream_carries_only_the_strong_answer(client):
     strong = chat(client, "strong", HARD, max_tokens=48).parse().choices[0].message.content
     with client.chat.completions.with_streaming_response.create(
             model="auto", messages=[{"role": "user", "content": HARD}], temperature=0, max_tokens=48,
-            stream=True) as response:
+            stream=True, extra_body=CONFIDENCE) as response:
         assert response.headers["x-cascade-escalated"] == "true"
         text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
     assert text == strong

@@ -8,14 +8,21 @@ import time
 import httpx
 import pytest
 
-from serve_app.api.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
+from serve_app.api.protocol import (
+    CascadeOptions,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def request(**kwargs) -> ChatCompletionRequest:
+    """The confidence cascade, whatever mode the profile ships for `auto`: its routing says why."""
     return ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": "What is the capital of France?"}],
-                                 temperature=0, max_tokens=16, **kwargs)
+                                 temperature=0, max_tokens=16, cascade=CascadeOptions(mode="confidence"), **kwargs)
 
 
 def test_handle_chat_returns_a_typed_response(serve_handles):

@@ -1,8 +1,9 @@
-"""The speculative cascade on the real stack (a request's own `cascade` settings, which the local
-profile allows): at alpha 0 and temperature 0 the streamed answer is the `strong` route's answer,
-token for token (or differs first at a near-tie the test reports), every draft and verification pass
-is an attempt in the request's trace with its engine span, and the answer's usage and speculation
-figures agree."""
+"""The speculative and verified cascades on the real stack (a request's own `cascade` settings, which
+the local profile allows): at alpha 0 and temperature 0 the streamed speculative answer is the `strong`
+route's answer, token for token (or differs first at a near-tie the test reports), every draft and
+verification pass is an attempt in the request's trace with its engine span, and the answer's usage and
+speculation figures agree; the verified cascade serves the cheap answer or the strong one as the strong
+tier's verdict on it says, and bills the verification."""
 
 from __future__ import annotations
 
@@ -95,3 +96,25 @@ def test_every_pass_is_an_attempt_in_the_trace(client, stack):
     assert sum(s.attributes["serve_app.verified_tokens"] for s in verifying) == speculation["drafted"]
     assert {s.parent_span_id for s in verifying} < {s.span_id for s in strong}
     assert root.attributes["serve_app.cost_usd"] > 0
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_the_verified_cascade_serves_what_the_strong_tiers_verdict_decides(client, threshold):
+    prompt = sample_prompts()[0]
+
+    def ask(model, extra=None):
+        return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                              temperature=0, max_tokens=24, extra_body=extra)
+
+    cheap, strong = ask("cheap"), ask("strong")
+    verified = ask("auto", {"cascade": {"mode": "verified", "verifier": "accepted_prefix", "threshold": threshold}})
+    routing = verified.model_extra["routing"]
+    verdict = routing["verification"]
+    assert verdict["tokens"] > 0 and set(verdict) == {"accepted_share", "accepted_prefix", "strong_mean_prob", "tokens"}
+    assert all(0.0 <= verdict[name] <= 1.0 for name in ("accepted_share", "accepted_prefix", "strong_mean_prob"))
+    assert routing["confidence"] == pytest.approx(verdict["accepted_prefix"], abs=1e-6)
+    escalated = verdict["accepted_prefix"] < threshold  # never at threshold 0; unless the strong model agrees, at 1
+    assert routing["escalated"] is escalated and routing["served_by"] == ("strong" if escalated else "cheap")
+    assert verified.choices[0].message.content == (strong if escalated else cheap).choices[0].message.content
+    held = verified.usage.model_extra["replica_seconds"]
+    assert held["cheap"] > 0 and held["strong"] > 0  # the verification pass is billed to the strong tier

@@ -13,7 +13,7 @@ def sample():
     rows = []
     for row in deferral_rows():
         right = row["cheap_correct"]
-        rows.append({**row, "cheap": "a", "strong": "b", "strong_ttft_s": 0.2, "cheap_ttft_s": 0.1,
+        rows.append({**row, "kind": "fact", "cheap": "a", "strong": "b", "strong_ttft_s": 0.2, "cheap_ttft_s": 0.1,
                      "strong_seconds": 1.0, "cheap_seconds": 0.5, "verify_seconds": 0.25, "verified_latency_s": 0.7,
                      "verified_cost_usd": 1.5e-6,
                      "verification": {"accepted_share": 0.9 if right else 0.4, "accepted_prefix": 0.5,
@@ -31,6 +31,7 @@ def test_every_mode_is_reported_on_the_same_prompts(tmp_path):
     assert list(modes) == ["strong", "cheap", "confidence (mean_prob)", "learned (cross-validated)",
                            "verified (accepted_share)", "speculative (alpha 0)"]
     assert summary["apgr_by_verifier"]["accepted_share"] == pytest.approx(0.75)  # a perfect ranking: half are right
+    assert summary["by_kind"] == {"fact": {"n": 120, "cheap": 60, "strong": 120}}
     verified = modes["verified (accepted_share)"]["at_80pct_recovered"]
     # escalating exactly the wrong half recovers the whole gap: every prompt pays its verification
     assert verified["pgr"] == 1.0 and verified["strong_share"] == 0.5
