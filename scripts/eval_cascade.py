@@ -2,7 +2,7 @@
 
     .venv/bin/python -m scripts.eval_cascade [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
         [--limit N] [--alphas 0] [--data scripts/data/cascade_eval.jsonl]
-        [--out bench-out/cascade-eval.json] [--plot bench-out/cascade-curve.png]
+        [--out bench-out/cascade-eval.json] [--plot bench-out/cascade-curve.png] [--summarize RESULT]
 
 Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
 on in the local profile). One request at a time (so that latencies are those of one stream), streamed,
@@ -241,9 +241,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/cascade-eval.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench-out/cascade-curve.png")
+    parser.add_argument("--summarize", type=Path, metavar="RESULT",
+                        help="summarize and plot the answers of an earlier result file again, asking nothing")
     args = parser.parse_args()
 
     config = AppConfig.from_serve_file(args.config)
+    if args.summarize:
+        rows = json.loads(args.summarize.read_text())["answers"]
+        return write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot)
     items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     if args.limit and args.limit < len(items):
         items = items[::-(-len(items) // args.limit)]
@@ -251,14 +256,17 @@ def main() -> None:
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=600) as http:
         rows = evaluate(items, http, config.cascade.cheap_tier, config.cascade.strong_tier, config.cascade.scorer,
                         args.max_tokens, [float(a) for a in args.alphas.split(",")])
-    summary = summarize(rows, config.cascade.scorer)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"scorer": config.cascade.scorer, "max_tokens": args.max_tokens, **summary,
-                                    "answers": rows}, indent=1))
-    plot(summary, args.plot)
+    write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot)
+
+
+def write(rows: list[dict], scorer: str, max_tokens: int, out: Path, plot_path: Path) -> None:
+    summary = summarize(rows, scorer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"scorer": scorer, "max_tokens": max_tokens, **summary, "answers": rows}, indent=1))
+    plot(summary, plot_path)
     print(json.dumps({k: v for k, v in summary.items() if k != "modes"}, indent=1))
     print(table(summary))
-    print(f"wrote {args.out} and {args.plot}")
+    print(f"wrote {out} and {plot_path}")
 
 
 if __name__ == "__main__":

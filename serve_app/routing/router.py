@@ -19,7 +19,6 @@ in the route's fallback chain. Once the first chunk is out, a failure ends the s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable
@@ -47,20 +46,8 @@ from serve_app.routing.circuit_breaker import BreakerState
 from serve_app.routing.rollout import RolledBack
 from serve_app.routing.scorers import VERIFIERS
 from serve_app.routing.speculative import SpeculativeAnswer, drain_verdict
-from serve_app.routing.stream import RoutedStream
+from serve_app.routing.stream import RoutedStream, from_list, prepended
 from serve_app.routing.versions import TierVersions
-
-
-async def _from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def _prepended(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-    async with contextlib.aclosing(rest):
-        yield first
-        async for chunk in rest:
-            yield chunk
 
 
 def _reasons(failures: list[tuple[str, ServingError]]) -> str:
@@ -172,7 +159,7 @@ class CascadeRouter:
         if cached is not None:
             routing = Routing(route=route, served_by="cache", fallback_reason=f"{_reasons(failures)}; cached answer "
                               f"from {cached.served_by}")
-            return RoutedStream(routing, _from_list(list(cached.chunks)))
+            return RoutedStream(routing, from_list(list(cached.chunks)))
         if loop.time() >= deadline:
             raise BackendTimeout(f"The request's timeout of {timeout_s:g} s expired ({_reasons(failures)}).")
         waits = [e.retry_after_s for _, e in failures if e.retry_after_s is not None]
@@ -250,7 +237,7 @@ class CascadeRouter:
         routing = Routing(route=AUTO_ROUTE, served_by=served_by, version=versions.get(served_by), reason="speculative",
                           fallback_reason=f"{strong}: failed mid-answer" if answer.stats.strong_failed else
                           f"{cheap}: failed" if answer.stats.cheap_failed else None)
-        return RoutedStream(routing, _prepended(first, chunks))
+        return RoutedStream(routing, prepended(first, chunks))
 
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
                               ledger: Ledger) -> RoutedStream:
@@ -282,7 +269,7 @@ class CascadeRouter:
         if wanted is None:
             for chunk in answer:
                 chunk.logprobs = None
-        return RoutedStream(routing, _from_list(answer))
+        return RoutedStream(routing, from_list(answer))
 
     async def _verified(self, request: GenerationRequest, cascade: CascadeConfig, answer: list[GenerationChunk],
                         routing: Routing, priority: str, deadline: float,

@@ -6,6 +6,7 @@ returns a new `RoutedStream` with `wrapped`, never edits the one it was given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,3 +33,17 @@ class RoutedStream:
 
     def but(self, **changes: Any) -> RoutedStream:
         return dataclasses.replace(self, **changes)
+
+
+async def from_list(chunks: list[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    """A buffered answer as a stream."""
+    for chunk in chunks:
+        yield chunk
+
+
+async def prepended(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    """`first`, then `rest` (closed with the result)."""
+    async with contextlib.aclosing(rest):
+        yield first
+        async for chunk in rest:
+            yield chunk

@@ -1,10 +1,17 @@
-"""scripts/eval_cascade.py's summary over synthetic answers: every mode on the same prompts, threshold
-modes replayed at every threshold with what each point pays, the speculative points as measured."""
+"""scripts/eval_cascade.py as a user runs it, over synthetic answers (`--summarize`, asking nothing): every
+mode on the same prompts, threshold modes replayed at every threshold with what each point pays, the
+speculative points as measured, a table and a plot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from scripts import eval_cascade
 from tests.serve_app.analysis.test_deferral import rows as deferral_rows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample():
@@ -26,7 +33,11 @@ def sample():
 
 
 def test_every_mode_is_reported_on_the_same_prompts(tmp_path):
-    summary = eval_cascade.summarize(sample(), "mean_prob")
+    (tmp_path / "answers.json").write_text(json.dumps({"answers": sample()}))
+    run = subprocess.run([sys.executable, "-m", "scripts.eval_cascade", "--summarize", str(tmp_path / "answers.json"),
+                          "--out", str(tmp_path / "result.json"), "--plot", str(tmp_path / "plot.png")],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
+    summary = json.loads((tmp_path / "result.json").read_text())
     modes = summary["modes"]
     assert list(modes) == ["strong", "cheap", "confidence (mean_prob)", "learned (cross-validated)",
                            "verified (accepted_share)", "speculative (alpha 0)"]
@@ -44,7 +55,7 @@ def test_every_mode_is_reported_on_the_same_prompts(tmp_path):
     assert speculative["pgr"] == 1.0 and speculative["strong_seconds_vs_strong_route"] == 0.5
     assert speculative["equals_strong"] == 120 and speculative["served_from_drafts"] == 0.5
     assert summary["apgr_by_scorer"]["learned (5-fold cross-validated)"] > summary["apgr_by_scorer"]["mean_prob"]
-    table = eval_cascade.table(summary)
-    assert table.count("\n") == 1 + len(modes) and "| verified (accepted_share) | 1.000 | 1.00 | 0.75× |" in table
-    eval_cascade.plot(summary, tmp_path / "plot.png")
+    assert summary["scorer"] == "mean_prob" and len(summary["answers"]) == 120
+    assert "| verified (accepted_share) | 1.000 | 1.00 | 0.75× |" in run.stdout  # the table, one row per mode
+    assert sum(line.startswith("| ") for line in run.stdout.splitlines()) == 1 + len(modes)  # and the header
     assert (tmp_path / "plot.png").stat().st_size > 10_000
