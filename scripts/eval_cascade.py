@@ -37,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.eval_speculative import ask
+from scripts.eval_speculative import ask, speculation_totals
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.bench_stats import percentile
 from serve_app.analysis.cascade_eval import Answered
@@ -101,10 +101,10 @@ def replay(rows: list[dict], scores: list[float], verified: bool) -> list[dict]:
     """A threshold mode at every threshold that changes it: what each point costs and serves."""
     strong_total = sum(r["strong_seconds"] for r in rows)
     cheap_acc, strong_acc = cascade_eval.accuracies(answered(rows))
+    base = [r["verified_latency_s"] if verified else r["cheap_latency_s"] for r in rows]  # before a decision
     points = []
     for threshold in cascade_eval.thresholds([Answered(s, False, False) for s in scores]):
         up = [s < threshold for s in scores]
-        base = [r["verified_latency_s"] if verified else r["cheap_latency_s"] for r in rows]
         accuracy = sum(r["strong_correct"] if e else r["cheap_correct"] for r, e in zip(rows, up, strict=True)) / len(rows)
         points.append({
             "threshold": threshold, "accuracy": accuracy, "pgr": cascade_eval.pgr(accuracy, cheap_acc, strong_acc),
@@ -137,8 +137,7 @@ def speculative_mode(rows: list[dict], alpha: str) -> dict:
     answers = [r["speculative"][alpha] for r in rows]
     cheap_acc, strong_acc = cascade_eval.accuracies(answered(rows))
     accuracy = sum(a["correct"] for a in answers) / len(rows)
-    totals = {k: sum((a["speculation"] or {}).get(k, 0) for a in answers)
-              for k in ("drafted", "accepted", "replaced", "added", "passes")}
+    totals, from_drafts = speculation_totals([a["speculation"] for a in answers])
     return {"alpha": float(alpha), "accuracy": accuracy, "pgr": cascade_eval.pgr(accuracy, cheap_acc, strong_acc),
             "strong_seconds_vs_strong_route": sum(a["strong_seconds"] for a in answers)
             / sum(r["strong_seconds"] for r in rows),
@@ -147,8 +146,7 @@ def speculative_mode(rows: list[dict], alpha: str) -> dict:
             "latency_p50_s": percentile([a["latency_s"] for a in answers], 50),
             "mean_cost_usd": sum(a["cost_usd"] for a in answers) / len(rows),
             "equals_strong": sum(a["equals_strong"] for a in answers), "speculation": totals,
-            "served_from_drafts": round(totals["accepted"] / max(1, totals["accepted"] + totals["replaced"]
-                                                                 + totals["added"]), 4)}
+            "served_from_drafts": from_drafts}
 
 
 def summarize(rows: list[dict], scorer: str) -> dict:

@@ -58,6 +58,12 @@ def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dic
                           "top": sorted((x["logprob"] for x in t["top_logprobs"]), reverse=True)} for t in logprobs]}
 
 
+def speculation_totals(speculations: list[dict | None]) -> tuple[dict[str, int], float]:
+    """Answers' `routing.speculation` summed, and the share of the served tokens that came from drafts."""
+    totals = {k: sum((s or {}).get(k, 0) for s in speculations) for k in ("drafted", "accepted", "replaced", "added", "passes")}
+    return totals, round(totals["accepted"] / max(1, totals["accepted"] + totals["replaced"] + totals["added"]), 4)
+
+
 def divergence(strong: dict, text: str, tie: float) -> str:
     """`exact`, `near_tie` (the strong answer's top two were within `tie` where `text` leaves it), or `differs`."""
     if text == strong["text"]:
@@ -89,11 +95,7 @@ def summarize(rows: list[dict], alphas: list[float], tie: float) -> dict:
     for alpha in alphas:
         key = f"speculative@{alpha:g}"
         entry = mode(key)
-        totals = {k: sum((r[key]["speculation"] or {}).get(k, 0) for r in rows)
-                  for k in ("drafted", "accepted", "replaced", "added", "passes")}
-        entry["speculation"] = totals
-        entry["served_from_drafts"] = round(totals["accepted"] / max(1, totals["accepted"] + totals["replaced"]
-                                                                    + totals["added"]), 4)
+        entry["speculation"], entry["served_from_drafts"] = speculation_totals([r[key]["speculation"] for r in rows])
         kinds = [divergence(r["strong"], r[key]["text"], tie) for r in rows]
         entry["versus_strong"] = {k: kinds.count(k) for k in ("exact", "near_tie", "differs")}
         entry["differs"] = [r["id"] for r, k in zip(rows, kinds, strict=True) if k == "differs"]

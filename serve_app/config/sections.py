@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from serve_app.config.base import DeploymentOptions, StrictModel
-from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, VERIFIERS, Scorer, Verifier, learned_scorer
+from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, VERIFIERS, Scorer, learned_scorer
 
 
 class LearnedRule(StrictModel):
@@ -87,9 +87,6 @@ class CascadeConfig(StrictModel):
         if self.scorer == LEARNED:
             return learned_scorer(self.learned.intercept, self.learned.coefficients)
         return SCORERS[self.scorer]
-
-    def verifier_fn(self) -> Verifier:
-        return VERIFIERS[self.verifier]
 
 
 class RouterConfig(StrictModel):

@@ -41,7 +41,6 @@ Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChun
 """Open a tier's stream for a request (through its versions, guard, breaker and shedding)."""
 
 
-
 def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
     """Where the first stop string starts in `text`, if one occurs."""
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
