@@ -1,11 +1,13 @@
 """Fakes the policy tests share: a backend that streams fixed words, one over integer tokens that also
-scores (for the speculative cascade), a settable clock, a request."""
+scores (for the speculative and verified cascades), a settable clock, a request, a router over two tiers."""
 
 import asyncio
 import math
 
 from serve_app.api.errors import BackendUnavailable
+from serve_app.config import AppConfig
 from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob, Verification
+from serve_app.routing.factory import build_router
 
 
 class FakeTier:
@@ -107,3 +109,11 @@ class TokenModel:
             logprobs=tuple(math.log(TOP if v == t else OTHER) for v, t in zip(scored, tops, strict=True)),
             top_ids=tuple(tops), top_logprobs=tuple(math.log(TOP) for _ in tops), ids=tuple(ids),
             texts=tuple(texts), stops=tuple(c == EOS for c in ids))
+
+
+def cascade_router(cheap, strong, **cascade):
+    """A router over two fake tiers with these cascade settings, and no retries."""
+    tier = {"model_source": "/models/x", "concurrency_slots": 2, "first_token_timeout_s": 5.0}
+    config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier}, "cascade": cascade,
+                                       "resilience": {"retry_attempts": 1}})
+    return build_router({"cheap": cheap, "strong": strong}, config, Clock())

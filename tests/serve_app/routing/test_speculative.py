@@ -8,12 +8,10 @@ import math
 import pytest
 
 from serve_app.api.errors import BackendUnavailable, InvalidRequest
-from serve_app.config import AppConfig
 from serve_app.generation import GenerationRequest, Verification
-from serve_app.routing.factory import build_router
 from serve_app.routing.scorers import kept
 from serve_app.routing.speculative import SpeculativeAnswer, cut_at_stop
-from tests.serve_app.fakes import EOS, Clock, TokenModel, text_of
+from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
 
 
 def answer(cheap, strong, draft_tokens=4, alpha=0.0, **sampling):
@@ -151,11 +149,7 @@ def test_closing_the_answer_closes_the_tier_streams():
 
 
 def router(cheap, strong, **cascade):
-    tier = {"model_source": "/models/x", "concurrency_slots": 2, "first_token_timeout_s": 5.0}
-    config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier},
-                                       "cascade": {"mode": "speculative", **cascade},
-                                       "resilience": {"retry_attempts": 1}})
-    return build_router({"cheap": cheap, "strong": strong}, config, Clock())
+    return cascade_router(cheap, strong, **{"mode": "speculative", **cascade})
 
 
 def test_the_auto_route_streams_the_speculative_answer_and_bills_every_pass():

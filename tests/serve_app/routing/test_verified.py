@@ -7,11 +7,9 @@ import math
 import pytest
 
 from serve_app.api.errors import InvalidRequest
-from serve_app.config import AppConfig
 from serve_app.generation import GenerationRequest, Verification
-from serve_app.routing.factory import build_router
 from serve_app.routing.scorers import accepted_prefix, accepted_share, strong_mean_prob
-from tests.serve_app.fakes import EOS, Clock, TokenModel, text_of
+from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
 
 CHEAP, STRONG = [5, 6, 1, 8, 9, EOS], [5, 6, 7, 8, 9, EOS]
 
@@ -27,11 +25,7 @@ def test_verifiers_count_what_the_strong_model_keeps():
 
 
 def router(cheap, strong, **cascade):
-    tier = {"model_source": "/models/x", "concurrency_slots": 2, "first_token_timeout_s": 5.0}
-    config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier},
-                                       "cascade": {"mode": "verified", "threshold": 0.7, **cascade},
-                                       "resilience": {"retry_attempts": 1}})
-    return build_router({"cheap": cheap, "strong": strong}, config, Clock())
+    return cascade_router(cheap, strong, **{"mode": "verified", "threshold": 0.7, **cascade})
 
 
 def served(r, request=None):
