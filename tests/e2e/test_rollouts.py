@@ -79,7 +79,13 @@ def rollout_status(stack) -> dict:
 
 
 def rollouts_now(stack) -> dict:
-    return httpx.get(f"{stack.http_url}{PREFIX}/v1/rollouts", headers=stack.headers, timeout=10).json()
+    """`/v1/rollouts` from whichever router replica answers. It is rate-limited like every call with the
+    key, so a 429 is waited out as its Retry-After says (a poll loop would otherwise trip it)."""
+    url = f"{stack.http_url}{PREFIX}/v1/rollouts"
+    while (response := httpx.get(url, headers=stack.headers, timeout=10)).status_code == 429:
+        time.sleep(float(response.headers.get("retry-after", 1)))
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def every_router_replica(stack, check, seen: set[str] | None = None) -> set[str]:
@@ -209,11 +215,13 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     # A router restart: the replica that adopted the verdict is replaced; the new one starts rolled back.
     (adopter,) = routers - {decider}
     restart_router_replica(serve_handles, adopter)
-    seen = set()
+    seen, deadline = set(), time.monotonic() + DEPLOY_TIMEOUT_S
     while not seen - routers:  # until the replica that replaced it answers too
+        assert time.monotonic() < deadline, f"no new router replica answered; seen {seen}"
         now = rollouts_now(stack)
         assert now["tiers"]["strong"]["rolled_back"] == status["rolled_back"], now
         seen.add(now["replica"])
+        time.sleep(0.2)
     responses += [ask(http) for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * len(responses)
     assert {r.headers["x-served-version"] for r in responses} == {"v1"}  # every canary failure answered by v1
