@@ -60,7 +60,7 @@ class LLMServer:
 
         config = TierConfig.model_validate(tier)
         model, engine_kwargs = config.resolved_model(), config.engine_kwargs
-        self._tier = name
+        self._tier, self._replica = name, serve.get_replica_context().replica_id.unique_id
         self._metrics = EngineMetrics(name)
         self._start_phases: dict[str, float] = {}
         self._phase("import", time.monotonic() - imports_started)
@@ -228,7 +228,7 @@ class LLMServer:
                                         f"verifying {len(prompt_ids) + len(scored)} leaves no room.", param="messages")
         stop_ids = set(request.sampling.get("stop_token_ids") or ()) | (
             set() if request.sampling.get("ignore_eos") else self._eos_ids)
-        span = tracing.start_generation(self._model, self._tier, request.trace_context)
+        span = tracing.start_generation(self._model, self._tier, request.trace_context, self._replica)
         mark, output, rescored = self._meter.join(), None, False
         try:
             with self._engine_errors(request):
@@ -256,8 +256,8 @@ class LLMServer:
             yield await self._verify(request, prompt_ids, scored)
             return
         params = self._sampling_params(request, len(prompt_ids))
-        produced, finished = 0, False
-        span = tracing.start_generation(self._model, self._tier, request.trace_context)
+        produced, finished, cached = 0, False, 0
+        span = tracing.start_generation(self._model, self._tier, request.trace_context, self._replica)
         mark, joined, first_token_at = self._meter.join(), time.monotonic(), None
         try:
             with self._engine_errors(request):
@@ -265,6 +265,7 @@ class LLMServer:
                                                           trace_headers=self._vllm_trace_headers(request)):
                     completion = output.outputs[0]
                     produced += len(completion.token_ids)
+                    cached = output.num_cached_tokens or cached  # prompt tokens vLLM's prefix cache held
                     first_token_at = first_token_at or time.monotonic()
                     finished = completion.finish_reason is not None
                     yield GenerationChunk(
@@ -279,7 +280,7 @@ class LLMServer:
         finally:
             held = self._meter.leave(mark)
             span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids), "gen_ai.usage.output_tokens": produced,
-                                 "serve_app.replica_seconds": held})
+                                 "serve_app.replica_seconds": held, "serve_app.cached_tokens": cached})
             if first_token_at is not None:
                 span.set_attribute("serve_app.ttft_s", first_token_at - joined)
             self._served += finished

@@ -23,7 +23,7 @@ import httpx
 import yaml
 
 from scripts.harness.cluster import app_args, free_port
-from scripts.harness.metrics import scrape
+from scripts.harness.metrics import scrape, served_by_replica
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
@@ -35,16 +35,6 @@ def replica_states(app: str, deployment: str) -> dict[str, int]:
 
     states = serve.status().applications[app].deployments[deployment].replica_states
     return {getattr(state, "value", str(state)): n for state, n in states.items()}
-
-
-def served_by_replica(metrics_url: str, deployment: str) -> dict[str, float]:
-    """Requests each replica of `deployment` has finished, from Ray Serve's own counter."""
-    counts: dict[str, float] = {}
-    for (name, tags), value in scrape(metrics_url).items():
-        labels = dict(tags)
-        if name == "ray_serve_deployment_request_counter_total" and labels.get("deployment") == deployment:
-            counts[labels["replica"]] = counts.get(labels["replica"], 0) + value
-    return counts
 
 
 def main() -> None:

@@ -36,6 +36,13 @@ class GenerationRequest:
     """Score this text in the engine's own tokens (for a tier whose tokenizer is not the answer's);
     as `verify_token_ids` otherwise."""
 
+    def prefix_text(self) -> str:
+        """The prompt as text, in the order the engine templates it (each message's role, then its content):
+        what a prefix-aware request router matches between requests."""
+        if self.messages is None:
+            return self.prompt or ""
+        return "".join(f"<{message.get('role')}>{message.get('content') or ''}" for message in self.messages)
+
 
 @dataclass(slots=True)
 class TokenLogprob:

@@ -31,6 +31,16 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(find(samples, name, **labels))
 
 
+def served_by_replica(metrics_url: str, deployment: str) -> dict[str, float]:
+    """Requests each replica of `deployment` has finished, from Ray Serve's own counter."""
+    counts: dict[str, float] = {}
+    for (name, tags), value in scrape(metrics_url).items():
+        labels = dict(tags)
+        if name == "ray_serve_deployment_request_counter_total" and labels.get("deployment") == deployment:
+            counts[labels["replica"]] = counts.get(labels["replica"], 0) + value
+    return counts
+
+
 def report(before: Samples, after: Samples, window_s: float, config: AppConfig | None) -> dict:
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)

@@ -28,6 +28,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+class RequestRouterOptions(StrictModel):
+    """Ray Serve's request router for calls to a deployment: how a caller picks one of its replicas
+    (passed to Ray Serve as `request_router_config`)."""
+
+    request_router_class: str = Field(pattern=r"^[A-Za-z_][\w.]*[.:][A-Za-z_]\w*$")
+    """Import path of a `ray.serve.request_router.RequestRouter`. For an engine tier with several
+    replicas, `deployments.prefix_router:PrefixAffinityRouter` (Ray Serve LLM's prefix-cache-affinity
+    router, taught this app's requests) sends a request to the replica whose past prompts share the
+    longest prefix with it, while the replicas' queues stay within `imbalanced_threshold` of each other
+    (docs/configuration.md)."""
+    request_router_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the router's `initialize_state`."""
+
+
 class DeploymentOptions(StrictModel):
     """Ray Serve options of one deployment, passed to `.options()` as they are."""
 
@@ -53,6 +67,9 @@ class DeploymentOptions(StrictModel):
     """How long a health check may take before the replica counts as unhealthy."""
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     """How long a stopping replica may drain in-flight requests."""
+    request_router_config: RequestRouterOptions | None = None
+    """How callers choose among this deployment's replicas; null: Ray Serve's default, power of two
+    choices on queue length. Matters only with more than one replica."""
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentOptions:

@@ -141,7 +141,9 @@ def end_attempt(span: Span, attempt: Attempt) -> None:
 
 # The engine's span, in the engine replica's process ------------------------------------------------
 
-def start_generation(model: str, tier: str, trace_context: Mapping[str, str] | None) -> Span:
+def start_generation(model: str, tier: str, trace_context: Mapping[str, str] | None, replica: str) -> Span:
+    """An engine replica's span of one generation or scoring call, under the router's attempt span."""
     span = tracer().start_span(f"generate {model}", context=extract(trace_context), kind=SpanKind.SERVER)
-    _set(span, {"gen_ai.operation.name": "generate", "gen_ai.request.model": model, "serve_app.tier": tier})
+    _set(span, {"gen_ai.operation.name": "generate", "gen_ai.request.model": model, "serve_app.tier": tier,
+                "serve_app.replica": replica})
     return span

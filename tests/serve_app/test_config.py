@@ -81,6 +81,22 @@ def test_replicas_and_autoscaling_are_exclusive():
     assert "tiers.cheap.deployment" in message
 
 
+def test_a_tiers_request_router_is_passed_to_ray_serve_and_a_bad_one_is_named():
+    router = {"request_router_class": "deployments.prefix_router:PrefixAffinityRouter",
+              "request_router_kwargs": {"imbalanced_threshold": 2}}
+    args = copy.deepcopy(app_args("local-cpu.yaml"))
+    args["tiers"]["strong"]["deployment"].update(num_replicas=2, request_router_config=router)
+    assert AppConfig.model_validate(args).tiers["strong"].replica_options()["request_router_config"] == router
+    assert "request_router_config" not in AppConfig.model_validate(app_args("local-cpu.yaml")).tiers[
+        "strong"].replica_options()  # unset: Ray Serve's default router
+    message = broken(lambda a: a["tiers"]["strong"]["deployment"].update(
+        request_router_config={"request_router_clas": "x.Y"}))
+    assert "tiers.strong.deployment.request_router_config.request_router_clas" in message
+    message = broken(lambda a: a["tiers"]["strong"]["deployment"].update(
+        request_router_config={"request_router_class": "prefix aware"}))
+    assert "tiers.strong.deployment.request_router_config.request_router_class" in message
+
+
 def test_slots_beyond_what_a_replica_takes_are_refused():
     message = broken(lambda a: a["tiers"]["cheap"].update(concurrency_slots=1000))
     assert "concurrency_slots (1000 per replica) exceeds" in message
