@@ -1,0 +1,149 @@
+"""Where a request's fixed latency goes, hop by hop, at one stream: this app's `strong` route against
+vLLM's own OpenAI server on the same model and engine settings, short and long prompts, in one run.
+
+    .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200]
+        [--out bench-out/latency-breakdown.json]
+
+The app runs on a throwaway Ray head (the local profile, as scripts/bench_serving.py starts it) with its
+spans sent to an in-process OTLP receiver; then vLLM's server runs alone. Each system gets the same
+streamed chat requests, one at a time, `max_tokens` 1: `--requests` short ones ("Hi", a one-token
+message: 31 tokens with the template) and as many long ones (`--long-words` words: 234 tokens), each with a unique opening
+so that none is a prefix-cache hit. For every app request, the client's clock and its trace's spans
+(same host, same wall clock) split the time to the first content byte into:
+- `proxy_in`: client send → the router's request span (HTTP proxy, ASGI, auth, body parse);
+- `router`: request span → the attempt span (validation, routing, admission, breaker);
+- `dispatch`: attempt span → the engine's generate span (handle call, replica choice, the replica's
+  `Accepted`, chat template and tokenization; `template_ms` times the last two apart, offline);
+- `engine`: the engine's own time to first token (AsyncLLM: scheduling, prefill, first sample);
+- `engine_to_router`: first token in the engine → first chunk in the router's attempt;
+- `router_to_client`: that chunk → the client's first content byte (router, proxy, HTTP).
+Medians per hop and prompt length, and the TTFT p50 of each system: the app's addition is the gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from scripts.bench_serving import started
+from scripts.harness.cluster import ROOT, app_args, load_profile, wait_for
+from scripts.harness.spans import ReceivedSpan, SpanCollector
+from serve_app.config import AppConfig
+
+HOPS = ("proxy_in", "router", "dispatch", "engine", "engine_to_router", "router_to_client")
+
+
+def prompts(count: int, long_words: int) -> dict[str, list[str]]:
+    words = "the cache of a model serves every request that shares its prefix with one before".split()
+    long_text = " ".join(words[i % len(words)] for i in range(long_words))
+    return {"short": ["Hi"] * count, "long": [f"Note {i}. {long_text}" for i in range(count)]}
+
+
+def token_in(chunk: dict) -> bool:
+    """A chunk carrying the answer's first token: content, or the end of an answer whose token is empty."""
+    return any(c.get("delta", {}).get("content") or c.get("finish_reason") for c in chunk.get("choices") or ())
+
+
+def first_byte(http: httpx.Client, model: str, content: str) -> tuple[float, int, float, str]:
+    """One streamed request: (send time in ns, first content byte in ns, TTFT in s, trace id or "")."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
+            "temperature": 0, "stream": True}
+    sent, started_at, first = time.time_ns(), time.perf_counter(), None
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: {") and token_in(json.loads(line[6:])):
+                first = (time.time_ns(), time.perf_counter() - started_at)
+        trace_id = response.headers.get("x-trace-id", "")
+    assert first is not None, "no content in the stream"
+    return sent, first[0], first[1], trace_id
+
+
+def hops(spans: list[ReceivedSpan], sent: int, first: int) -> dict[str, float]:
+    """Milliseconds per hop of one request, from its trace (see the module's docstring)."""
+    (request,) = [s for s in spans if s.name.startswith("chat ")]
+    (attempt,) = [s for s in spans if s.name.startswith("attempt ")]
+    (engine,) = [s for s in spans if s.name.startswith("generate ")]
+    engine_first = engine.start_ns + engine.attributes["serve_app.ttft_s"] * 1e9
+    router_first = attempt.start_ns + attempt.attributes["serve_app.ttft_s"] * 1e9
+    marks = (sent, request.start_ns, attempt.start_ns, engine.start_ns, engine_first, router_first, first)
+    return {hop: (after - before) / 1e6 for hop, before, after in zip(HOPS, marks[:-1], marks[1:], strict=True)}
+
+
+def template_ms(model_dir: Path, texts: list[str]) -> float:
+    """Median milliseconds to apply the chat template and tokenize, as the engine replica does."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    times = []
+    for text in texts:
+        started_at = time.perf_counter()
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        times.append((time.perf_counter() - started_at) * 1e3)
+    return statistics.median(times)
+
+
+def measure(base_url: str, model: str, texts: list[str], spans: SpanCollector | None) -> dict:
+    with httpx.Client(base_url=base_url, timeout=300) as http:
+        for _ in range(3):  # warm: the first requests of a fresh process are slower
+            first_byte(http, model, "Warm up.")
+        samples = [first_byte(http, model, text) for text in texts]
+    result = {"ttft_p50_ms": round(statistics.median(s[2] for s in samples) * 1e3, 1)}
+    if spans is not None:
+        def trace_of(trace_id: str):
+            found = spans.trace(trace_id)
+            return found if sum(s.name.startswith(("chat ", "attempt ", "generate ")) for s in found) == 3 else None
+
+        split = [hops(wait_for(f"trace {s[3]}", lambda s=s: trace_of(s[3]), 60, 0.5), s[0], s[1]) for s in samples]
+        result["hops_p50_ms"] = {hop: round(statistics.median(row[hop] for row in split), 2) for hop in HOPS}
+    return result
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/local-cpu.yaml")
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--long-words", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out/latency-breakdown.json")
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
+    profile = load_profile(args.config)
+    config = AppConfig.model_validate(app_args(profile))
+    strong = config.tiers[config.cascade.strong_tier]
+    texts = prompts(args.requests, args.long_words)
+    spans = SpanCollector()
+    app_args(profile)["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
+                                                      "export_interval_ms": 500}}
+    result: dict = {"command": f"python -m scripts.latency_breakdown --requests {args.requests} "
+                               f"--long-words {args.long_words}", "systems": {}}
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for system in ("app", "vllm"):
+                with started(system, profile, 1, Path(folder)) as target:
+                    model = target.models["strong"]
+                    result["systems"][system] = {length: measure(target.base_url, model, batch,
+                                                                 spans if system == "app" else None)
+                                                 for length, batch in texts.items()}
+    finally:
+        spans.close()
+    result["template_ms"] = {length: round(template_ms(ROOT / strong.model_source, batch), 2)
+                             for length, batch in texts.items()}
+    result["added_ttft_p50_ms"] = {length: round(result["systems"]["app"][length]["ttft_p50_ms"]
+                                                 - result["systems"]["vllm"][length]["ttft_p50_ms"], 1)
+                                   for length in texts}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
