@@ -43,7 +43,7 @@ from scripts.harness.cluster import (
     wait_for,
     wait_until_running,
 )
-from scripts.harness.metrics import Samples, scrape, served_by_replica
+from scripts.harness.metrics import Samples, scrape, served_by_replica, total
 from serve_app.config import AppConfig, engine_deployment
 
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
@@ -95,11 +95,8 @@ def converse(base_url: str, opening: list[dict], turns: int, seed: int) -> list[
 
 def prefix_counters(samples: Samples, model: str) -> tuple[float, float]:
     """vLLM's prefix-cache (hits, queries) in tokens, summed over every engine serving `model`."""
-    sums = {"ray_vllm_prefix_cache_hits_total": 0.0, "ray_vllm_prefix_cache_queries_total": 0.0}
-    for (name, tags), value in samples.items():
-        if name in sums and dict(tags).get("model_name") == model:
-            sums[name] += value
-    return sums["ray_vllm_prefix_cache_hits_total"], sums["ray_vllm_prefix_cache_queries_total"]
+    return (total(samples, "ray_vllm_prefix_cache_hits_total", model_name=model),
+            total(samples, "ray_vllm_prefix_cache_queries_total", model_name=model))
 
 
 def settled(head: RayHead, model: str, deployment: str, served_before: float) -> Samples:
@@ -109,7 +106,7 @@ def settled(head: RayHead, model: str, deployment: str, served_before: float) ->
 
     def stable():
         samples = scrape(head.metrics_url)
-        counters = (prefix_counters(samples, model), sum(served_by_replica(head.metrics_url, deployment).values()))
+        counters = (prefix_counters(samples, model), sum(served_by_replica(samples, deployment).values()))
         same, last[0] = counters == last[0] and counters[1] > served_before, counters
         return samples if same else None
 
@@ -145,8 +142,8 @@ def ready(head: RayHead, base_url: str, deployment: str) -> None:
 
 def run_arm(head: RayHead, base_url: str, args: argparse.Namespace, name: str, salt: str, model: str,
             deployment: str) -> dict:
-    served_before = served_by_replica(head.metrics_url, deployment)
     before = settled(head, model, deployment, -1)
+    served_before = served_by_replica(before, deployment)
     started = time.monotonic()
     with ThreadPoolExecutor(args.streams) as pool:
         results = list(pool.map(lambda c: converse(base_url, c[1], args.turns, args.seed + c[0]),
@@ -155,7 +152,7 @@ def run_arm(head: RayHead, base_url: str, args: argparse.Namespace, name: str, s
     after = settled(head, model, deployment, sum(served_before.values()))
     hits, queries = (a - b for a, b in zip(prefix_counters(after, model), prefix_counters(before, model), strict=True))
     served = {replica: n - served_before.get(replica, 0)
-              for replica, n in served_by_replica(head.metrics_url, deployment).items()}
+              for replica, n in served_by_replica(after, deployment).items()}
     every = [ttft for chat_ttfts in results for _, ttft in chat_ttfts]
     follow_ups = [ttft for chat_ttfts in results for turn, ttft in chat_ttfts if turn > 0]
     return {"arm": name, "requests": len(every), "wall_s": round(wall, 1),

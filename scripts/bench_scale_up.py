@@ -66,7 +66,7 @@ def main() -> None:
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/v1", timeout=300)
         http.post("/chat/completions", json=body).raise_for_status()  # warm, and mark the first replica
         deadline = time.monotonic() + 60
-        while not (before := set(served_by_replica(metrics_url, "llm-cheap-v1"))):
+        while not (before := set(served_by_replica(scrape(metrics_url), "llm-cheap-v1"))):
             if time.monotonic() > deadline:
                 raise RuntimeError("Ray Serve's request counter never reached the metrics endpoint")
             time.sleep(0.5)
@@ -90,7 +90,7 @@ def main() -> None:
                 marks.setdefault("decided", now)
             if states.get("RUNNING", 0) >= 2:
                 marks.setdefault("running", now)
-                new = {r: n for r, n in served_by_replica(metrics_url, "llm-cheap-v1").items() if r not in before}
+                new = {r: n for r, n in served_by_replica(scrape(metrics_url), "llm-cheap-v1").items() if r not in before}
                 if any(n > 0 for n in new.values()):
                     marks["serving"] = now
             time.sleep(0.5)

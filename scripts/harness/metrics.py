@@ -31,10 +31,10 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(find(samples, name, **labels))
 
 
-def served_by_replica(metrics_url: str, deployment: str) -> dict[str, float]:
+def served_by_replica(samples: Samples, deployment: str) -> dict[str, float]:
     """Requests each replica of `deployment` has finished, from Ray Serve's own counter."""
     counts: dict[str, float] = {}
-    for (name, tags), value in scrape(metrics_url).items():
+    for (name, tags), value in samples.items():
         labels = dict(tags)
         if name == "ray_serve_deployment_request_counter_total" and labels.get("deployment") == deployment:
             counts[labels["replica"]] = counts.get(labels["replica"], 0) + value
