@@ -72,6 +72,14 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+def command(process: psutil.Process) -> str:
+    """Its command line, or "" for a process that has ended (a zombie has no command line to read)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def describe(processes: list[psutil.Process]) -> list[str]:
     described = []
     for process in processes:

@@ -189,6 +189,9 @@ class TracingConfig(StrictModel):
     """Share of new traces kept; a client's `traceparent` decides for the traces it starts."""
     export_interval_ms: PositiveInt = 5000
     """How long finished spans wait to be sent in a batch."""
+    export_timeout_s: float | None = Field(None, gt=0)
+    """How long one batch may take to reach the collector, retries included, before it is dropped; null:
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT / OTEL_EXPORTER_OTLP_TIMEOUT, else the SDK's 10 s."""
     record_content: bool = False
     """Put prompts and answers on the request spans (gen_ai.input.messages / gen_ai.output.messages).
     Off by default: they may hold personal data."""

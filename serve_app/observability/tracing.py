@@ -27,7 +27,8 @@ _SCOPE = "serve_app"
 def _otlp_exporter(config: TracingConfig):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=config.otlp_endpoint)  # None: OTEL_EXPORTER_OTLP_* or localhost:4318
+    # None: the OTEL_EXPORTER_OTLP_* variables, else localhost:4318 and 10 s
+    return OTLPSpanExporter(endpoint=config.otlp_endpoint, timeout=config.export_timeout_s)
 
 
 def _console_exporter(config: TracingConfig):

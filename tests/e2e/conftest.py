@@ -183,7 +183,9 @@ def stack(tmp_path_factory, s3_env) -> Stack:
         # pass the 20 s first-token timeout), so the router is told its real capacity and patience here.
         backup.update(concurrency_slots=1, first_token_timeout_s=60)
         args["tiers"]["cheap"]["model_source"] = CHEAP_S3_URI  # fetched from S3 into the node's cache
-        args["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint, "export_interval_ms": 500}}
+        # Patient exports: on two saturated cores a batch can miss the SDK's 10 s and be dropped.
+        args["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
+                                             "export_interval_ms": 500, "export_timeout_s": 60}}
         head.deploy(config)  # with the `serve deploy` CLI, as CI deploys
         wait_until_running(head.dashboard_url)
         http_url = f"http://127.0.0.1:{http_port}"

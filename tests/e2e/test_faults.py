@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from scripts.harness.cluster import ENGINE_EXIT_TIMEOUT_S
-from scripts.harness.processes import describe, survivors
+from scripts.harness.processes import command, describe, survivors
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stage(4)]  # kills replicas and engines
 
@@ -59,7 +59,7 @@ def kill_replica(serve_handles, deployment: str, how: str = "ray.kill") -> Kille
 
     named, process = replica(deployment)
     family = process.children(recursive=True)
-    assert any("EngineCore" in " ".join(p.cmdline()) for p in family), [p.cmdline() for p in family]
+    assert any("EngineCore" in command(p) for p in family), describe(family)
     if how == "ray.kill":
         ray.kill(ray.get_actor(named["name"], namespace=named["namespace"]), no_restart=True)
     elif how == "sigkill":
@@ -120,7 +120,7 @@ def test_a_replica_whose_engine_died_is_replaced_and_leaves_nothing_behind(stack
     what was left of the old one (its engine's worker, the replica itself) ends."""
     named, process = replica("llm-cheap-v1")
     family = process.children(recursive=True)
-    (core,) = [p for p in family if "EngineCore" in " ".join(p.cmdline())]
+    (core,) = [p for p in family if "EngineCore" in command(p)]
     core.kill()
     # Every request is still answered meanwhile (by the fallback), and the new replica serves.
     wait_served_by_cheap_again(stack)

@@ -110,7 +110,7 @@ def engine_replica(stack, trace_id: str) -> str:
     def found():
         return [s.attributes["serve_app.replica"] for s in stack.spans.trace(trace_id) if s.name.startswith("generate")]
 
-    (replica,) = wait_for(f"the engine span of trace {trace_id}", found, 60, 0.5)
+    (replica,) = wait_for(f"the engine span of trace {trace_id}", found, 180, 0.5)
     return replica
 
 
