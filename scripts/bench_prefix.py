@@ -37,13 +37,14 @@ from scripts.harness.cluster import (
     ROOT,
     RayHead,
     app_args,
-    app_status,
     free_port,
     load_profile,
+    running_replicas,
     wait_for,
     wait_until_running,
 )
 from scripts.harness.metrics import Samples, scrape, served_by_replica, total
+from scripts.harness.streams import stream_chat
 from serve_app.config import AppConfig, engine_deployment
 
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
@@ -67,19 +68,9 @@ def conversations(args: argparse.Namespace, salt: str) -> list[list[dict]]:
 
 
 def chat(http: httpx.Client, messages: list[dict]) -> tuple[float, str]:
-    """One streamed turn on `strong`: seconds to the first content byte, and the answer."""
-    body = {"model": "strong", "messages": messages, "max_tokens": 16, "temperature": 0, "stream": True}
-    started, first, parts = time.perf_counter(), None, []
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
-            if content := choices[0].get("delta", {}).get("content"):
-                first = first or time.perf_counter()
-                parts.append(content)
-    return (first or time.perf_counter()) - started, "".join(parts)
+    """One streamed turn on `strong`: seconds to the first token, and the answer."""
+    answer = stream_chat(http, {"model": "strong", "messages": messages, "max_tokens": 16, "temperature": 0})
+    return answer.ttft_s, answer.text
 
 
 def converse(base_url: str, opening: list[dict], turns: int, seed: int) -> list[tuple[int, float]]:
@@ -133,8 +124,7 @@ def ready(head: RayHead, base_url: str, deployment: str) -> None:
     """The app RUNNING with two replicas of the tier, and warm: a redeployed router admits one request per
     tier until it has seen a first token."""
     wait_until_running(head.dashboard_url)
-    wait_for("two running replicas", lambda: sum(replica["state"] == "RUNNING" for replica in app_status(
-        head.dashboard_url)["deployments"][deployment]["replicas"]) == 2, 900, 5)
+    wait_for("two running replicas", lambda: running_replicas(head.dashboard_url, deployment) == 2, 900, 5)
     with httpx.Client(base_url=base_url, timeout=300) as http:
         for _ in range(4):
             chat(http, [{"role": "user", "content": "Say hi."}])

@@ -34,6 +34,7 @@ import httpx
 from scripts.bench_serving import started
 from scripts.harness.cluster import ROOT, app_args, load_profile, wait_for
 from scripts.harness.spans import ReceivedSpan, SpanCollector
+from scripts.harness.streams import stream_chat
 from serve_app.config import AppConfig
 
 HOPS = ("proxy_in", "router", "dispatch", "engine", "engine_to_router", "router_to_client")
@@ -45,24 +46,11 @@ def prompts(count: int, long_words: int) -> dict[str, list[str]]:
     return {"short": ["Hi"] * count, "long": [f"Note {i}. {long_text}" for i in range(count)]}
 
 
-def token_in(chunk: dict) -> bool:
-    """A chunk carrying the answer's first token: content, or the end of an answer whose token is empty."""
-    return any(c.get("delta", {}).get("content") or c.get("finish_reason") for c in chunk.get("choices") or ())
-
-
-def first_byte(http: httpx.Client, model: str, content: str) -> tuple[float, int, float, str]:
+def first_byte(http: httpx.Client, model: str, content: str) -> tuple[int, int, float, str]:
     """One streamed request: (send time in ns, first content byte in ns, TTFT in s, trace id or "")."""
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
-            "temperature": 0, "stream": True}
-    sent, started_at, first = time.time_ns(), time.perf_counter(), None
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if first is None and line.startswith("data: {") and token_in(json.loads(line[6:])):
-                first = (time.time_ns(), time.perf_counter() - started_at)
-        trace_id = response.headers.get("x-trace-id", "")
-    assert first is not None, "no content in the stream"
-    return sent, first[0], first[1], trace_id
+    answer = stream_chat(http, {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
+                                "temperature": 0})
+    return answer.sent_ns, answer.first_ns, answer.ttft_s, answer.headers.get("x-trace-id", "")
 
 
 def hops(spans: list[ReceivedSpan], sent: int, first: int) -> dict[str, float]:

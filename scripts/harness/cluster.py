@@ -81,6 +81,12 @@ def app_status(dashboard_url: str, app: str = APP) -> dict:
     return get_json(f"{dashboard_url}/api/serve/applications/")["applications"].get(app, {})
 
 
+def running_replicas(dashboard_url: str, deployment: str, app: str = APP) -> int:
+    """How many replicas of `deployment` Serve reports RUNNING."""
+    replicas = app_status(dashboard_url, app).get("deployments", {}).get(deployment, {}).get("replicas", [])
+    return sum(replica["state"] == "RUNNING" for replica in replicas)
+
+
 def wait_until_running(dashboard_url: str, timeout_s: float = DEPLOY_TIMEOUT_S, app: str = APP) -> None:
     """Until the app is RUNNING; DeployFailed at once if Serve gives up on it."""
     deadline = time.monotonic() + timeout_s

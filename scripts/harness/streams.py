@@ -1,10 +1,12 @@
-"""One streamed chat request timed as a load generator sees it (the overload benchmark and the e2e
-burst test share it)."""
+"""One streamed chat request timed as a client sees it: `timed_chat` as a load generator (asyncio; the
+overload benchmark and the e2e burst test share it), `stream_chat` one request at a time (threads; the
+prefix and latency-breakdown benchmarks)."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -35,3 +37,37 @@ async def timed_chat(client: httpx.AsyncClient, url: str, body: dict) -> dict:
                     "served_by": response.headers.get("x-served-by")}
     except httpx.HTTPError as exc:
         return {"status": 0, "error": type(exc).__name__, "latency_s": time.perf_counter() - started}
+
+
+def first_token_in(chunk: dict) -> bool:
+    """A chunk carrying the answer's first token: content, or the end of an answer whose token is empty."""
+    return any(c.get("delta", {}).get("content") or c.get("finish_reason") for c in chunk.get("choices") or ())
+
+
+@dataclass(frozen=True)
+class Streamed:
+    sent_ns: int
+    """Wall clock when the request was sent (to compare with spans' timestamps on the same host)."""
+    first_ns: int
+    """Wall clock at the first token's chunk."""
+    ttft_s: float
+    """Monotonic seconds from sending to the first token's chunk."""
+    text: str
+    headers: httpx.Headers
+
+
+def stream_chat(http: httpx.Client, body: dict, path: str = "/v1/chat/completions") -> Streamed:
+    """POST `body` as a streamed chat completion and read it to the end; HTTPStatusError on a refusal,
+    AssertionError if no chunk carried a token."""
+    sent, started, first, parts = time.time_ns(), time.perf_counter(), None, []
+    with http.stream("POST", path, json={**body, "stream": True}) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and first_token_in(chunk):
+                first = (time.time_ns(), time.perf_counter() - started)
+            parts += [c["delta"]["content"] for c in chunk.get("choices") or () if c.get("delta", {}).get("content")]
+    assert first is not None, "no token in the stream"
+    return Streamed(sent, first[0], first[1], "".join(parts), response.headers)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from scripts.harness.cluster import BIN, ROOT, app_status, get_json, wait_for, wait_until_running
+from scripts.harness.cluster import BIN, ROOT, get_json, running_replicas, wait_for, wait_until_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stage(2)]  # redeploys the tiers scaled
 
@@ -47,11 +47,6 @@ def warm(stack, *models: str) -> None:
 def router_slots(stack, backend: str) -> int:
     """The concurrency slots the router counts for a backend: its own view, not a metric on Ray's export interval."""
     return get_json(f"{stack.http_url}/health")["backends"][backend]["slots"]
-
-
-def running_replicas(stack, deployment: str) -> int:
-    replicas = app_status(stack.dashboard_url)["deployments"][deployment]["replicas"]
-    return sum(r["state"] == "RUNNING" for r in replicas)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +79,11 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):
 
     workers = [threading.Thread(target=load, daemon=True) for _ in range(6)]
     try:
-        assert running_replicas(stack, "llm-cheap-v1") == 1
+        assert running_replicas(stack.dashboard_url, "llm-cheap-v1") == 1
         warm(stack, "cheap")
         for worker in workers:
             worker.start()
-        wait_for("a second cheap replica", lambda: running_replicas(stack, "llm-cheap-v1") == 2, timeout_s=420, every_s=3)
+        wait_for("a second cheap replica", lambda: running_replicas(stack.dashboard_url, "llm-cheap-v1") == 2, timeout_s=420, every_s=3)
         # The router's capacity for the tier follows: 8 slots per replica, two running (it reads the
         # replica counts every router.replica_poll_s, from a controller busy with the scale-out).
         wait_for("the router to count two replicas' slots", lambda: router_slots(stack, "cheap") == 16,
@@ -97,7 +92,7 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):
         for worker in workers:
             worker.join(timeout=300)
         assert not failures, failures
-        wait_for("the cheap tier back at one replica", lambda: running_replicas(stack, "llm-cheap-v1") == 1,
+        wait_for("the cheap tier back at one replica", lambda: running_replicas(stack.dashboard_url, "llm-cheap-v1") == 1,
                  timeout_s=300, every_s=3)
         wait_for("the router to count one replica's slots", lambda: router_slots(stack, "cheap") == 8,
                  timeout_s=300, every_s=2)
@@ -115,7 +110,7 @@ def engine_replica(stack, trace_id: str) -> str:
 
 
 def test_a_conversation_stays_on_one_replica_while_both_replicas_take_load(stack, scaled):
-    assert running_replicas(stack, "llm-strong-v1") == 2
+    assert running_replicas(stack.dashboard_url, "llm-strong-v1") == 2
     warm(stack, "strong")
 
     def converse(number: int) -> list[str]:
