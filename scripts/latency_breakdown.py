@@ -1,15 +1,16 @@
 """Where a request's fixed latency goes, hop by hop, at one stream: this app's `strong` route against
 vLLM's own OpenAI server on the same model and engine settings, short and long prompts, in one run.
 
-    .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200]
+    .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200] [--max-tokens 1]
         [--out bench-out/latency-breakdown.json]
 
 The app runs on a throwaway Ray head (the local profile, as scripts/bench_serving.py starts it) with its
 spans sent to an in-process OTLP receiver; then vLLM's server runs alone. Each system gets the same
-streamed chat requests, one at a time, `max_tokens` 1: `--requests` short ones ("Hi", a one-token
-message: 31 tokens with the template) and as many long ones (`--long-words` words: 234 tokens), each with a unique opening
-so that none is a prefix-cache hit. For every app request, the client's clock and its trace's spans
-(same host, same wall clock) split the time to the first content byte into:
+streamed chat requests, one at a time, of `--max-tokens` tokens each (ignore_eos; above 1 the client's
+TPOT is reported too): `--requests` short ones ("Hi": 31 tokens with the template, less than one KV
+block of 32, so never a prefix-cache hit) and as many long ones (`--long-words` words: 234 tokens), each
+with a unique opening so that none is a prefix-cache hit. For every app request, the client's clock and
+its trace's spans (same host, same wall clock) split the time to the first content byte into:
 - `proxy_in`: client send → the router's request span (HTTP proxy, ASGI, auth, body parse);
 - `router`: request span → the attempt span (validation, routing, admission, breaker);
 - `dispatch`: attempt span → the engine's generate span (handle call, replica choice, the replica's
@@ -34,7 +35,7 @@ import httpx
 from scripts.bench_serving import started
 from scripts.harness.cluster import ROOT, app_args, load_profile, wait_for
 from scripts.harness.spans import ReceivedSpan, SpanCollector
-from scripts.harness.streams import stream_chat
+from scripts.harness.streams import Streamed, stream_chat
 from serve_app.config import AppConfig
 
 HOPS = ("proxy_in", "router", "dispatch", "engine", "engine_to_router", "router_to_client")
@@ -46,11 +47,10 @@ def prompts(count: int, long_words: int) -> dict[str, list[str]]:
     return {"short": ["Hi"] * count, "long": [f"Note {i}. {long_text}" for i in range(count)]}
 
 
-def first_byte(http: httpx.Client, model: str, content: str) -> tuple[int, int, float, str]:
-    """One streamed request: (send time in ns, first content byte in ns, TTFT in s, trace id or "")."""
-    answer = stream_chat(http, {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
-                                "temperature": 0})
-    return answer.sent_ns, answer.first_ns, answer.ttft_s, answer.headers.get("x-trace-id", "")
+def ask(http: httpx.Client, model: str, content: str, max_tokens: int) -> Streamed:
+    """One streamed request of exactly `max_tokens` tokens."""
+    return stream_chat(http, {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0,
+                              "max_tokens": max_tokens, "ignore_eos": True})
 
 
 def hops(spans: list[ReceivedSpan], sent: int, first: int) -> dict[str, float]:
@@ -77,18 +77,22 @@ def template_ms(model_dir: Path, texts: list[str]) -> float:
     return statistics.median(times)
 
 
-def measure(base_url: str, model: str, texts: list[str], spans: SpanCollector | None) -> dict:
+def measure(base_url: str, model: str, texts: list[str], max_tokens: int, spans: SpanCollector | None) -> dict:
     with httpx.Client(base_url=base_url, timeout=300) as http:
         for _ in range(3):  # warm: the first requests of a fresh process are slower
-            first_byte(http, model, "Warm up.")
-        samples = [first_byte(http, model, text) for text in texts]
-    result = {"ttft_p50_ms": round(statistics.median(s[2] for s in samples) * 1e3, 1)}
+            ask(http, model, "Warm up.", max_tokens)
+        samples = [ask(http, model, text, max_tokens) for text in texts]
+    result = {"ttft_p50_ms": round(statistics.median(s.ttft_s for s in samples) * 1e3, 1)}
+    if max_tokens > 1:
+        result["tpot_p50_ms"] = round(statistics.median((s.latency_s - s.ttft_s) / (max_tokens - 1)
+                                                        for s in samples) * 1e3, 2)
     if spans is not None:
         def trace_of(trace_id: str):
             found = spans.trace(trace_id)
             return found if sum(s.name.startswith(("chat ", "attempt ", "generate ")) for s in found) == 3 else None
 
-        split = [hops(wait_for(f"trace {s[3]}", lambda s=s: trace_of(s[3]), 60, 0.5), s[0], s[1]) for s in samples]
+        split = [hops(wait_for(f"trace {trace_id}", lambda t=trace_id: trace_of(t), 60, 0.5), s.sent_ns, s.first_ns)
+                 for s in samples if (trace_id := s.headers.get("x-trace-id", ""))]
         result["hops_p50_ms"] = {hop: round(statistics.median(row[hop] for row in split), 2) for hop in HOPS}
     return result
 
@@ -98,6 +102,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/local-cpu.yaml")
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--long-words", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=1, help="tokens per answer (ignore_eos); >1 adds TPOT")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/latency-breakdown.json")
     return parser
 
@@ -112,13 +117,13 @@ def main() -> None:
     app_args(profile)["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
                                                       "export_interval_ms": 500}}
     result: dict = {"command": f"python -m scripts.latency_breakdown --requests {args.requests} "
-                               f"--long-words {args.long_words}", "systems": {}}
+                               f"--long-words {args.long_words} --max-tokens {args.max_tokens}", "systems": {}}
     try:
         with tempfile.TemporaryDirectory() as folder:
             for system in ("app", "vllm"):
                 with started(system, profile, 1, Path(folder)) as target:
                     model = target.models["strong"]
-                    result["systems"][system] = {length: measure(target.base_url, model, batch,
+                    result["systems"][system] = {length: measure(target.base_url, model, batch, args.max_tokens,
                                                                  spans if system == "app" else None)
                                                  for length, batch in texts.items()}
     finally:

@@ -52,6 +52,8 @@ class Streamed:
     """Wall clock at the first token's chunk."""
     ttft_s: float
     """Monotonic seconds from sending to the first token's chunk."""
+    latency_s: float
+    """Monotonic seconds from sending to the end of the stream."""
     text: str
     headers: httpx.Headers
 
@@ -70,4 +72,4 @@ def stream_chat(http: httpx.Client, body: dict, path: str = "/v1/chat/completion
                 first = (time.time_ns(), time.perf_counter() - started)
             parts += [c["delta"]["content"] for c in chunk.get("choices") or () if c.get("delta", {}).get("content")]
     assert first is not None, "no token in the stream"
-    return Streamed(sent, first[0], first[1], "".join(parts), response.headers)
+    return Streamed(sent, first[0], first[1], time.perf_counter() - started, "".join(parts), response.headers)
