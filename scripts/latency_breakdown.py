@@ -2,7 +2,7 @@
 vLLM's own OpenAI server on the same model and engine settings, short and long prompts, in one run.
 
     .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200] [--max-tokens 1]
-        [--out bench-out/latency-breakdown.json]
+        [--pause-s 0] [--out bench-out/latency-breakdown.json]
 
 The app runs on a throwaway Ray head (the local profile, as scripts/bench_serving.py starts it) with its
 spans sent to an in-process OTLP receiver; then vLLM's server runs alone. Each system gets the same
@@ -77,11 +77,15 @@ def template_ms(model_dir: Path, texts: list[str]) -> float:
     return statistics.median(times)
 
 
-def measure(base_url: str, model: str, texts: list[str], max_tokens: int, spans: SpanCollector | None) -> dict:
+def measure(base_url: str, model: str, texts: list[str], max_tokens: int, pause_s: float,
+            spans: SpanCollector | None) -> dict:
     with httpx.Client(base_url=base_url, timeout=300) as http:
         for _ in range(3):  # warm: the first requests of a fresh process are slower
             ask(http, model, "Warm up.", max_tokens)
-        samples = [ask(http, model, text, max_tokens) for text in texts]
+        samples = []
+        for text in texts:
+            time.sleep(pause_s)
+            samples.append(ask(http, model, text, max_tokens))
     result = {"ttft_p50_ms": round(statistics.median(s.ttft_s for s in samples) * 1e3, 1)}
     if max_tokens > 1:
         result["tpot_p50_ms"] = round(statistics.median((s.latency_s - s.ttft_s) / (max_tokens - 1)
@@ -103,6 +107,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--long-words", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=1, help="tokens per answer (ignore_eos); >1 adds TPOT")
+    parser.add_argument("--pause-s", type=float, default=0.0, help="idle time before each request (0: back to back)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/latency-breakdown.json")
     return parser
 
@@ -117,13 +122,14 @@ def main() -> None:
     app_args(profile)["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
                                                       "export_interval_ms": 500}}
     result: dict = {"command": f"python -m scripts.latency_breakdown --requests {args.requests} "
-                               f"--long-words {args.long_words} --max-tokens {args.max_tokens}", "systems": {}}
+                               f"--long-words {args.long_words} --max-tokens {args.max_tokens} --pause-s {args.pause_s:g}",
+                      "systems": {}}
     try:
         with tempfile.TemporaryDirectory() as folder:
             for system in ("app", "vllm"):
                 with started(system, profile, 1, Path(folder)) as target:
                     model = target.models["strong"]
-                    result["systems"][system] = {length: measure(target.base_url, model, batch, args.max_tokens,
+                    result["systems"][system] = {length: measure(target.base_url, model, batch, args.max_tokens, args.pause_s,
                                                                  spans if system == "app" else None)
                                                  for length, batch in texts.items()}
     finally:
