@@ -12,12 +12,7 @@ a small watchdog process in a session of its own. The watchdog polls the replica
 is gone it terminates every process carrying the mark, then kills what is left after a grace
 period, and exits. It imports neither Ray nor vLLM, and `ray stop` does not match it by name.
 
-    python -m deployments.watchdog PID START_TICKS MARK
-
-A replica is known by its pid and when it started, in clock ticks since boot (`start_ticks`), so that a
-reused pid is another process. Not psutil's `create_time()`: that adds the boot time as the wall clock
-gives it now, so a clock step (NTP, a VM's clock sync) changes it, every watchdog on the host would take
-its live replica for gone, and every engine would be killed at once.
+    python -m deployments.watchdog PID CREATE_TIME MARK
 """
 
 from __future__ import annotations
@@ -31,26 +26,18 @@ import time
 import psutil
 
 OWNER_ENV = "SERVE_APP_ENGINE_OWNER"
-"""Environment variable naming the replica that owns an engine process: `pid:start_ticks`."""
+"""Environment variable naming the replica that owns an engine process: `pid:create_time`."""
 POLL_S = 0.5
 GRACE_S = 5.0
 
 
-def start_ticks(pid: int) -> int:
-    """When `pid` started, in clock ticks since boot (`starttime` in /proc/PID/stat): fixed for the
-    process's life, whatever the wall clock does. OSError if there is no such process."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        return int(stat.read().rsplit(b")", 1)[1].split()[19])  # field 22; fields after the name start at 3
-
-
 def guard() -> subprocess.Popen:
     """Mark this process's future children as this replica's and start their watchdog."""
-    pid = os.getpid()
-    started = start_ticks(pid)
-    mark = f"{pid}:{started}"
+    me = psutil.Process()
+    mark = f"{me.pid}:{me.create_time()}"
     os.environ[OWNER_ENV] = mark
     environment = {k: v for k, v in os.environ.items() if k != OWNER_ENV}  # the watchdog is not its own victim
-    return subprocess.Popen([sys.executable, "-m", "deployments.watchdog", str(pid), str(started), mark],
+    return subprocess.Popen([sys.executable, "-m", "deployments.watchdog", str(me.pid), str(me.create_time()), mark],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True, env=environment)
 
@@ -77,11 +64,12 @@ def terminate(processes: list[psutil.Process], grace_s: float = GRACE_S) -> None
     psutil.wait_procs(left, timeout=grace_s)
 
 
-def alive(pid: int, started: int) -> bool:
-    """The process `pid` that started at `started` (`start_ticks`) still runs (a reused pid is another process)."""
+def alive(pid: int, create_time: float) -> bool:
+    """The process `pid` started at `create_time` still runs (a reused pid is another process)."""
     try:
-        return start_ticks(pid) == started and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (OSError, ValueError, IndexError, psutil.Error):
+        process = psutil.Process(pid)
+        return process.create_time() == create_time and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
@@ -92,11 +80,11 @@ def reap(mark: str, grace_s: float = GRACE_S) -> list[int]:
     return [p.pid for p in victims]
 
 
-def watch(pid: int, started: int, mark: str, poll_s: float = POLL_S) -> list[int]:
-    while alive(pid, started):
+def watch(pid: int, create_time: float, mark: str, poll_s: float = POLL_S) -> list[int]:
+    while alive(pid, create_time):
         time.sleep(poll_s)
     return reap(mark)
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    watch(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3])
