@@ -95,8 +95,8 @@ def measure(base_url: str, model: str, texts: list[str], max_tokens: int, pause_
             found = spans.trace(trace_id)
             return found if sum(s.name.startswith(("chat ", "attempt ", "generate ")) for s in found) == 3 else None
 
-        split = [hops(wait_for(f"trace {trace_id}", lambda t=trace_id: trace_of(t), 60, 0.5), s.sent_ns, s.first_ns)
-                 for s in samples if (trace_id := s.headers.get("x-trace-id", ""))]
+        split = [hops(wait_for(f"trace {s.headers['x-trace-id']}", lambda s=s: trace_of(s.headers["x-trace-id"]), 60,
+                               0.5), s.sent_ns, s.first_ns) for s in samples]
         result["hops_p50_ms"] = {hop: round(statistics.median(row[hop] for row in split), 2) for hop in HOPS}
     return result
 
