@@ -37,9 +37,7 @@ def check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
     """Reject names that are not fields of vLLM's AsyncEngineArgs, naming them and the field."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(set(engine_kwargs) - known)
-    if unknown:
+    if unknown := sorted(set(engine_kwargs) - {f.name for f in dataclasses.fields(AsyncEngineArgs)}):
         raise ValueError(f"engine_kwargs: {unknown} are not vLLM AsyncEngineArgs fields")
 
 
@@ -260,23 +258,23 @@ class LLMServer:
         span = tracing.start_generation(self._model, self._tier, request.trace_context, self._replica)
         mark, joined, first_token_at = self._meter.join(), time.monotonic(), None
         try:
+            outputs = self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id,
+                                            trace_headers=self._vllm_trace_headers(request))
             with self._engine_errors(request):
-                async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id,
-                                                          trace_headers=self._vllm_trace_headers(request)):
-                    completion = output.outputs[0]
-                    produced += len(completion.token_ids)
-                    cached = output.num_cached_tokens or cached  # prompt tokens vLLM's prefix cache held
-                    first_token_at = first_token_at or time.monotonic()
-                    finished = completion.finish_reason is not None
-                    yield GenerationChunk(
-                        text=completion.text,
-                        token_ids=list(completion.token_ids),
-                        prompt_tokens=len(prompt_ids),
-                        completion_tokens=produced,
-                        logprobs=engine_outputs.token_logprobs(completion, params.logprobs),
-                        finish_reason=completion.finish_reason,
-                        replica_seconds=self._meter.held(mark),
-                    )
+                async with contextlib.aclosing(outputs):  # closing it aborts vLLM's request
+                    async for output in outputs:
+                        completion = output.outputs[0]
+                        produced += len(completion.token_ids)
+                        cached = output.num_cached_tokens or cached  # prompt tokens vLLM's prefix cache held
+                        first_token_at = first_token_at or time.monotonic()
+                        finished = completion.finish_reason is not None
+                        yield GenerationChunk(
+                            text=completion.text, token_ids=list(completion.token_ids), prompt_tokens=len(prompt_ids),
+                            completion_tokens=produced, finish_reason=completion.finish_reason,
+                            logprobs=engine_outputs.token_logprobs(completion, params.logprobs),
+                            replica_seconds=self._meter.held(mark))
+                        if engine_outputs.unsure(completion, request.stop_below_logprob):
+                            break  # a draft ends after the first token this model is unsure of
         finally:
             held = self._meter.leave(mark)
             span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids), "gen_ai.usage.output_tokens": produced,

@@ -48,6 +48,14 @@ def token_logprobs(completion: Any, top_k: int | None) -> list[TokenLogprob] | N
     return result
 
 
+def unsure(completion: Any, floor: float | None) -> bool:
+    """Whether a delta holds a sampled token whose log-probability is below `floor` (a draft ends there)."""
+    if floor is None or completion.logprobs is None:
+        return False
+    return any(position[token_id].logprob < floor
+               for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True))
+
+
 UNFINISHED = "\ufffd"
 """What a tokenizer decodes an incomplete UTF-8 sequence to."""
 SAMPLING_OF_OWN_TOKEN = ("temperature", "top_p", "top_k", "min_p", "seed")

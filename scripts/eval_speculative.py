@@ -2,12 +2,13 @@
 strong-tier replica-seconds, time to first token.
 
     .venv/bin/python -m scripts.eval_speculative [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
-        [--limit N] [--alphas 0,0.3,0.6] [--draft-tokens 4] [--out bench-out/speculative-eval.json]
+        [--limit N] [--alphas 0,0.3,0.6] [--draft-tokens 4[,8]] [--draft-stop-probs 0[,0.5]]
+        [--out bench-out/speculative-eval.json]
 
 Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
 on in the local profile). One request at a time, streamed, at temperature 0: every prompt once on the
 `strong` route (with its top-two log-probabilities), once on `cheap`, and once on `auto` in
-speculative mode per alpha, each prompt starting with another of them (whichever asks a prompt first
+speculative mode per alpha, draft length and draft stop probability (an A/B in one run), each prompt starting with another of them (whichever asks a prompt first
 fills the engines' prefix caches for the others). Reports per mode the accuracy, the strong and cheap tiers' replica-seconds
 (from each answer's usage) relative to sending every prompt to `strong`, TTFT and latency p50, cost;
 and for alpha 0 how many answers equal the strong answer exactly, how many first differ at a near-tie
@@ -60,7 +61,8 @@ def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dic
 
 def speculation_totals(speculations: list[dict | None]) -> tuple[dict[str, int], float]:
     """Answers' `routing.speculation` summed, and the share of the served tokens that came from drafts."""
-    totals = {k: sum((s or {}).get(k, 0) for s in speculations) for k in ("drafted", "accepted", "replaced", "added", "passes")}
+    totals = {k: sum((s or {}).get(k, 0) for s in speculations)
+              for k in ("drafted", "cut", "accepted", "replaced", "added", "passes")}
     return totals, round(totals["accepted"] / max(1, totals["accepted"] + totals["replaced"] + totals["added"]), 4)
 
 
@@ -77,7 +79,13 @@ def divergence(strong: dict, text: str, tie: float) -> str:
     return "differs"
 
 
-def summarize(rows: list[dict], alphas: list[float], tie: float) -> dict:
+def variant(alpha: float, draft_tokens: int, stop_prob: float) -> tuple[str, dict]:
+    """A speculative variant's name in the results, and the request's `cascade` settings."""
+    return (f"speculative@{alpha:g}/{draft_tokens}" + (f"/stop{stop_prob:g}" if stop_prob else ""),
+            {"mode": "speculative", "alpha": alpha, "draft_tokens": draft_tokens, "draft_stop_prob": stop_prob})
+
+
+def summarize(rows: list[dict], variants: list[str], tie: float) -> dict:
     strong_s = sum(r["strong"]["replica_seconds"].get("strong", 0.0) for r in rows)
 
     def mode(key: str) -> dict:
@@ -92,8 +100,7 @@ def summarize(rows: list[dict], alphas: list[float], tie: float) -> dict:
                 "cost_usd": round(sum(a["cost_usd"] for a in answers), 9)}
 
     summary = {"prompts": len(rows), "strong": mode("strong"), "cheap": mode("cheap")}
-    for alpha in alphas:
-        key = f"speculative@{alpha:g}"
+    for key in variants:
         entry = mode(key)
         entry["speculation"], entry["served_from_drafts"] = speculation_totals([r[key]["speculation"] for r in rows])
         kinds = [divergence(r["strong"], r[key]["text"], tie) for r in rows]
@@ -101,8 +108,8 @@ def summarize(rows: list[dict], alphas: list[float], tie: float) -> dict:
         entry["differs"] = [r["id"] for r, k in zip(rows, kinds, strict=True) if k == "differs"]
         summary[key] = entry
     summary["ttft_ratio_speculative_to_strong"] = (
-        round(summary[f"speculative@{alphas[0]:g}"]["ttft_p50_s"] / summary["strong"]["ttft_p50_s"], 3)
-        if alphas and summary["strong"]["ttft_p50_s"] else None)
+        round(summary[variants[0]]["ttft_p50_s"] / summary["strong"]["ttft_p50_s"], 3)
+        if variants and summary["strong"]["ttft_p50_s"] else None)
     return summary
 
 
@@ -113,7 +120,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "scripts/data/cascade_eval.jsonl")
     parser.add_argument("--limit", type=int, help="every k-th prompt so that about this many are asked")
     parser.add_argument("--alphas", default="0", help="comma-separated alphas of the speculative mode")
-    parser.add_argument("--draft-tokens", type=int, default=4)
+    parser.add_argument("--draft-tokens", default="4", help="comma-separated draft lengths")
+    parser.add_argument("--draft-stop-probs", default="0", help="comma-separated draft stop probabilities")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--tie", type=float, default=0.01, help="near-tie tolerance between top-two log-probabilities")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/speculative-eval.json")
@@ -123,13 +131,14 @@ def main() -> None:
     if args.limit and args.limit < len(items):
         items = items[::-(-len(items) // args.limit)]
     alphas = [float(a) for a in args.alphas.split(",")]
+    variants = dict(variant(a, int(g), float(p)) for a in alphas for g in args.draft_tokens.split(",")
+                    for p in args.draft_stop_probs.split(","))
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     rows = []
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=600) as http:
         for i, item in enumerate(items, 1):
             asks = {"strong": ("strong", {"logprobs": True, "top_logprobs": 2}), "cheap": ("cheap", {})} | {
-                f"speculative@{a:g}": ("auto", {"cascade": {"mode": "speculative", "alpha": a,
-                                                             "draft_tokens": args.draft_tokens}}) for a in alphas}
+                key: ("auto", {"cascade": cascade}) for key, cascade in variants.items()}
             # The first to ask a prompt fills the engines' prefix caches for the others: each prompt
             # starts with another mode, so that no mode is always the one that pays.
             order = list(asks)[i % len(asks):] + list(asks)[:i % len(asks)]
@@ -141,10 +150,10 @@ def main() -> None:
             rows.append(row)
             print(f"\r{i}/{len(items)} prompts", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    summary = summarize(rows, alphas, args.tie)
+    summary = summarize(rows, list(variants), args.tie)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"max_tokens": args.max_tokens, "draft_tokens": args.draft_tokens,
-                                    "alphas": alphas, **summary, "answers": rows}, indent=1))
+                                    "alphas": alphas, "draft_stop_probs": args.draft_stop_probs, **summary, "answers": rows}, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}")
 

@@ -35,6 +35,9 @@ class GenerationRequest:
     verify_text: str | None = None
     """Score this text in the engine's own tokens (for a tier whose tokenizer is not the answer's);
     as `verify_token_ids` otherwise."""
+    stop_below_logprob: float | None = None
+    """A draft: the engine ends the answer after the first token it samples with a log-probability below
+    this (the stream just ends, without a finish reason). Needs `logprobs` in `sampling`."""
 
     def prefix_text(self) -> str:
         """The prompt as text, in the order the engine templates it (each message's role, then its content):

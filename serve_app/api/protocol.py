@@ -39,6 +39,7 @@ class CascadeOptions(BaseModel):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     alpha: float | None = Field(None, ge=0.0, lt=1.0)
     draft_tokens: int | None = Field(None, ge=1, le=64)
+    draft_stop_prob: float | None = Field(None, ge=0.0, lt=1.0)
 
 
 class _Request(BaseModel):

@@ -49,15 +49,19 @@ class CascadeConfig(StrictModel):
     verifier: str = "accepted_share"
     """Verified mode: one of serve_app.routing.scorers.VERIFIERS."""
     draft_tokens: int = Field(4, ge=1, le=64)
-    """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier."""
+    """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier (at most)."""
+    draft_stop_prob: float = Field(0.0, ge=0.0, lt=1.0)
+    """Speculative mode: the cheap tier ends a draft after the first token it samples with a probability
+    below this, where the strong tier likely rejects it; the strong tier scores fewer tokens that it
+    would throw away, and the cheap tier drafts fewer. 0 drafts whole blocks of `draft_tokens`."""
     alpha: float = Field(0.0, ge=0.0, lt=1.0)
     """Speculative mode: keep a drafted token v while p_strong(v) >= (1 - alpha) * max p_strong; 0 keeps
     only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts.
     Verified mode: the same rule, for the verifiers that count kept tokens."""
     allow_request_overrides: bool = False
-    """Let a request set its own mode, scorer, verifier, threshold, alpha and draft_tokens (the `cascade` field of its
-    body, an extension): for evaluations and A/B tests on one deployment. With it on, the speculative
-    mode's tokenizer check applies at start whatever `mode` is."""
+    """Let a request set its own mode, scorer, verifier, threshold, alpha, draft_tokens and draft_stop_prob
+    (the `cascade` field of its body, an extension): for evaluations and A/B tests on one deployment. With
+    it on, the speculative mode's tokenizer check applies at start whatever `mode` is."""
 
     learned: LearnedRule | None = None
     """The fitted rule of the `learned` scorer (scripts/calibrate_cascade.py --learn writes it)."""

@@ -230,7 +230,8 @@ class CascadeRouter:
             versions[tier], chunks = await self._tiers[tier].open(request, priority, deadline, ledger)
             return chunks
 
-        answer = SpeculativeAnswer(open_tier, request, cheap, strong, cascade.draft_tokens, cascade.alpha)
+        answer = SpeculativeAnswer(open_tier, request, cheap, strong, cascade.draft_tokens, cascade.alpha,
+                                   cascade.draft_stop_prob)
         chunks = answer.chunks()
         first = await anext(chunks)
         served_by = cheap if answer.stats.strong_failed else strong

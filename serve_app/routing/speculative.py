@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,11 +50,13 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
 
 @dataclass(slots=True)
 class Speculation:
-    """What a speculative answer took: tokens drafted by the cheap tier and kept, tokens the strong tier
-    put in instead of a rejected draft, tokens it added of its own (the opening token, and one after each
-kept block), verification passes."""
+    """What a speculative answer took: tokens drafted by the cheap tier, drafts it ended early at a token
+    it was unsure of (`cut`), drafted tokens kept, tokens the strong tier put in instead of a rejected
+    draft, tokens it added of its own (the opening token, and one after each kept block), verification
+    passes."""
 
     drafted: int = 0
+    cut: int = 0
     accepted: int = 0
     replaced: int = 0
     added: int = 0
@@ -87,10 +90,13 @@ class SpeculativeAnswer:
     """One answer's rounds. Iterate `chunks()` for the served deltas; usage counts served tokens."""
 
     def __init__(self, open_tier: Open, request: GenerationRequest, cheap: str, strong: str,
-                 draft_tokens: int, alpha: float):
+                 draft_tokens: int, alpha: float, draft_stop_prob: float = 0.0):
         self._open, self._request = open_tier, request
         self._cheap, self._strong = cheap, strong
         self._gamma, self._alpha = draft_tokens, alpha
+        # A draft ends after the first token the cheap tier samples below this probability: the tokens
+        # after it are likely rejected, and every scored token costs the strong tier's pass.
+        self._draft_floor = math.log(draft_stop_prob) if draft_stop_prob > 0 else None
         self._max_tokens = request.sampling.get("max_tokens")
         self._stops = [request.sampling["stop"]] if isinstance(request.sampling.get("stop"), str) \
             else list(request.sampling.get("stop") or ())
@@ -102,13 +108,17 @@ class SpeculativeAnswer:
         self._prompt_tokens = 0
         self._round = 0
 
-    def _ask(self, max_tokens: int | None, verify: list[int] | None = None) -> GenerationRequest:
+    def _ask(self, max_tokens: int | None, verify: list[int] | None = None, draft: bool = False) -> GenerationRequest:
         self._round += 1
         sampling = {**self._sampling, **({"max_tokens": max_tokens} if max_tokens is not None else {})}
+        floor = self._draft_floor if draft else None
+        if floor is not None:
+            sampling["logprobs"] = 0  # the sampled token's, which the cheap engine judges the draft's end by
         # One version of each tier for the whole answer while a canary runs: the rounds share a session key.
         return dataclasses.replace(self._request, request_id=f"{self._request.request_id}-s{self._round}",
                                    sampling=sampling, prefix_token_ids=list(self._ids), verify_token_ids=verify,
-                                   session_key=self._request.session_key or self._request.request_id)
+                                   session_key=self._request.session_key or self._request.request_id,
+                                   stop_below_logprob=floor)
 
     def _room(self) -> int | None:
         return None if self._max_tokens is None else self._max_tokens - len(self._ids)
@@ -152,13 +162,14 @@ class SpeculativeAnswer:
                 yield self._chunk([], "", "length")
                 return
             block = self._gamma if room is None else min(self._gamma, room)
-            draft = await self._answer(self._cheap, self._ask(block))
+            draft = await self._answer(self._cheap, self._ask(block, draft=True))
             if draft is None:
                 self.stats.cheap_failed = True
                 async for chunk in self._alone(self._strong):
                     yield chunk
                 return
             self.stats.drafted += len(draft.ids)
+            self.stats.cut += draft.finish_reason is None and 0 < len(draft.ids) < block
             if not draft.ids:  # the cheap tier ended the answer without a token: the strong tier finishes it
                 async for chunk in self._alone(self._strong):
                     yield chunk

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace as NS
 
-from deployments.engine_outputs import eos_ids, scored_ids, scored_positions_cached, verification
+from deployments.engine_outputs import eos_ids, scored_ids, scored_positions_cached, unsure, verification
 from serve_app.generation import GenerationRequest
 
 EOS = 0
@@ -35,6 +35,13 @@ def test_a_verdict_needs_every_scored_position_computed():
     assert not scored_positions_cached(None, 10)
     assert not scored_positions_cached(9, 10)  # logits at 9 score the token at 10
     assert scored_positions_cached(10, 10)
+
+
+def test_a_draft_ends_at_a_sampled_token_below_the_floor():
+    delta = NS(token_ids=[2, 3], logprobs=[{2: NS(logprob=-0.1), 4: NS(logprob=-3.0)}, {3: NS(logprob=-1.5)}])
+    assert unsure(delta, -1.0)  # " sat" at -1.5; an alternative's low log-probability does not count
+    assert not unsure(delta, -2.0)
+    assert not unsure(delta, None) and not unsure(NS(token_ids=[2], logprobs=None), -1.0)
 
 
 def test_end_of_sequence_ids_come_from_tokenizer_and_config():

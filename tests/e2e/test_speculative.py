@@ -29,10 +29,11 @@ def sample_prompts() -> list[str]:
     return list(kinds.values())  # one of each kind: arithmetic, capital, sentiment, instruction, fact
 
 
-def speculative_stream(client, prompt: str, **kwargs):
+def speculative_stream(client, prompt: str, cascade: dict | None = None, **kwargs):
     chunks = list(client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=24, stream=True,
-        stream_options={"include_usage": True}, extra_body=SPECULATIVE, **kwargs))
+        stream_options={"include_usage": True}, extra_body={"cascade": SPECULATIVE["cascade"] | (cascade or {})},
+        **kwargs))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     return text, chunks, final[-1]
@@ -68,6 +69,20 @@ def test_at_alpha_zero_the_speculative_answer_is_the_strong_answer(client, promp
         assert final.choices[0].finish_reason == strong.choices[0].finish_reason
     held = usage.model_extra["replica_seconds"]
     assert held["cheap"] > 0 and held["strong"] > 0 and usage.model_extra["cost_usd"] > 0
+
+
+def test_drafts_end_where_the_cheap_tier_is_unsure_and_the_answer_stays_the_strong_answer(client):
+    # At a stop probability of 0.9 the pruned cheap model ends a draft after nearly every token; an engine
+    # that ignored the floor would draft whole blocks of 8 (no cut).
+    prompt = sample_prompts()[3]  # an instruction: a long answer
+    strong = client.chat.completions.create(model="strong", messages=[{"role": "user", "content": prompt}],
+                                            temperature=0, max_tokens=24, logprobs=True, top_logprobs=2)
+    text, chunks, final = speculative_stream(client, prompt, {"draft_tokens": 8, "draft_stop_prob": 0.9})
+    expected = strong.choices[0].message.content
+    assert text == expected or first_divergence_is_a_near_tie(strong.choices[0].logprobs.content, text), (text, expected)
+    speculation = final.model_extra["routing"]["speculation"]
+    assert speculation["cut"] >= 1 and speculation["drafted"] < 8 * speculation["passes"], speculation
+    assert speculation["accepted"] + speculation["replaced"] + speculation["added"] == chunks[-1].usage.completion_tokens
 
 
 def test_every_pass_is_an_attempt_in_the_trace(client, stack):

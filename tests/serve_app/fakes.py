@@ -47,7 +47,7 @@ def request(logprobs=None):
 
 
 EOS = 0
-TOP, OTHER = 0.6, 0.3
+TOP, OTHER, UNSURE = 0.6, 0.3, 0.2
 
 
 def text_of(ids):
@@ -62,10 +62,13 @@ def ids_of(text):
 class TokenModel:
     """A fake engine over integer tokens: its favourite token at answer position i is `favourites[i]`
     (EOS past the end), with probability TOP; any other token has OTHER. Generates greedily, one chunk
-    per token; scores like the engine's `verify_token_ids` / `verify_text` path. Fails calls numbered in `fail_calls`."""
+    per token; scores like the engine's `verify_token_ids` / `verify_text` path. Fails calls numbered in `fail_calls`.
+    At the answer positions in `unsure` its favourite has probability UNSURE instead, and a draft
+    (`stop_below_logprob`) ends there as the engine's does."""
 
-    def __init__(self, favourites, fail_calls=(), hang_after=None):
+    def __init__(self, favourites, fail_calls=(), hang_after=None, unsure=()):
         self.favourites, self.fail_calls, self.hang_after = list(favourites), set(fail_calls), hang_after
+        self.unsure = set(unsure)
         self.requests: list[GenerationRequest] = []
         self.open_streams = 0
 
@@ -92,10 +95,11 @@ class TokenModel:
                 if self.hang_after is not None and n > self.hang_after:
                     await asyncio.Event().wait()
                 token = self.favourite(len(prefix) + n - 1)
-                logprobs = None if request.sampling.get("logprobs") is None else [TokenLogprob(text_of([token]), math.log(TOP))]
+                logprob = math.log(UNSURE if len(prefix) + n - 1 in self.unsure else TOP)
+                logprobs = None if request.sampling.get("logprobs") is None else [TokenLogprob(text_of([token]), logprob)]
                 yield GenerationChunk(text_of([token]), [token], 5 + len(prefix), n, logprobs=logprobs,
                                       finish_reason="stop" if token == EOS else "length" if n == limit else None)
-                if token == EOS:
+                if token == EOS or logprob < (request.stop_below_logprob or -math.inf):
                     return
         finally:
             self.open_streams -= 1

@@ -14,14 +14,14 @@ from serve_app.routing.speculative import SpeculativeAnswer, cut_at_stop
 from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
 
 
-def answer(cheap, strong, draft_tokens=4, alpha=0.0, **sampling):
+def answer(cheap, strong, draft_tokens=4, alpha=0.0, draft_stop_prob=0.0, **sampling):
     models = {"cheap": cheap, "strong": strong}
 
     async def open_tier(tier, request):
         return await models[tier].open(request)
 
     request = GenerationRequest("r1", {"temperature": 0, **sampling}, prompt="q")
-    return SpeculativeAnswer(open_tier, request, "cheap", "strong", draft_tokens, alpha)
+    return SpeculativeAnswer(open_tier, request, "cheap", "strong", draft_tokens, alpha, draft_stop_prob)
 
 
 def collect(spec):
@@ -51,7 +51,7 @@ def test_at_alpha_zero_the_answer_is_the_strong_greedy_answer():
     # the strong tier's opening token; kept 6, replaced 1 by 7; then all kept to the end
     assert [c.token_ids for c in chunks] == [[5], [6, 7], [8, 9, EOS]]
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == len(STRONG)
-    assert chunks[-1].speculation == {"drafted": 7, "accepted": 4, "replaced": 1, "added": 1, "passes": 2,
+    assert chunks[-1].speculation == {"drafted": 7, "cut": 0, "accepted": 4, "replaced": 1, "added": 1, "passes": 2,
                                       "strong_failed": 0, "cheap_failed": 0}
     assert chunks[0].speculation is None
 
@@ -80,6 +80,27 @@ def test_the_strong_tier_ending_the_answer_ends_it():
     chunks = collect(answer(cheap, strong))
     assert [t for c in chunks for t in c.token_ids] == [5, 6, 7, EOS]
     assert chunks[-1].finish_reason == "stop" and "".join(c.text for c in chunks) == " w5 w6 w7"
+
+
+def test_a_draft_ends_after_the_first_token_the_cheap_tier_is_unsure_of():
+    # The cheap tier is unsure of its token at position 2 (1, which the strong tier rejects): the first
+    # draft stops there instead of scoring 8 and 9 after it; the answer is the same.
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS], unsure={2}), TokenModel(STRONG)
+    chunks = collect(answer(cheap, strong, draft_stop_prob=0.5))
+    assert [t for c in chunks for t in c.token_ids] == STRONG
+    assert [r.verify_token_ids for r in strong.requests[1:]] == [[6, 1], [8, 9, EOS]]
+    assert chunks[-1].speculation == {"drafted": 5, "cut": 1, "accepted": 4, "replaced": 1, "added": 1,
+                                           "passes": 2, "strong_failed": 0, "cheap_failed": 0}
+    assert all(r.sampling["logprobs"] == 0 and r.stop_below_logprob == pytest.approx(math.log(0.5))
+               for r in cheap.requests)
+    assert all("logprobs" not in r.sampling and r.stop_below_logprob is None for r in strong.requests)
+
+
+def test_without_a_stop_probability_drafts_are_whole_blocks():
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS], unsure={2}), TokenModel(STRONG)
+    collect(answer(cheap, strong))
+    assert strong.requests[1].verify_token_ids == [6, 1, 8, 9]
+    assert all(r.stop_below_logprob is None and "logprobs" not in r.sampling for r in cheap.requests)
 
 
 def test_a_larger_alpha_keeps_more_of_the_cheap_answer():
