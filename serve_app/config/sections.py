@@ -51,9 +51,11 @@ class CascadeConfig(StrictModel):
     draft_tokens: int = Field(4, ge=1, le=64)
     """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier (at most)."""
     draft_stop_prob: float = Field(0.0, ge=0.0, lt=1.0)
-    """Speculative mode: the cheap tier ends a draft after the first token it samples with a probability
-    below this, where the strong tier likely rejects it; the strong tier scores fewer tokens that it
-    would throw away, and the cheap tier drafts fewer. 0 drafts whole blocks of `draft_tokens`."""
+    """Speculative mode: the cheap tier ends a draft after the first token it samples with a (raw)
+    probability below this, where the strong tier likely rejects it: the cheap tier drafts fewer tokens
+    and the strong tier scores fewer that it would throw away, but a doubted token the strong tier keeps
+    now ends a round, so there are more passes (an A/B in docs/cascade.md). 0 drafts whole blocks of
+    `draft_tokens`."""
     alpha: float = Field(0.0, ge=0.0, lt=1.0)
     """Speculative mode: keep a drafted token v while p_strong(v) >= (1 - alpha) * max p_strong; 0 keeps
     only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts.
