@@ -115,12 +115,15 @@ def ray_llm_config(strong, model_name: str, port: int) -> dict:
 
 
 @contextlib.contextmanager
-def started(system: str, profile: dict, max_concurrency: int, folder: Path) -> Iterator[Target]:
-    """Start `system` on free loopback ports, yield it once it answers, stop it and its processes."""
+def started(system: str, profile: dict, max_concurrency: int, folder: Path,
+            ray_env: dict[str, str] | None = None, label: str | None = None) -> Iterator[Target]:
+    """Start `system` on free loopback ports, yield it once it answers, stop it and its processes.
+    `ray_env` is added to a Ray head's environment (e.g. Ray Serve's RAY_SERVE_* settings); `label`
+    names the log file (default: the system)."""
     config = AppConfig.model_validate(app_args(profile))
     strong = config.tiers[config.cascade.strong_tier]
     model_name = Path(strong.model_source).name
-    port, log = free_port(), folder / f"{system}.log"
+    port, log = free_port(), folder / f"{label or system}.log"
     base_url = f"http://127.0.0.1:{port}"
     head = None
     process = None
@@ -134,11 +137,11 @@ def started(system: str, profile: dict, max_concurrency: int, folder: Path) -> I
                 stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
             target = Target(system, base_url, {"strong": model_name}, [process])
         elif system == "app":
-            head = RayHead.start(log, MARKER)
+            head = RayHead.start(log, MARKER, env=ray_env)
             head.deploy(bench_profile(profile, port, max_concurrency), cli=False)
             target = Target(system, base_url, {route: route for route in ("strong", "cheap", "auto")}, [head.process])
         elif system == "ray-llm":
-            head = RayHead.start(log, MARKER)
+            head = RayHead.start(log, MARKER, env=ray_env)
             head.deploy(ray_llm_config(strong, model_name, port), cli=False)
             target = Target(system, base_url, {"strong": model_name}, [head.process])
         else:

@@ -2,7 +2,7 @@
 vLLM's own OpenAI server on the same model and engine settings, short and long prompts, in one run.
 
     .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200] [--max-tokens 1]
-        [--pause-s 0] [--out bench-out/latency-breakdown.json]
+        [--pause-s 0] [--app-variant NAME:KEY=VALUE[,KEY=VALUE]]... [--out bench-out/latency-breakdown.json]
 
 The app runs on a throwaway Ray head (the local profile, as scripts/bench_serving.py starts it) with its
 spans sent to an in-process OTLP receiver; then vLLM's server runs alone. Each system gets the same
@@ -19,11 +19,18 @@ its trace's spans (same host, same wall clock) split the time to the first conte
 - `engine_to_router`: first token in the engine → first chunk in the router's attempt;
 - `router_to_client`: that chunk → the client's first content byte (router, proxy, HTTP).
 Medians per hop and prompt length, and the TTFT p50 of each system: the app's addition is the gap.
+The app runs twice: traced, for the split, and as shipped (`app:untraced`, tracing as the profile
+sets it, off in the local one), the figure to hold against vLLM's; each `--app-variant` runs it once
+more, untraced, its Ray head started with those environment variables (Ray Serve's RAY_SERVE_*
+settings), for an A/B against the shipped app in the same run. `--vllm-beside-app` runs vLLM's
+server once more with the app up and idle beside it: what the app's idle processes (Ray's and
+Serve's) alone cost an engine that shares the cores with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -101,6 +108,15 @@ def measure(base_url: str, model: str, texts: list[str], max_tokens: int, pause_
     return result
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:KEY=VALUE[,KEY=VALUE]` as (name, environment)."""
+    name, _, assignments = text.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    if not name or not env:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    return name, env
+
+
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs/local-cpu.yaml")
@@ -108,6 +124,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--long-words", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=1, help="tokens per answer (ignore_eos); >1 adds TPOT")
     parser.add_argument("--pause-s", type=float, default=0.0, help="idle time before each request (0: back to back)")
+    parser.add_argument("--app-variant", type=variant, action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="the app again, its Ray head with these environment variables (repeatable)")
+    parser.add_argument("--vllm-beside-app", action="store_true",
+                        help="vLLM's server once more, with the app up and idle beside it (its background CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/latency-breakdown.json")
     return parser
 
@@ -119,26 +139,44 @@ def main() -> None:
     strong = config.tiers[config.cascade.strong_tier]
     texts = prompts(args.requests, args.long_words)
     spans = SpanCollector()
-    app_args(profile)["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
-                                                      "export_interval_ms": 500}}
+    traced = json.loads(json.dumps(profile))
+    app_args(traced)["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
+                                                     "export_interval_ms": 500}}
+    variants = "".join(f" --app-variant {name}:{','.join(f'{k}={v}' for k, v in env.items())}"
+                       for name, env in args.app_variant)
     result: dict = {"command": f"python -m scripts.latency_breakdown --requests {args.requests} "
-                               f"--long-words {args.long_words} --max-tokens {args.max_tokens} --pause-s {args.pause_s:g}",
-                      "systems": {}}
+                               f"--long-words {args.long_words} --max-tokens {args.max_tokens} --pause-s {args.pause_s:g}"
+                               + variants + (" --vllm-beside-app" if args.vllm_beside_app else ""),
+                    "systems": {}, "variants": dict(args.app_variant)}
+    # (label, system, profile, Ray environment, span collector): the traced app gives the split, the
+    # untraced one (the profile as shipped) and its variants the TTFT to compare with vLLM's.
+    runs = [("app", "app", traced, None, spans), ("app:untraced", "app", profile, None, None),
+            *((f"app:{name}", "app", profile, env, None) for name, env in args.app_variant),
+            ("vllm", "vllm", profile, None, None)]
+    if args.vllm_beside_app:
+        runs.append(("vllm:beside-idle-app", "vllm", profile, None, None))
     try:
         with tempfile.TemporaryDirectory() as folder:
-            for system in ("app", "vllm"):
-                with started(system, profile, 1, Path(folder)) as target:
+            for label, system, deployed, env, collector in runs:
+                with contextlib.ExitStack() as stack:
+                    if label == "vllm:beside-idle-app":  # the app up and idle, for its processes' background CPU
+                        stack.enter_context(started("app", profile, 1, Path(folder), label="idle-app"))
+                    target = stack.enter_context(started(system, deployed, 1, Path(folder), ray_env=env,
+                                                         label=label.replace(":", "-")))
                     model = target.models["strong"]
-                    result["systems"][system] = {length: measure(target.base_url, model, batch, args.max_tokens, args.pause_s,
-                                                                 spans if system == "app" else None)
-                                                 for length, batch in texts.items()}
+                    result["systems"][label] = {length: measure(target.base_url, model, batch, args.max_tokens,
+                                                                args.pause_s, collector)
+                                                for length, batch in texts.items()}
     finally:
         spans.close()
     result["template_ms"] = {length: round(template_ms(ROOT / strong.model_source, batch), 2)
                              for length, batch in texts.items()}
-    result["added_ttft_p50_ms"] = {length: round(result["systems"]["app"][length]["ttft_p50_ms"]
-                                                 - result["systems"]["vllm"][length]["ttft_p50_ms"], 1)
-                                   for length in texts}
+    systems = result["systems"]
+    result["added_ttft_p50_ms"] = {
+        label: {length: round(systems[label][length]["ttft_p50_ms"] - systems["vllm"][length]["ttft_p50_ms"], 1)
+                for length in texts} for label in systems if label != "vllm"}
+    if args.vllm_beside_app:  # what the idle app's processes alone cost vLLM's own server
+        result["beside_idle_app_added_ttft_p50_ms"] = result["added_ttft_p50_ms"].pop("vllm:beside-idle-app")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -5,7 +5,8 @@ request router (deployments.prefix_router).
   follows, and with the load gone it scales back to one.
 - Prefix affinity: each turn of a conversation reaches the replica that served its history (its vLLM
   prefix cache holds it), while the conversations spread over both replicas.
-The stack's original config is deployed again afterwards."""
+The last module on the session's stack (stage 5, after the fault tests): it leaves the stack scaled,
+since deploying the original config again would restart every replica for no later test."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import yaml
 
 from scripts.harness.cluster import BIN, ROOT, get_json, running_replicas, wait_for, wait_until_running
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stage(2)]  # redeploys the tiers scaled
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(5)]  # redeploys the tiers scaled, and leaves them so
 
 AUTOSCALING = {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                "upscale_delay_s": 3, "downscale_delay_s": 20, "look_back_period_s": 6, "metrics_interval_s": 2}
@@ -56,13 +57,7 @@ def scaled(stack, tmp_path_factory):
     tiers["cheap"]["deployment"].update(num_replicas=None, autoscaling_config=AUTOSCALING)
     tiers["strong"]["deployment"].update(num_replicas=2, request_router_config=PREFIX_ROUTER,
                                          ray_actor_options={"num_cpus": 0.5})  # the redeploy's surge fits 4 CPUs
-    folder = tmp_path_factory.mktemp("scaled")
-    try:
-        deploy(stack, config, folder)
-        yield
-    finally:
-        deploy(stack, stack.config, folder)  # as the other tests expect it, warmed
-        warm(stack, "cheap", "strong")
+    deploy(stack, config, tmp_path_factory.mktemp("scaled"))
 
 
 def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):

@@ -17,7 +17,7 @@ from scripts.harness.cluster import BIN, ROOT, free_port, stop_cluster
 from serve_app.models.store import cache_entry
 from tests.e2e.conftest import CHEAP_S3_URI
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stage(5)]  # starts a cluster of its own beside the stack
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(6)]  # starts a cluster of its own beside the stack
 
 DRIVER = r"""
 import asyncio, json, sys, time
