@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from scripts.harness.cluster import app_args, load_profile
+from scripts.harness.eval_data import eval_items
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVED = 8
@@ -97,7 +98,7 @@ def main() -> None:
     config = AppConfig.model_validate(app_args(load_profile(args.profile)))
     strong = config.tiers[config.cascade.strong_tier]
     os.environ.update(strong.env_vars)
-    items = [json.loads(line) for line in (ROOT / "scripts/data/cascade_eval.jsonl").read_text().splitlines() if line]
+    items = eval_items()
     prompts = [item["prompt"] for item in items[::max(1, len(items) // args.prompts)]][:args.prompts]
     summary = asyncio.run(measure(str(ROOT / strong.model_source), strong.engine_kwargs, prompts, args.draft))
     summary["command"] = f"python -m scripts.bench_verify_pass --prompts {args.prompts} --draft {args.draft}"

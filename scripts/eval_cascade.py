@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 
 from scripts.eval_speculative import ask, speculation_totals
+from scripts.harness.eval_data import EVAL_DATA, eval_items
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.bench_stats import percentile
 from serve_app.analysis.cascade_eval import Answered
@@ -233,7 +234,7 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--config", type=Path, default=ROOT / "configs/local-cpu.yaml",
                         help="the deployed profile: its cascade tiers and scorer")
-    parser.add_argument("--data", type=Path, default=ROOT / "scripts/data/cascade_eval.jsonl")
+    parser.add_argument("--data", type=Path, default=EVAL_DATA)
     parser.add_argument("--limit", type=int, help="every k-th prompt so that about this many are asked")
     parser.add_argument("--alphas", default="0", help="comma-separated alphas of the speculative mode")
     parser.add_argument("--max-tokens", type=int, default=24)
@@ -247,7 +248,7 @@ def main() -> None:
     if args.summarize:
         rows = json.loads(args.summarize.read_text())["answers"]
         return write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot)
-    items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    items = eval_items(args.data)
     if args.limit and args.limit < len(items):
         items = items[::-(-len(items) // args.limit)]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}

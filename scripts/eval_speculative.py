@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from scripts.harness.eval_data import EVAL_DATA, eval_items
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.bench_stats import percentile
 
@@ -117,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key")
-    parser.add_argument("--data", type=Path, default=ROOT / "scripts/data/cascade_eval.jsonl")
+    parser.add_argument("--data", type=Path, default=EVAL_DATA)
     parser.add_argument("--limit", type=int, help="every k-th prompt so that about this many are asked")
     parser.add_argument("--alphas", default="0", help="comma-separated alphas of the speculative mode")
     parser.add_argument("--draft-tokens", default="4", help="comma-separated draft lengths")
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/speculative-eval.json")
     args = parser.parse_args()
 
-    items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    items = eval_items(args.data)
     if args.limit and args.limit < len(items):
         items = items[::-(-len(items) // args.limit)]
     alphas = [float(a) for a in args.alphas.split(",")]

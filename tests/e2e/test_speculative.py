@@ -7,12 +7,12 @@ tier's verdict on it says, and bills the verification."""
 
 from __future__ import annotations
 
-import json
 import secrets
 
 import pytest
 
-from scripts.harness.cluster import ROOT, wait_for
+from scripts.harness.cluster import wait_for
+from scripts.harness.eval_data import eval_items
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +22,8 @@ NEAR_TIE = 0.01
 
 
 def sample_prompts() -> list[str]:
-    items = [json.loads(line) for line in (ROOT / "scripts" / "data" / "cascade_eval.jsonl").read_text().splitlines()]
     kinds: dict[str, str] = {}
-    for item in items:
+    for item in eval_items():
         kinds.setdefault(item["kind"], item["prompt"])
     return list(kinds.values())  # one of each kind: arithmetic, capital, sentiment, instruction, fact
 
@@ -50,13 +49,23 @@ def first_divergence_is_a_near_tie(strong_logprobs, text: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("prompt", sample_prompts())
-def test_at_alpha_zero_the_speculative_answer_is_the_strong_answer(client, prompt):
-    strong = client.chat.completions.create(model="strong", messages=[{"role": "user", "content": prompt}],
-                                            temperature=0, max_tokens=24, logprobs=True, top_logprobs=2)
-    text, chunks, final = speculative_stream(client, prompt)
+def strong_answer(client, prompt: str):
+    """The `strong` route's greedy answer, with the top two log-probabilities of each token."""
+    return client.chat.completions.create(model="strong", messages=[{"role": "user", "content": prompt}],
+                                          temperature=0, max_tokens=24, logprobs=True, top_logprobs=2)
+
+
+def assert_is_the_strong_answer(text: str, strong) -> None:
+    """`text` is the strong answer, or leaves it only where the strong model's top two nearly tied."""
     expected = strong.choices[0].message.content
     assert text == expected or first_divergence_is_a_near_tie(strong.choices[0].logprobs.content, text), (text, expected)
+
+
+@pytest.mark.parametrize("prompt", sample_prompts())
+def test_at_alpha_zero_the_speculative_answer_is_the_strong_answer(client, prompt):
+    strong = strong_answer(client, prompt)
+    text, chunks, final = speculative_stream(client, prompt)
+    assert_is_the_strong_answer(text, strong)
     routing = chunks[0].model_extra["routing"]
     assert routing["route"] == "auto" and routing["served_by"] == "strong" and routing["reason"] == "speculative"
     speculation = final.model_extra["routing"]["speculation"]
@@ -64,7 +73,7 @@ def test_at_alpha_zero_the_speculative_answer_is_the_strong_answer(client, promp
     assert speculation["passes"] >= 1 and not speculation["strong_failed"] and not speculation["cheap_failed"]
     assert speculation["accepted"] + speculation["replaced"] + speculation["added"] == usage.completion_tokens
     assert speculation["accepted"] <= speculation["drafted"]
-    if text == expected:
+    if text == strong.choices[0].message.content:
         assert usage.completion_tokens == strong.usage.completion_tokens
         assert final.choices[0].finish_reason == strong.choices[0].finish_reason
     held = usage.model_extra["replica_seconds"]
@@ -75,11 +84,9 @@ def test_drafts_end_where_the_cheap_tier_is_unsure_and_the_answer_stays_the_stro
     # At a stop probability of 0.9 the pruned cheap model ends a draft after nearly every token; an engine
     # that ignored the floor would draft whole blocks of 8 (no cut).
     prompt = sample_prompts()[3]  # an instruction: a long answer
-    strong = client.chat.completions.create(model="strong", messages=[{"role": "user", "content": prompt}],
-                                            temperature=0, max_tokens=24, logprobs=True, top_logprobs=2)
+    strong = strong_answer(client, prompt)
     text, chunks, final = speculative_stream(client, prompt, {"draft_tokens": 8, "draft_stop_prob": 0.9})
-    expected = strong.choices[0].message.content
-    assert text == expected or first_divergence_is_a_near_tie(strong.choices[0].logprobs.content, text), (text, expected)
+    assert_is_the_strong_answer(text, strong)
     speculation = final.model_extra["routing"]["speculation"]
     assert speculation["cut"] >= 1 and speculation["drafted"] < 8 * speculation["passes"], speculation
     assert speculation["accepted"] + speculation["replaced"] + speculation["added"] == chunks[-1].usage.completion_tokens
