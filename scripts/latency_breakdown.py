@@ -2,7 +2,8 @@
 vLLM's own OpenAI server on the same model and engine settings, short and long prompts, in one run.
 
     .venv/bin/python -m scripts.latency_breakdown [--requests 30] [--long-words 200] [--max-tokens 1]
-        [--pause-s 0] [--app-variant NAME:KEY=VALUE[,KEY=VALUE]]... [--out bench-out/latency-breakdown.json]
+        [--pause-s 0] [--app-variant NAME:KEY=VALUE[,KEY=VALUE]]... [--vllm-beside-app]
+        [--out bench-out/latency-breakdown.json]
 
 The app runs on a throwaway Ray head (the local profile, as scripts/bench_serving.py starts it) with its
 spans sent to an in-process OTLP receiver; then vLLM's server runs alone. Each system gets the same
@@ -45,6 +46,8 @@ from scripts.harness.spans import ReceivedSpan, SpanCollector
 from scripts.harness.streams import Streamed, stream_chat
 from serve_app.config import AppConfig
 
+BESIDE_IDLE_APP = "vllm:beside-idle-app"
+"""The run of vLLM's server with the app up and idle beside it (`--vllm-beside-app`)."""
 HOPS = ("proxy_in", "router", "dispatch", "engine", "engine_to_router", "router_to_client")
 
 
@@ -154,12 +157,12 @@ def main() -> None:
             *((f"app:{name}", "app", profile, env, None) for name, env in args.app_variant),
             ("vllm", "vllm", profile, None, None)]
     if args.vllm_beside_app:
-        runs.append(("vllm:beside-idle-app", "vllm", profile, None, None))
+        runs.append((BESIDE_IDLE_APP, "vllm", profile, None, None))
     try:
         with tempfile.TemporaryDirectory() as folder:
             for label, system, deployed, env, collector in runs:
                 with contextlib.ExitStack() as stack:
-                    if label == "vllm:beside-idle-app":  # the app up and idle, for its processes' background CPU
+                    if label == BESIDE_IDLE_APP:  # the app up and idle, for its processes' background CPU
                         stack.enter_context(started("app", profile, 1, Path(folder), label="idle-app"))
                     target = stack.enter_context(started(system, deployed, 1, Path(folder), ray_env=env,
                                                          label=label.replace(":", "-")))
@@ -176,7 +179,7 @@ def main() -> None:
         label: {length: round(systems[label][length]["ttft_p50_ms"] - systems["vllm"][length]["ttft_p50_ms"], 1)
                 for length in texts} for label in systems if label != "vllm"}
     if args.vllm_beside_app:  # what the idle app's processes alone cost vLLM's own server
-        result["beside_idle_app_added_ttft_p50_ms"] = result["added_ttft_p50_ms"].pop("vllm:beside-idle-app")
+        result["beside_idle_app_added_ttft_p50_ms"] = result["added_ttft_p50_ms"].pop(BESIDE_IDLE_APP)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
