@@ -2,7 +2,7 @@
 
 The only module that imports vLLM (lazily, so the app builder stays light). Continuous batching,
 prefix caching, quantization and the other engine options are vLLM's own, reached through
-`engine_kwargs`. When a caller goes away, Ray Serve cancels `generate`, and vLLM's generator aborts
+`engine.args`. When a caller goes away, Ray Serve cancels `generate`, and vLLM's generator aborts
 the request in the engine.
 """
 
@@ -23,9 +23,9 @@ from ray import serve
 
 from deployments import engine_outputs, watchdog
 from deployments.metrics import EngineMetrics
-from serve_app.api.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
 from serve_app.config import ModelStoreConfig, ObservabilityConfig, TierConfig
-from serve_app.generation import Accepted, GenerationChunk, GenerationRequest
+from serve_app.core.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
+from serve_app.core.generation import Accepted, GenerationChunk, GenerationRequest
 from serve_app.models import store as model_store
 from serve_app.observability import efficiency, tracing
 from serve_app.observability.metering import ProcessorSharing
@@ -33,12 +33,12 @@ from serve_app.observability.metering import ProcessorSharing
 logger = logging.getLogger("ray.serve")
 
 
-def check_engine_kwargs(engine_kwargs: dict[str, Any]) -> None:
+def check_engine_args(args: dict[str, Any]) -> None:
     """Reject names that are not fields of vLLM's AsyncEngineArgs, naming them and the field."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    if unknown := sorted(set(engine_kwargs) - {f.name for f in dataclasses.fields(AsyncEngineArgs)}):
-        raise ValueError(f"engine_kwargs: {unknown} are not vLLM AsyncEngineArgs fields")
+    if unknown := sorted(set(args) - {f.name for f in dataclasses.fields(AsyncEngineArgs)}):
+        raise ValueError(f"engine.args: {unknown} are not vLLM AsyncEngineArgs fields")
 
 
 @serve.deployment(name="llm")
@@ -46,61 +46,81 @@ class LLMServer:
     async def __init__(self, name: str, tier: TierConfig | dict[str, Any],
                        observability: ObservabilityConfig | dict[str, Any] | None = None,
                        model_store: ModelStoreConfig | dict[str, Any] | None = None):
-        """`name` and `tier` of the tier this replica serves; the app's observability (its spans carry
-        the app's service name) and model store settings. Models as the builder validated them, or
-        their dicts (validated here)."""
+        """`name` and `tier` of the tier this replica serves; the app's observability and model store
+        settings. Models as the builder validated them, or their dicts (validated here)."""
         # Before the engine starts a process: its processes end with this replica, however it ends.
         self._watchdog = watchdog.guard()
         imports_started = time.monotonic()
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401  (timed: the import is a start phase)
 
         config = TierConfig.model_validate(tier)
-        model, engine_kwargs = config.resolved_model(), config.engine_kwargs
         self._tier, self._replica = name, serve.get_replica_context().replica_id.unique_id
         self._metrics = EngineMetrics(name)
         self._start_phases: dict[str, float] = {}
         self._phase("import", time.monotonic() - imports_started)
-        check_engine_kwargs(engine_kwargs)
-        traced = ObservabilityConfig.model_validate(observability or {})
-        tracing.configure(traced.tracing, traced.service_name)
-        self._model = config.served_model_name or model
+        tracing.configure(ObservabilityConfig.model_validate(observability or {}).tracing)
         self._fetched_bytes, self._served = 0, 0
-        if model.startswith("s3://"):
-            model = self._fetch(model, ModelStoreConfig.model_validate(model_store or {}))
-        self._model_path = model
+        self._model = config.model.served_name or config.model.resolved()
+        self._model_path = self._weights(config, ModelStoreConfig.model_validate(model_store or {}))
+        self._start_engine(config)
+        self._efficiency = self._efficiency_of(config)
+        self._warm_up_figures = await self._warmed_up(config)
+
+    def _weights(self, config: TierConfig, store: ModelStoreConfig) -> str:
+        """Where the engine loads the model from: an s3:// source is fetched into this node's cache first
+        (once per node: other replicas wait on the lock), timed."""
+        if not config.model.from_s3:
+            return config.model.resolved()
+        result = model_store.ensure_cached(config.model.source, model_store.node_cache_dir(store.cache_dir),
+                                           settings=model_store.transfer_settings(store),
+                                           verify_checksums=store.verify_checksums)
+        self._phase("fetch", result.seconds)
+        self._fetched_bytes = result.downloaded_bytes
+        logger.info("model %s in %s: %.1f s, %.0f MB downloaded (%.0f MB/s)", config.model.source, result.path,
+                    result.seconds, result.downloaded_bytes / 1e6, result.bytes_per_s / 1e6)
+        if store.warm_page_cache:
+            warm_started = time.monotonic()
+            model_store.warm_page_cache(result.path)
+            self._phase("page_cache_warm", time.monotonic() - warm_started)
+        return str(result.path)
+
+    def _start_engine(self, config: TierConfig) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        check_engine_args(config.engine.args)
         started = time.monotonic()
         # vLLM's own metrics (vllm:num_requests_running, KV cache usage, ...) go to Ray's endpoint too.
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_kwargs),
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model_path, **config.engine.args),
                                                  stat_loggers=[RayPrometheusStatLogger])
         self._phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
         self._eos_ids = engine_outputs.eos_ids(self._tokenizer, self._engine.model_config.hf_config)
         self._max_model_len = self._engine.model_config.max_model_len
         self._meter = ProcessorSharing(time.monotonic)
-        self._efficiency = None
-        if Path(model).is_dir():
-            dtype = str(self._engine.model_config.dtype).removeprefix("torch.")
-            self._efficiency = efficiency.AnswerEfficiency(model, self._engine.model_config.hf_config.to_dict(), dtype,
-                                           efficiency.probe_peaks(config.peak_memory_bandwidth_gb_s, config.peak_tflops))
-        logger.info("engine for %s ready in %.1f s (max_model_len=%d)", model, time.monotonic() - started, self._max_model_len)
-        self._warm_up_figures: dict[str, float] | None = None
-        if config.warm_up_tokens:
-            warm_started = time.monotonic()
-            self._warm_up_figures = await self._warm_up(config.concurrency_slots, config.warm_up_tokens)
-            self._phase("warm_up", time.monotonic() - warm_started)
-            logger.info("warm-up: a batch of %d, TTFT %.3f s, TPOT %.3f s", config.concurrency_slots,
-                        self._warm_up_figures["ttft_s"], self._warm_up_figures["tpot_s"])
+        logger.info("engine for %s ready in %.1f s (max_model_len=%d)", self._model, time.monotonic() - started,
+                    self._max_model_len)
 
-    async def _warm_up(self, batch: int, tokens: int) -> dict[str, float]:
-        """A full batch of short generations before the replica takes traffic; the batch's slowest
-        first token and its median time per output token after it."""
+    def _efficiency_of(self, config: TierConfig) -> efficiency.AnswerEfficiency | None:
+        """MBU/MFU of each answer, for a model in a local folder (its parameters are counted from the files)."""
+        if not Path(self._model_path).is_dir():
+            return None
+        dtype = str(self._engine.model_config.dtype).removeprefix("torch.")
+        peaks = efficiency.probe_peaks(config.engine.peak_memory_bandwidth_gb_s, config.engine.peak_tflops)
+        return efficiency.AnswerEfficiency(self._model_path, self._engine.model_config.hf_config.to_dict(), dtype, peaks)
+
+    async def _warmed_up(self, config: TierConfig) -> dict[str, float] | None:
+        """A full batch of short generations before the replica takes traffic: the batch's slowest first
+        token and its median time per output token after it (the tier's first speed estimate)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        batch, tokens = config.limits.concurrency_slots, config.engine.warm_up_tokens
+        if not tokens:
+            return None
         params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0, output_kind=RequestOutputKind.DELTA)
-        run = uuid.uuid4().hex[:8]
+        run, warm_started = uuid.uuid4().hex[:8], time.monotonic()
 
         async def one(i: int) -> tuple[float, float]:
             # Distinct prompts: the prefix cache must not make the batch's prefill look cheaper than it is.
@@ -112,25 +132,14 @@ class LLMServer:
             return first - started, (time.monotonic() - first) / max(1, tokens - 1)
 
         results = await asyncio.gather(*(one(i) for i in range(batch)))
-        return {"ttft_s": max(ttft for ttft, _ in results), "tpot_s": statistics.median(tpot for _, tpot in results),
-                "batch": batch}
-
-    def _fetch(self, uri: str, store: ModelStoreConfig) -> str:
-        """The model into this node's cache (once per node: other replicas wait on the lock), timed."""
-        cache_dir = model_store.node_cache_dir(store.cache_dir)
-        result = model_store.ensure_cached(uri, cache_dir, settings=store.transfer(), verify_checksums=store.verify_checksums)
-        self._phase("fetch", result.seconds)
-        self._fetched_bytes = result.downloaded_bytes
-        logger.info("model %s in %s: %.1f s, %.0f MB downloaded (%.0f MB/s)", uri, result.path, result.seconds,
-                    result.downloaded_bytes / 1e6, result.bytes_per_s / 1e6)
-        if store.warm_page_cache:
-            warm_started = time.monotonic()
-            model_store.warm_page_cache(result.path)
-            self._phase("page_cache_warm", time.monotonic() - warm_started)
-        return str(result.path)
+        self._phase("warm_up", time.monotonic() - warm_started)
+        figures = {"ttft_s": max(ttft for ttft, _ in results), "tpot_s": statistics.median(t for _, t in results),
+                   "batch": batch}
+        logger.info("warm-up: a batch of %d, TTFT %.3f s, TPOT %.3f s", batch, figures["ttft_s"], figures["tpot_s"])
+        return figures
 
     def _vllm_trace_headers(self, request: GenerationRequest) -> dict[str, str] | None:
-        """vLLM's own request span joins the trace when its engine exports spans (engine_kwargs
+        """vLLM's own request span joins the trace when its engine exports spans (engine.args
         otlp_traces_endpoint); without it vLLM would warn on every request."""
         return (request.trace_context or None) if self._engine.observability_config.otlp_traces_endpoint else None
 
@@ -282,16 +291,9 @@ class LLMServer:
             if first_token_at is not None:
                 span.set_attribute("serve_app.ttft_s", first_token_at - joined)
             self._served += finished
-            if finished and produced > 1:
-                self._record_efficiency(first_token_at, held, joined, len(prompt_ids), produced)
+            now = time.monotonic()
+            if finished and self._efficiency is not None and (figures := self._efficiency.of_answer(
+                    now - first_token_at, produced, now - joined, held, len(prompt_ids))) is not None:
+                self._metrics.efficiency(*figures, self._efficiency.peak_bytes_per_s)
             span.end()
-
-    def _record_efficiency(self, first_token_at: float, held: float, joined: float, prompt: int, produced: int) -> None:
-        """MBU/MFU of this answer: TPOT over its decode, at its mean batch (its life over its replica share)."""
-        if self._efficiency is None or held <= 0:
-            return
-        now = time.monotonic()
-        tpot = (now - first_token_at) / (produced - 1)
-        mbu, mfu = self._efficiency.of(tpot, (now - joined) / held, prompt + produced // 2)
-        self._metrics.efficiency(mbu, mfu, self._efficiency.peak_bytes_per_s)
 

@@ -1,4 +1,4 @@
-"""vLLM's request outputs turned into the engine seam's types (serve_app.generation): the sampled
+"""vLLM's request outputs turned into the engine seam's types (serve_app.core.generation): the sampled
 tokens' log-probabilities, and a scoring request's `Verification`.
 
 Duck-typed over vLLM's `CompletionOutput`/`RequestOutput`, so no vLLM import: the unit tests hand in
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serve_app.generation import GenerationRequest, TokenLogprob, Verification
+from serve_app.core.generation import GenerationRequest, TokenLogprob, Verification
 
 DECODE_CONTEXT_TOKENS = 4
 """Prompt tokens decoded in front of an answer's, so that a tokenizer that drops a leading space at the

@@ -12,10 +12,10 @@ from typing import Any
 import openai
 
 from serve_app.api.access import secret_from_env
-from serve_app.api.errors import BackendUnavailable, ServerError
 from serve_app.api.protocol import PASSED_THROUGH
 from serve_app.config import ExternalConfig
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.core.errors import BackendUnavailable, ServerError
+from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob
 
 OPENAI_SAMPLING = {"temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "logit_bias"}
 
@@ -26,7 +26,7 @@ class ExternalBackend:
         self._config = config
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url, api_key=secret_from_env(config.api_key_env) or "unused",
-            max_retries=0, timeout=config.total_timeout_s,
+            max_retries=0, timeout=config.limits.total_timeout_s,
         )
 
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:

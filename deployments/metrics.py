@@ -3,7 +3,7 @@ with its application, deployment and replica). Ray prefixes every name with `ray
 dashboard in docs/grafana/ reads these names. vLLM's own engine metrics (`ray_vllm:*`) come from
 its Ray stat logger in deployments/engine.py.
 
-Thin: the router fills a `Ledger` per request (serve_app.observability.telemetry) and hands it over here.
+Thin: the router fills a `Ledger` per request (serve_app.core.ledger) and hands it over here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from serve_app.observability.telemetry import Ledger
+from serve_app.core.ledger import Ledger
 from serve_app.routing.circuit_breaker import BreakerState
 from serve_app.routing.rollout import ShadowRecord
 
@@ -22,7 +22,7 @@ AGREEMENT_BUCKETS = [0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]
 CIRCUIT_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 ROUTER_METRICS = {
-    "serve_app_requests": "Requests by route, the tier that answered, its version and outcome (serve_app.observability.telemetry.OUTCOMES).",
+    "serve_app_requests": "Requests by route, the tier that answered, its version and outcome (serve_app.core.ledger.OUTCOMES).",
     "serve_app_attempts": "Tries at a backend by result: ok, or the error code that sent the request on (fallback reason).",
     "serve_app_ttft_seconds": "Time from the request reaching the router to its first answer chunk.",
     "serve_app_tpot_seconds": "Mean time per output token after the first, per request.",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import PrefixCacheAffinityRouter
 from ray.serve.request_router import PendingRequest
 
-from serve_app.generation import GenerationRequest
+from serve_app.core.generation import GenerationRequest
 
 
 class PrefixAffinityRouter(PrefixCacheAffinityRouter):

@@ -5,7 +5,7 @@ the decision would be lost when it restarts, and every other replica would keep 
 the failing canary. So it goes to one small named actor per application (detached: it outlives
 the router replicas, whose restarts it is there to bridge), keyed by tier and rollout identity
 (`serve_app.routing.rollout.rollout_identity`): a rollout config that changes starts clean. Each replica
-reads it when it applies a rollout and every `router.rollout_sync_s` after that.
+reads it when it applies a rollout and every few seconds after that (deployments.router.ROLLBACK_SYNC_S).
 
 When the actor cannot be reached the router goes on with its own decisions: sharing them is worth
 having, never worth failing a request.
@@ -31,18 +31,23 @@ RolloutDecisions = ray.remote(num_cpus=0)(RollbackBook)
 """The book as an actor: one per application, named `rollouts:<app>` in the `serve_app` namespace."""
 
 
+async def _named_actor(name: str):
+    return await asyncio.to_thread(lambda: RolloutDecisions.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote())
+
+
 class SharedRollbacks:
     """A router replica's side of its application's `RolloutDecisions` actor."""
 
-    def __init__(self, app_name: str):
+    def __init__(self, app_name: str, find: Callable[[str], Awaitable[Any]] | None = None):
+        """`find(name)` returns the actor (by default the named, detached one, created by the first asker)."""
         self._name = f"rollouts:{app_name}"
+        self._find = find or _named_actor
         self._actor = None
 
     async def _decisions(self):
         if self._actor is None:
-            self._actor = await asyncio.to_thread(
-                lambda: RolloutDecisions.options(name=self._name, namespace=NAMESPACE, lifetime="detached",
-                                                 get_if_exists=True).remote())
+            self._actor = await self._find(self._name)
         return self._actor
 
     async def _ask(self, what: str, call: Callable[[Any], Awaitable[Any]], fallback: Any) -> Any:

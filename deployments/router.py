@@ -2,7 +2,7 @@
 
 Thin: it turns the engine versions' handles into router backends, feeds Ray's metrics, and keeps two
 background loops (each tier's running replicas, rollbacks decided by other router replicas). HTTP is
-`serve_app.api.http`, built per replica over the same service (`__serve_build_asgi_app__`); Python code
+`serve_app.ingress.http`, built per replica over the same service (`__serve_build_asgi_app__`); Python code
 holding the app's handle calls `chat`, `chat_stream`, `completions` and `completions_stream` with the
 protocol models directly.
 """
@@ -25,8 +25,6 @@ from deployments.external import ExternalBackend
 from deployments.metrics import RouterMetrics
 from deployments.rollout_state import SharedRollbacks
 from serve_app.api.access import KeyGate, load_api_keys
-from serve_app.api.errors import BackendUnavailable, ServerError, ServingError
-from serve_app.api.http import build_http_api
 from serve_app.api.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -35,9 +33,11 @@ from serve_app.api.protocol import (
     CompletionResponse,
     ModelList,
 )
-from serve_app.api.service import ApiService
-from serve_app.config import AppConfig, RolloutConfig
-from serve_app.generation import Backend, GenerationChunk, GenerationRequest
+from serve_app.config import AppConfig
+from serve_app.core.errors import BackendUnavailable, ServerError, ServingError
+from serve_app.core.generation import Backend, GenerationChunk, GenerationRequest
+from serve_app.ingress.http import build_http_api
+from serve_app.ingress.service import ApiService
 from serve_app.observability import tracing
 from serve_app.routing.factory import build_router
 from serve_app.routing.rollout import RolledBack
@@ -72,6 +72,14 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
     return stream
 
 
+ROLLBACK_SYNC_S = 2.0
+"""How often a router replica reads the canary rollbacks other replicas decided (while a canary runs)."""
+REPLICA_POLL_S = 10.0
+"""How often the router reads each tier's running replicas (its capacity) from the Serve controller. Each
+read makes the controller build every deployment's details, so it is not free: replicas take tens of
+seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
+
+
 @serve.deployment(name="router")
 @serve.ingress()
 class Router:
@@ -80,33 +88,40 @@ class Router:
         by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
         self._engines = engines
-        self._engine_versions = self._config.engine_versions()  # fixed for this replica's life
+        self._metrics = RouterMetrics()
+        self._router = build_router(self._backends(), self._config, time.monotonic, on_rollback=self._rolled_back,
+                                    on_shadow=self._metrics.shadow)
+        context = serve.get_replica_context()
+        self._service = ApiService(self._config, self._router, self._gate(), self._metrics,
+                                   before_models=lambda: self._learn_engines(None), replica=context.replica_id.unique_id)
+        tracing.configure(self._config.observability.tracing)
+        self._metrics.backends(self._router.fleet.states())
+        self._shared_rollbacks = SharedRollbacks(context.app_name)
+        self._background: set[asyncio.Task] = set()
+        # Before taking traffic: each tier's speed from its engines' warm-up. Engines still starting
+        # (a first deploy) are asked again by the replica watcher; their tiers start in slow start.
+        await self._learn_engines(ENGINE_INFO_WAIT_S)
+        # Started once, on the event loop that serves this replica's requests; each survives its errors.
+        self._spawn(self._follow_replicas())
+        self._spawn(self._follow_rollbacks())
+
+    def _gate(self) -> KeyGate:
         access = self._config.access
         keys = load_api_keys(access.api_keys_env, access.api_keys_file)
         if access.require_api_keys and not keys:
             raise ValueError(f"access.require_api_keys is set but no key was found in ${access.api_keys_env} "
                              f"or {access.api_keys_file}")
-        gate = KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
         logger.info("API keys: %s", f"{len(keys)} configured" if keys else "none, authentication is off")
-        backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in engines.items()}
-        backends |= {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
-        self._metrics = RouterMetrics()
-        self._router = build_router(backends, self._config, time.monotonic, on_rollback=self._rolled_back,
-                                     on_shadow=self._metrics.shadow)
-        context = serve.get_replica_context()
-        self._service = ApiService(self._config, self._router, gate, self._metrics, on_call=self._watch_replicas,
-                                   before_models=lambda: self._learn_engine_speeds(None),
-                                   replica=context.replica_id.unique_id)
-        tracing.configure(self._config.observability.tracing, self._config.observability.service_name)
-        self._metrics.backends(self._router.backend_states())
-        self._replica_watch: asyncio.Task | None = None
-        self._rollback_sync: asyncio.Task | None = None
-        self._shared_rollbacks = SharedRollbacks(context.app_name)
-        self._background: set[asyncio.Task] = set()
-        # Before taking traffic: each tier's speed from its engines' warm-up. Engines still starting
-        # (a first deploy) are asked again by the replica watcher; their tiers start in slow start.
-        await self._learn_engine_speeds(ENGINE_INFO_WAIT_S)
-        self._watch_replicas()
+        return KeyGate(keys, access.requests_per_minute_per_key, access.burst_per_key, time.monotonic)
+
+    def _backends(self) -> dict[str, Backend]:
+        backends: dict[str, Backend] = {name: _handle_backend(name, handle) for name, handle in self._engines.items()}
+        return backends | {name: ExternalBackend(name, api) for name, api in self._config.external.items()}
+
+    def _spawn(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_api(self._service)
@@ -115,27 +130,19 @@ class Router:
         """A new rollout (serve_app.config.RolloutConfig), applied in place: in-flight requests finish on
         the version they started on, new ones follow the new split. An invalid one is refused and the
         current rollout stays (raising here would make Ray Serve replace this replica)."""
-        try:
-            rollouts = RolloutConfig.model_validate(user_config or {}).check(self._config)
-        except ValueError as exc:
-            self._service.rollout_error = str(exc)
-            logger.error("rollout config refused, the current one stays: %s", exc)
+        if not self._service.apply_rollouts(user_config):
             return
-        self._service.rollout_error = None
-        self._router.set_rollouts(rollouts)
-        identities = self._router.rollout_identities()
+        tiers = self._router.tiers
+        identities = tiers.identities()
         for tier, rollback in (await self._shared_rollbacks.apply(identities)).items():
-            if self._router.adopt_rollback(tier, identities[tier], rollback):
+            if tiers.adopt(tier, identities[tier], rollback):
                 logger.warning("canary %s@%s stays rolled back (decided earlier): %s", tier, rollback.version, rollback.reason)
-        self._metrics.rollouts(self._router.rollout_status())
-        logger.info("rollouts applied: %s", rollouts.model_dump(exclude_defaults=True) or "every tier on its default version")
+        self._metrics.rollouts(tiers.status())
 
     def _rolled_back(self, tier: str, rollback: RolledBack) -> None:
         logger.warning("canary %s@%s rolled back to 0 %%: %s", tier, rollback.version, rollback.reason)
-        self._metrics.rollouts(self._router.rollout_status())
-        task = asyncio.get_running_loop().create_task(self._share(tier, self._router.rollout_identities()[tier], rollback))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._metrics.rollouts(self._router.tiers.status())
+        self._spawn(self._share(tier, self._router.tiers.identities()[tier], rollback))
 
     async def _share(self, tier: str, identity: str, rollback: RolledBack) -> None:
         """Tell the other router replicas; the rollback is counted once, by the replica whose verdict holds."""
@@ -144,56 +151,46 @@ class Router:
 
     async def _follow_rollbacks(self) -> None:
         """Adopt the rollbacks other router replicas decide, while some tier runs a canary."""
+        tiers = self._router.tiers
         while True:
-            if self._router.runs_canary():
-                adopted = False
-                for tier, (identity, rollback) in (await self._shared_rollbacks.current()).items():
-                    if self._router.adopt_rollback(tier, identity, rollback):
-                        logger.warning("canary %s@%s rolled back by another router replica: %s", tier,
-                                       rollback.version, rollback.reason)
-                        adopted = True
-                if adopted:
-                    self._metrics.rollouts(self._router.rollout_status())
-            await asyncio.sleep(self._config.router.rollout_sync_s)
+            try:
+                if tiers.runs_canary():
+                    adopted = False
+                    for tier, (identity, rollback) in (await self._shared_rollbacks.current()).items():
+                        if tiers.adopt(tier, identity, rollback):
+                            logger.warning("canary %s@%s rolled back by another router replica: %s", tier,
+                                           rollback.version, rollback.reason)
+                            adopted = True
+                    if adopted:
+                        self._metrics.rollouts(tiers.status())
+            except Exception:  # the shared state's actor is restarting: ask again next time
+                logger.warning("could not read the shared rollbacks", exc_info=True)
+            await asyncio.sleep(ROLLBACK_SYNC_S)
 
-    def _watch_replicas(self) -> None:
-        """Start (once, on the serving event loop) following each tier's running replicas and the
-        rollbacks decided by other router replicas."""
-        if self._replica_watch is None or self._replica_watch.done():
-            self._replica_watch = asyncio.get_running_loop().create_task(self._follow_replicas())
-        if self._rollback_sync is None or self._rollback_sync.done():
-            self._rollback_sync = asyncio.get_running_loop().create_task(self._follow_rollbacks())
-
-    async def _learn_engine_speeds(self, wait_s: float | None) -> None:
+    async def _learn_engines(self, wait_s: float | None) -> None:
         """Ask the engine versions not heard from yet for their model_info (each bounded by `wait_s`;
-        None: until it answers, raising its error) and seed their tiers' admission with their warm-up figures."""
-        infos = self._service.engine_infos
-        missing = [label for label in self._engines if label not in infos]
+        None: until it answers, raising its error) and tell the service (its tiers' warm-up speeds)."""
+        missing = self._service.engines_unheard()
         answers = await asyncio.gather(*(asyncio.wait_for(asyncio.ensure_future(self._engines[label].model_info.remote()),
                                                           wait_s) for label in missing), return_exceptions=wait_s is not None)
         for label, info in zip(missing, answers, strict=True):
-            if isinstance(info, BaseException):
-                continue
-            infos[label] = info
-            if info.get("warm_up"):
-                self._router.seed_speed(label, info["warm_up"]["ttft_s"], info["warm_up"]["tpot_s"])
-                logger.info("%s: speed from its warm-up, TTFT %.3f s and TPOT %.3f s at a batch of %d", label,
-                            info["warm_up"]["ttft_s"], info["warm_up"]["tpot_s"], info["warm_up"]["batch"])
+            if not isinstance(info, BaseException):
+                self._service.engine_started(label, info)
 
     async def _follow_replicas(self) -> None:
         app = serve.get_replica_context().app_name
         while True:
-            await self._learn_engine_speeds(ENGINE_INFO_WAIT_S)
             try:
+                await self._learn_engines(ENGINE_INFO_WAIT_S)
                 deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
-                for engine in self._engine_versions:
+                for engine in self._config.engine_versions():
                     states = deployments[engine.deployment].replica_states
                     running = sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
-                    self._router.set_running_replicas(engine.label, running)
-                self._metrics.backends(self._router.backend_states())
+                    self._router.fleet.resize(engine.label, running)
+                self._metrics.backends(self._router.fleet.states())
             except Exception:  # the controller is busy or restarting: keep the last known capacity
                 logger.warning("could not read the tiers' replica counts", exc_info=True)
-            await asyncio.sleep(self._config.router.replica_poll_s)
+            await asyncio.sleep(REPLICA_POLL_S)
 
     # Python API (DeploymentHandle): the same service as HTTP, without its access gate -------------
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from scripts.harness.cluster import ROOT, RayHead, app_args, app_status, free_port, load_profile, wait_for
-from serve_app.routing.rollout import check_serve_config
+from serve_app.config import check_serve_config
 
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
 QUESTION = [{"role": "user", "content": "Name a large city in France and say why it is known."}]
@@ -111,7 +111,7 @@ def main() -> None:
         blue = load_profile("local-cpu.yaml")
         blue["http_options"]["port"] = http_port
         app = blue["applications"][0]
-        app["args"]["tiers"]["strong"]["versions"] = {"v2": {"model_source": "./models/smollm2-135m-instruct-pruned"}}
+        app["args"]["tiers"]["strong"]["versions"] = {"v2": {"model": {"source": "./models/smollm2-135m-instruct-pruned"}}}
         app["deployments"] = [{"name": "router", "user_config": {"rollouts": {"strong": {"shadow": "v2",
                                                                                         "shadow_percent": 100}}}}]
         deploy(blue, head)
@@ -129,7 +129,7 @@ def main() -> None:
 
         retired = copy.deepcopy(green)
         strong = app_args(retired)["tiers"]["strong"]
-        strong.update(model_source="./models/smollm2-135m-instruct-pruned", version="v2")
+        strong.update(model={"source": "./models/smollm2-135m-instruct-pruned"}, version="v2")
         strong.pop("versions")
         sent, accepted = deploy(retired, head)
         v1_gone = until("v1 deleted", lambda: "llm-strong-v1" not in app_status(dashboard_url)["deployments"])

@@ -28,13 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve_app.generation import GenerationChunk, GenerationRequest
+from serve_app.core.generation import GenerationChunk, GenerationRequest
 from serve_app.models.store import (
     MiB,
     S3Location,
     TransferSettings,
     ensure_cached,
     s3_client,
+    transfer_settings,
     upload,
     warm_page_cache,
 )
@@ -100,7 +101,7 @@ def start_replica(uri: str, tier, store: dict, cache_dir: Path, env: dict[str, s
     options = tier.replica_options()
     options["ray_actor_options"]["runtime_env"]["env_vars"].update(env)
     app = LLMServer.options(name="cold-start", **options).bind(
-        "cold-start", tier.model_copy(update={"model_source": uri}).model_dump(), None, {**store, "cache_dir": str(cache_dir)})
+        "cold-start", tier.model_copy(update={"model": tier.model.model_copy(update={"source": uri})}).model_dump(), None, {**store, "cache_dir": str(cache_dir)})
     started = time.monotonic()
     handle = serve.run(app, name="cold-start", route_prefix=None)
     ready_s = time.monotonic() - started
@@ -154,7 +155,7 @@ def main() -> None:
         for case in ("cold", "prefetched", "warm"):
             shutil.rmtree(cache_dir, ignore_errors=True)
             if case != "cold":
-                path = ensure_cached(args.uri, cache_dir, settings=app_config.model_store.transfer()).path
+                path = ensure_cached(args.uri, cache_dir, settings=transfer_settings(app_config.model_store)).path
                 if case == "warm":
                     warm_page_cache(path)
                 else:

@@ -39,7 +39,7 @@ import yaml
 from scripts.harness.cluster import app_args
 from scripts.harness.processes import stop_process_tree
 from scripts.harness.streams import timed_chat
-from serve_app.analysis.bench_stats import percentile
+from serve_app.core.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
@@ -217,7 +217,7 @@ def main() -> None:
         chains["strong"] = [step for step in chains["strong"] if step != "cheap"]
     unshed = json.loads(json.dumps(shipped))
     app_args(unshed)["resilience"]["shed_ttft_target_s"] = None
-    slots = app_args(shipped)["tiers"]["strong"]["concurrency_slots"]
+    slots = app_args(shipped)["tiers"]["strong"]["limits"]["concurrency_slots"]
     report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
                     "strong_fallbacks": app_args(shipped)["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}

@@ -46,6 +46,7 @@ from scripts.harness.cluster import (
 from scripts.harness.metrics import Samples, scrape, served_by_replica, total
 from scripts.harness.streams import stream_chat
 from serve_app.config import AppConfig, engine_deployment
+from serve_app.core.stats import percentile
 
 MARKER = ("SERVE_APP_BENCH_RUN", str(os.getpid()))
 ROUTER = "deployments.prefix_router:PrefixAffinityRouter"
@@ -104,11 +105,6 @@ def settled(head: RayHead, model: str, deployment: str, served_before: float) ->
     return wait_for("the metrics to settle", stable, 180, 6)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def arm_profile(profile: dict, port: int, tier: str, router: dict | None) -> dict:
     config = json.loads(json.dumps(profile))
     config["http_options"] = {"host": "127.0.0.1", "port": port}
@@ -146,9 +142,9 @@ def run_arm(head: RayHead, base_url: str, args: argparse.Namespace, name: str, s
     every = [ttft for chat_ttfts in results for _, ttft in chat_ttfts]
     follow_ups = [ttft for chat_ttfts in results for turn, ttft in chat_ttfts if turn > 0]
     return {"arm": name, "requests": len(every), "wall_s": round(wall, 1),
-            "ttft_p50_s": round(statistics.median(every), 4), "ttft_p99_s": round(percentile(every, 0.99), 4),
-            "follow_up_ttft_p50_s": round(statistics.median(follow_ups), 4),
-            "follow_up_ttft_p99_s": round(percentile(follow_ups, 0.99), 4),
+            "ttft_p50_s": round(percentile(every, 50), 4), "ttft_p99_s": round(percentile(every, 99), 4),
+            "follow_up_ttft_p50_s": round(percentile(follow_ups, 50), 4),
+            "follow_up_ttft_p99_s": round(percentile(follow_ups, 99), 4),
             "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
             "prefix_cache_queried_tokens": queries,
             "replica_share": sorted((round(n / max(1, sum(served.values())), 3) for n in served.values() if n),
@@ -187,7 +183,7 @@ def main() -> None:
     profile = load_profile(args.config)
     config = AppConfig.model_validate(app_args(profile))
     tier = config.tiers[args.tier]
-    model = tier.served_model_name or tier.resolved_model()
+    model = tier.model.served_name or tier.model.resolved()
     deployment = engine_deployment(args.tier, tier.default_version)
     routers = {"default": None, "prefix": {"request_router_class": ROUTER,
                                            "request_router_kwargs": {"imbalanced_threshold": args.imbalanced_threshold}}}

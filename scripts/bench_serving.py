@@ -94,7 +94,8 @@ def bench_profile(profile: dict, port: int, max_concurrency: int) -> dict:
     config = json.loads(json.dumps(profile))
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     for tier in app_args(config)["tiers"].values():
-        tier["concurrency_slots"] = max(tier.get("concurrency_slots", 1), max_concurrency)
+        limits = tier.setdefault("limits", {})
+        limits["concurrency_slots"] = max(limits.get("concurrency_slots", 1), max_concurrency)
         deployment = tier.setdefault("deployment", {})
         deployment["max_ongoing_requests"] = max(deployment.get("max_ongoing_requests", 1), max_concurrency)
     return config
@@ -103,10 +104,10 @@ def bench_profile(profile: dict, port: int, max_concurrency: int) -> dict:
 def ray_llm_config(strong, model_name: str, port: int) -> dict:
     """Ray Serve LLM's OpenAI app on the strong tier's model, engine kwargs and env, one replica."""
     llm_config = {
-        "model_loading_config": {"model_id": model_name, "model_source": str((ROOT / strong.model_source).resolve())},
-        "engine_kwargs": strong.engine_kwargs,
+        "model_loading_config": {"model_id": model_name, "model_source": strong.model.resolved()},
+        "engine_kwargs": strong.engine.args,
         "placement_group_config": {"bundles": [{"CPU": 1}]},  # its default asks for a GPU
-        "runtime_env": {"env_vars": strong.env_vars},
+        "runtime_env": {"env_vars": strong.engine.env_vars},
         "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
     }
     return {"http_options": {"host": "127.0.0.1", "port": port},
@@ -122,7 +123,7 @@ def started(system: str, profile: dict, max_concurrency: int, folder: Path,
     names the log file (default: the system)."""
     config = AppConfig.model_validate(app_args(profile))
     strong = config.tiers[config.cascade.strong_tier]
-    model_name = Path(strong.model_source).name
+    model_name = Path(strong.model.source).name
     port, log = free_port(), folder / f"{label or system}.log"
     base_url = f"http://127.0.0.1:{port}"
     head = None
@@ -130,10 +131,10 @@ def started(system: str, profile: dict, max_concurrency: int, folder: Path,
     try:
         if system == "vllm":
             process = subprocess.Popen(
-                [BIN / "python", "-m", "vllm.entrypoints.openai.api_server", "--model", ROOT / strong.model_source,
+                [BIN / "python", "-m", "vllm.entrypoints.openai.api_server", "--model", strong.model.resolved(),
                  "--served-model-name", model_name, "--host", "127.0.0.1", f"--port={port}",
-                 *engine_flags(strong.engine_kwargs)],
-                cwd=ROOT, env={**os.environ, **strong.env_vars, MARKER[0]: MARKER[1]},
+                 *engine_flags(strong.engine.args)],
+                cwd=ROOT, env={**os.environ, **strong.engine.env_vars, MARKER[0]: MARKER[1]},
                 stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
             target = Target(system, base_url, {"strong": model_name}, [process])
         elif system == "app":

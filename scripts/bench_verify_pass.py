@@ -97,10 +97,10 @@ def main() -> None:
 
     config = AppConfig.model_validate(app_args(load_profile(args.profile)))
     strong = config.tiers[config.cascade.strong_tier]
-    os.environ.update(strong.env_vars)
+    os.environ.update(strong.engine.env_vars)
     items = eval_items()
     prompts = [item["prompt"] for item in items[::max(1, len(items) // args.prompts)]][:args.prompts]
-    summary = asyncio.run(measure(str(ROOT / strong.model_source), strong.engine_kwargs, prompts, args.draft))
+    summary = asyncio.run(measure(strong.model.resolved(), strong.engine.args, prompts, args.draft))
     summary["command"] = f"python -m scripts.bench_verify_pass --prompts {args.prompts} --draft {args.draft}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")

@@ -104,9 +104,9 @@ def main() -> None:
 def learn_and_write(rows: list[dict], args: argparse.Namespace) -> None:
     if any("cheap_logprobs" not in r for r in rows):
         raise SystemExit("the results have no per-prompt log-probabilities: run scripts.eval_cascade again")
-    rule, results = learn(rows)
+    rule, cv_apgr, results = learn(rows)
     fixed = {name: round(cascade_eval.apgr(cascade_eval.sweep(rescored(rows, name))), 4) for name in SCORERS}
-    print(json.dumps({"learned_cv_apgr": rule.cv_apgr, "apgr_by_scorer": fixed, "random_apgr": 0.5,
+    print(json.dumps({"learned_cv_apgr": round(cv_apgr, 4), "apgr_by_scorer": fixed, "random_apgr": 0.5,
                       "rule": rule.model_dump(exclude_none=True)}, indent=1))
     if args.strong_share is not None:
         point = cascade_eval.threshold_for_share(results, args.strong_share)
@@ -116,8 +116,8 @@ def learn_and_write(rows: list[dict], args: argparse.Namespace) -> None:
           f"accuracy {point.accuracy:.1%}, gap recovered {point.pgr:.1%} ({len(rows)} prompts)")
     if not args.write:
         return
-    if rule.cv_apgr <= fixed["mean_prob"] and not args.force:
-        print(f"not written: the learned rule (cross-validated APGR {rule.cv_apgr}) does not beat mean_prob "
+    if cv_apgr <= fixed["mean_prob"] and not args.force:
+        print(f"not written: the learned rule (cross-validated APGR {cv_apgr:.4f}) does not beat mean_prob "
               f"({fixed['mean_prob']}); --force writes it anyway")
         return
     args.write.write_text(write_learned(args.write.read_text(), rule, point.threshold))

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tier_shape(tier) -> ModelShape:
-    folder = Path(tier.resolved_model())
+    folder = Path(tier.model.resolved())
     config = json.loads((folder / "config.json").read_text())
     parameters = json.loads((folder / "manifest.json").read_text())["parameters"]
-    dtype = tier.engine_kwargs.get("dtype", config.get("dtype", "bfloat16"))
+    dtype = tier.engine.args.get("dtype", config.get("dtype", "bfloat16"))
     return ModelShape.from_hf_config(config, parameters, dtype)
 
 

@@ -4,8 +4,9 @@
         [--limit N] [--alphas 0] [--data scripts/data/cascade_eval.jsonl]
         [--out bench-out/cascade-eval.json] [--plot bench-out/cascade-curve.png] [--summarize RESULT]
 
-Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
-on in the local profile). One request at a time (so that latencies are those of one stream), streamed,
+Needs a running app that takes per-request cascade settings: a profile with the evaluation overlay
+(`python -m scripts.overlay configs/local-cpu.yaml configs/overlays/evaluation.yaml --out bench-out/eval.yaml`,
+then `scripts/serve.sh bench-out/eval.yaml`). One request at a time (so that latencies are those of one stream), streamed,
 at temperature 0, every prompt of the eval set (short facts, arithmetic, sentiment, simple
 instructions) is asked, each prompt starting with another of them (the first to ask fills the engines'
 prefix caches for the others):
@@ -40,10 +41,10 @@ import httpx
 from scripts.eval_speculative import ask, speculation_totals
 from scripts.harness.eval_data import EVAL_DATA, eval_items
 from serve_app.analysis import cascade_eval
-from serve_app.analysis.bench_stats import percentile
 from serve_app.analysis.cascade_eval import Answered
 from serve_app.analysis.deferral import learn
 from serve_app.config import AppConfig
+from serve_app.core.stats import percentile
 from serve_app.routing.scorers import SCORERS, VERIFIERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def speculative_mode(rows: list[dict], alpha: str) -> dict:
 def summarize(rows: list[dict], scorer: str) -> dict:
     results = answered(rows)
     cheap_acc, strong_acc = cascade_eval.accuracies(results)
-    rule, learned = learn(rows)
+    learned = learn(rows)
     verifier_apgr = {name: round(cascade_eval.apgr(cascade_eval.sweep(
         [Answered(r["verification"].get(name, 0.0), r["cheap_correct"], r["strong_correct"]) for r in rows])), 4)
         for name in VERIFIERS}
@@ -168,7 +169,7 @@ def summarize(rows: list[dict], scorer: str) -> dict:
                   "latency_p50_s": percentile([r["cheap_latency_s"] for r in rows], 50),
                   "mean_cost_usd": sum(r["cheap_cost_usd"] for r in rows) / len(rows)},
         f"confidence ({scorer})": threshold_mode(rows, [r["confidence"] for r in rows], verified=False),
-        "learned (cross-validated)": threshold_mode(rows, [a.confidence for a in learned], verified=False),
+        "learned (cross-validated)": threshold_mode(rows, [a.confidence for a in learned.out_of_fold], verified=False),
         f"verified ({best_verifier})": threshold_mode(rows, [r["verification"].get(best_verifier, 0.0) for r in rows],
                                                       verified=True),
     } | {f"speculative (alpha {a})": speculative_mode(rows, a) for a in rows[0]["speculative"]}
@@ -182,7 +183,7 @@ def summarize(rows: list[dict], scorer: str) -> dict:
         "prompts": len(rows), "cheap_accuracy": cheap_acc, "strong_accuracy": strong_acc, "by_kind": by_kind,
         "random_apgr": 0.5,
         "apgr_by_scorer": {name: round(cascade_eval.apgr(cascade_eval.sweep(rescored(rows, name))), 4) for name in SCORERS}
-        | {"learned (5-fold cross-validated)": rule.cv_apgr},
+        | {"learned (5-fold cross-validated)": round(learned.cv_apgr, 4)},
         "apgr_by_verifier": verifier_apgr, "modes": modes,
     }
 

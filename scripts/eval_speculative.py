@@ -5,8 +5,9 @@ strong-tier replica-seconds, time to first token.
         [--limit N] [--alphas 0,0.3,0.6] [--draft-tokens 4[,8]] [--draft-stop-probs 0[,0.5]]
         [--out bench-out/speculative-eval.json]
 
-Needs a running app whose config allows per-request cascade settings (`cascade.allow_request_overrides`,
-on in the local profile). One request at a time, streamed, at temperature 0: every prompt once on the
+Needs a running app that takes per-request cascade settings: a profile with the evaluation overlay
+(`python -m scripts.overlay configs/local-cpu.yaml configs/overlays/evaluation.yaml --out bench-out/eval.yaml`,
+then `scripts/serve.sh bench-out/eval.yaml`). One request at a time, streamed, at temperature 0: every prompt once on the
 `strong` route (with its top-two log-probabilities), once on `cheap`, and once on `auto` in
 speculative mode per alpha, draft length and draft stop probability (an A/B in one run), each prompt starting with another of them (whichever asks a prompt first
 fills the engines' prefix caches for the others). Reports per mode the accuracy, the strong and cheap tiers' replica-seconds
@@ -28,7 +29,7 @@ import httpx
 
 from scripts.harness.eval_data import EVAL_DATA, eval_items
 from serve_app.analysis import cascade_eval
-from serve_app.analysis.bench_stats import percentile
+from serve_app.core.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -172,7 +172,7 @@ def main() -> None:
                                                 for length, batch in texts.items()}
     finally:
         spans.close()
-    result["template_ms"] = {length: round(template_ms(ROOT / strong.model_source, batch), 2)
+    result["template_ms"] = {length: round(template_ms(strong.model.resolved(), batch), 2)
                              for length, batch in texts.items()}
     systems = result["systems"]
     result["added_ttft_p50_ms"] = {

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from serve_app.config import AppConfig, ModelStoreConfig
-from serve_app.models.store import ensure_cached, node_cache_dir, upload, warm_page_cache
+from serve_app.models.store import ensure_cached, node_cache_dir, transfer_settings, upload, warm_page_cache
 
 
 def _progress_bar(total: int | None, label: str):
@@ -35,7 +35,7 @@ def prefetch_here(uris: list[str], store: dict, warm: bool, show_progress: bool 
     cache_dir, results = node_cache_dir(config.cache_dir), []
     for uri in uris:
         bar = _progress_bar(None, uri) if show_progress else None
-        result = ensure_cached(uri, cache_dir, settings=config.transfer(), verify_checksums=config.verify_checksums,
+        result = ensure_cached(uri, cache_dir, settings=transfer_settings(config), verify_checksums=config.verify_checksums,
                                progress=None if bar is None else bar.update)
         if bar is not None:
             bar.close()
@@ -87,7 +87,7 @@ def main() -> None:
     uris, store = list(args.uris), {}
     if args.config:
         app = AppConfig.from_serve_file(args.config)
-        uris += [t.model_source for t in app.tiers.values() if t.from_s3]
+        uris += [v.model.source for t in app.tiers.values() for v in t.all_versions().values() if v.model.from_s3]
         store = app.model_store.model_dump()
     if not uris:
         parser.error("no s3:// model to prefetch: give URIs or a --config with s3:// tiers")

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from serve_app.routing.rollout import check_serve_config
+from serve_app.config import check_serve_config
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The layers tell the truth: no module of `serve_app` imports Ray, vLLM or `deployments`, and tests reach
-scripts only through the shared harness."""
+"""The layers tell the truth: no module of `serve_app` imports Ray, vLLM or `deployments`; inside it, every
+import runs down the subpackage order and never sideways; tests reach scripts only through the shared
+harness."""
 
 import ast
 import json
@@ -11,6 +12,15 @@ from pathlib import Path
 import serve_app
 
 HEAVY = ("ray", "vllm", "torch", "deployments")
+LAYERS = [
+    {"core"},                              # value types every layer passes: requests, chunks, streams, errors, the ledger
+    {"config"},                            # describes; builds nothing
+    {"api", "observability", "models"},    # the OpenAI protocol; traces and metering; the model store
+    {"routing"},                           # request policy, built from the config
+    {"ingress", "analysis"},               # request handling on top; offline arithmetic beside it, off the request path
+]
+"""serve_app's subpackages from the bottom up: a module imports only from its own subpackage or a lower layer."""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def every_module() -> list[str]:
@@ -34,6 +44,50 @@ def test_no_module_of_serve_app_imports_ray_vllm_or_deployments():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def subpackage_imports(path: Path) -> set[str]:
+    """The serve_app subpackages a module imports (at any depth of its code, lazy imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        if isinstance(node, ast.ImportFrom) and node.module == "serve_app":
+            names = [f"serve_app.{alias.name}" for alias in node.names]
+        found |= {name.split(".")[1] for name in names if name.startswith("serve_app.")}
+    return found
+
+
+def layer_of(subpackage: str) -> int:
+    return next(rank for rank, layer in enumerate(LAYERS) if subpackage in layer)
+
+
+def test_every_subpackage_has_a_layer_and_nothing_lies_beside_them():
+    package = ROOT / "serve_app"
+    subpackages = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert subpackages == set().union(*LAYERS)
+    assert sorted(p.name for p in package.glob("*.py")) == ["__init__.py"]
+
+
+def test_imports_inside_serve_app_run_down_the_layers_never_sideways():
+    offending = []
+    for path in sorted((ROOT / "serve_app").rglob("*.py")):
+        parts = path.relative_to(ROOT / "serve_app").parts
+        if len(parts) < 2:
+            continue
+        own = parts[0]
+        for other in subpackage_imports(path) - {own}:
+            if layer_of(other) >= layer_of(own):
+                offending.append(f"{path.relative_to(ROOT)} imports serve_app.{other}")
+    assert not offending, offending
+
+
+def test_the_layer_check_catches_an_import_against_the_order(tmp_path):
+    upward = tmp_path / "module.py"
+    upward.write_text("from serve_app.ingress.service import ApiService\nimport serve_app.routing.router\n")
+    assert subpackage_imports(upward) == {"ingress", "routing"}
+    assert layer_of("ingress") > layer_of("routing") > layer_of("config") > layer_of("core")
+    assert layer_of("api") == layer_of("observability")  # siblings: neither may import the other
 
 
 def test_tests_use_scripts_only_through_the_shared_harness():

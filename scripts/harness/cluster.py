@@ -67,9 +67,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
 
 
 def load_profile(name: str | Path = "local-cpu.yaml") -> dict:
-    """A Serve config file of configs/ (or any path) as the dict `serve deploy` reads."""
+    """A Serve config file of configs/ (or any path) as the dict `serve deploy` reads, with YAML aliases
+    (a profile's shared engine section) made into copies, so that editing one tier leaves the other."""
     path = Path(name)
-    return yaml.safe_load((path if path.is_absolute() or path.exists() else ROOT / "configs" / path).read_text())
+    return json.loads(json.dumps(yaml.safe_load((path if path.is_absolute() or path.exists()
+                                                 else ROOT / "configs" / path).read_text())))
 
 
 def app_args(serve_config: dict) -> dict:

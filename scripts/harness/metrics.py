@@ -59,7 +59,7 @@ def report(before: Samples, after: Samples, window_s: float, config: AppConfig |
         "output_tokens_per_attributed_usd": round(output_tokens / attributed) if attributed else None,
     }
     if config is not None:
-        replica_usd_per_hour = sum(t.usd_per_replica_hour * (t.deployment.num_replicas or 1) for t in config.tiers.values())
+        replica_usd_per_hour = sum(t.price.usd_per_replica_hour * (t.deployment.num_replicas or 1) for t in config.tiers.values())
         api_spend = sum(delta("ray_serve_app_cost_usd_total", backend=name) for name in config.external)
         fleet = replica_usd_per_hour * window_s / 3600 + api_spend
         result |= {

@@ -10,9 +10,10 @@ default). Failed requests count in the failed share and in no latency figure.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from serve_app.core.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,6 @@ class RequestRecord:
 
     def meets(self, slo: Slo) -> bool:
         return self.ok and self.ttft_s * 1e3 <= slo.ttft_ms and self.tpot_s * 1e3 <= slo.tpot_ms
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linear between closest ranks; None for no values."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {q}")
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def records(result: dict) -> list[RequestRecord]:

@@ -5,6 +5,8 @@ evaluates the fitted rule with plain arithmetic (serve_app.routing.scorers.learn
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from serve_app.analysis import cascade_eval
 from serve_app.analysis.cascade_eval import Answered
 from serve_app.config import LearnedRule
@@ -31,7 +33,16 @@ def _fit(rows: list[dict], seed: int = 0) -> LearnedRule:
                        coefficients={name: round(float(w), 6) for name, w in zip(FEATURES, weights, strict=True)})
 
 
-def learn(rows: list[dict], folds: int = 5, seed: int = 0) -> tuple[LearnedRule, list[Answered]]:
+class Learned(NamedTuple):
+    rule: LearnedRule
+    """Fitted on every answered prompt: what a profile's `cascade.learned` takes."""
+    cv_apgr: float
+    """Its cross-validated APGR: a measurement, reported, never stored in the config."""
+    out_of_fold: list[Answered]
+    """Every prompt scored by a rule fitted on the other folds."""
+
+
+def learn(rows: list[dict], folds: int = 5, seed: int = 0) -> Learned:
     """The rule fitted on every answered prompt, and every prompt scored out of fold (by a rule fitted
     on the other folds); an empty cheap answer scores 0, as in the router."""
     from sklearn.model_selection import StratifiedKFold
@@ -46,5 +57,4 @@ def learn(rows: list[dict], folds: int = 5, seed: int = 0) -> tuple[LearnedRule,
             scores[usable[i]] = score(rows[usable[i]]["cheap_logprobs"])
     results = [Answered(**{**{f: r[f] for f in Answered.__dataclass_fields__}, "confidence": c})
                for r, c in zip(rows, scores, strict=True)]
-    rule = _fit([rows[i] for i in usable], seed)
-    return rule.model_copy(update={"cv_apgr": round(cascade_eval.apgr(cascade_eval.sweep(results)), 4)}), results
+    return Learned(_fit([rows[i] for i in usable], seed), cascade_eval.apgr(cascade_eval.sweep(results)), results)

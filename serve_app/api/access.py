@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve_app.api.errors import AuthenticationFailed, RateLimited
+from serve_app.core.errors import AuthenticationFailed, RateLimited
 
 
 def load_api_keys(env_var: str | None, secrets_file: str | None) -> list[str]:

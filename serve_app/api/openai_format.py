@@ -21,23 +21,25 @@ from serve_app.api.protocol import (
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
-    Routing,
     TopLogprob,
     Usage,
 )
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob
-from serve_app.routing.stream import RoutedStream
+from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.core.stream import RoutedStream, Routing
 
 
-def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None) -> GenerationRequest:
-    request_id = uuid.uuid4().hex
+def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None,
+                       session_key: str | None = None) -> GenerationRequest:
+    """What the tiers are asked; `session_key` (x-session-id) keeps a conversation on one version of a tier
+    during a canary, else the OpenAI `user` does."""
+    request_id, session_key = uuid.uuid4().hex, session_key or request.user
     cascade = request.cascade.model_dump(exclude_none=True) if request.cascade else None
     if isinstance(request, ChatCompletionRequest):
         sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
         return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages],
-                                 session_key=request.user, cascade=cascade)
+                                 session_key=session_key, cascade=cascade)
     sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
-    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=request.user, cascade=cascade)
+    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=session_key, cascade=cascade)
 
 
 def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:

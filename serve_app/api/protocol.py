@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.api.errors import InvalidRequest
+from serve_app.config import CascadeMode, ScorerName, VerifierName
+from serve_app.core.errors import InvalidRequest
+from serve_app.core.stream import Routing
 
 
 class StreamOptions(BaseModel):
@@ -33,9 +35,9 @@ class CascadeOptions(BaseModel):
     taken only where the app's `cascade.allow_request_overrides` is on."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["confidence", "verified", "speculative"] | None = None
-    scorer: str | None = None
-    verifier: str | None = None
+    mode: CascadeMode | None = None
+    scorer: ScorerName | None = None
+    verifier: VerifierName | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     alpha: float | None = Field(None, ge=0.0, lt=1.0)
     draft_tokens: int | None = Field(None, ge=1, le=64)
@@ -165,26 +167,6 @@ class CompletionRequest(_Request):
 
 
 # Responses ------------------------------------------------------------------------------------
-
-
-class Routing(BaseModel):
-    """Which tier answered and why; also sent as x-served-by / x-cascade-* headers."""
-
-    route: str
-    served_by: str
-    version: str | None = None
-    """The version of the serving tier (x-served-version); None for an external API or the cache."""
-    escalated: bool = False
-    confidence: float | None = None
-    reason: str | None = None
-    fallback_reason: str | None = None
-    """Set when the route's own backend failed and another answered: what failed, and how."""
-    verification: dict[str, float] | None = None
-    """The `verified` cascade's verdict on the cheap answer: every verifier's score of it
-    (serve_app.routing.scorers.VERIFIERS), and the answer's length in the strong tier's tokens."""
-    speculation: dict[str, int] | None = None
-    """A speculative cascade's answer (in the last stream chunk): drafted, accepted, replaced and added
-    tokens, verification passes, and whether a tier failed mid-answer."""
 
 
 class Usage(BaseModel):

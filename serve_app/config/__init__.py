@@ -6,12 +6,11 @@ fails `serve deploy` with a message naming the field instead of being ignored. E
 docstring; docs/config-reference.md is generated from them (scripts/config_reference.py).
 """
 
-from serve_app.config.app import AppConfig, EngineVersion, serve_app_entry
+from serve_app.config.app import AppConfig, EngineVersion, check_serve_config, overlaid, serve_app_entry
 from serve_app.config.base import (
     AUTO_ROUTE,
     BUILDER,
     PROJECT_ROOT,
-    VERSION_MERGED_FIELDS,
     VERSION_NAME,
     DeploymentOptions,
     StrictModel,
@@ -21,18 +20,32 @@ from serve_app.config.rollouts import CanaryGuardConfig, RolloutConfig, TierRoll
 from serve_app.config.sections import (
     AccessConfig,
     CascadeConfig,
+    CascadeMode,
+    FeatureName,
     LearnedRule,
     ModelStoreConfig,
     ObservabilityConfig,
     ResilienceConfig,
     RouterConfig,
+    ScorerName,
     TracingConfig,
+    VerifierName,
 )
-from serve_app.config.tiers import BackendLimits, ExternalConfig, TierConfig
+from serve_app.config.tiers import (
+    BackendLimits,
+    EngineConfig,
+    ExternalConfig,
+    ModelConfig,
+    PriceConfig,
+    TierConfig,
+    TierLimits,
+)
 
 __all__ = [
-    "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_MERGED_FIELDS", "VERSION_NAME", "AccessConfig", "AppConfig",
-    "BackendLimits", "CanaryGuardConfig", "CascadeConfig", "DeploymentOptions", "EngineVersion", "ExternalConfig",
-    "LearnedRule", "ModelStoreConfig", "ObservabilityConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "StrictModel",
-    "TierConfig", "TierRollout", "TracingConfig", "engine_deployment", "serve_app_entry",
+    "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_NAME", "AccessConfig", "AppConfig", "BackendLimits",
+    "CanaryGuardConfig", "CascadeConfig", "CascadeMode", "DeploymentOptions", "EngineConfig", "EngineVersion",
+    "ExternalConfig", "FeatureName", "LearnedRule", "ModelConfig", "ModelStoreConfig", "ObservabilityConfig",
+    "PriceConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "ScorerName", "StrictModel", "TierConfig",
+    "TierLimits", "TierRollout", "TracingConfig", "VerifierName", "check_serve_config", "engine_deployment",
+    "overlaid", "serve_app_entry",
 ]

@@ -1,14 +1,16 @@
-"""The application's `args` (`AppConfig`), its engine versions, and reading it from a Serve config file."""
+"""The application's `args` (`AppConfig`), its engine versions, and reading and checking it in a Serve config file."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import Field, model_validator
 
-from serve_app.config.base import AUTO_ROUTE, BUILDER, StrictModel, engine_deployment
+from serve_app.config.base import AUTO_ROUTE, BUILDER, StrictModel, engine_deployment, merged
+from serve_app.config.rollouts import RolloutConfig
 from serve_app.config.sections import (
     AccessConfig,
     CascadeConfig,
@@ -95,9 +97,45 @@ class EngineVersion:
         return engine_deployment(self.tier, self.version)
 
 
+def overlaid(serve_config: dict, overlay: dict, app: str | None = None) -> dict:
+    """A Serve config with `overlay` merged over this project's application args (configs/overlays/): the
+    profile as shipped, changed only where the overlay says."""
+    result = copy.deepcopy(serve_config)
+    entry = serve_app_entry(result, app)
+    entry["args"] = merged(entry.get("args") or {}, overlay)
+    return result
+
+
 def serve_app_entry(serve_config: dict, app: str | None = None) -> dict:
     """This project's application in a Serve config (a dict as `serve deploy` reads it)."""
     for entry in serve_config.get("applications", []):
         if entry.get("import_path") == BUILDER and app in (None, entry.get("name")):
             return entry
     raise ValueError(f"no application {app or ''} with import_path {BUILDER} in the Serve config".replace("  ", " "))
+
+
+def check_serve_config(serve_config: dict) -> dict[str, dict[str, dict]]:
+    """What `scripts/rollout.py check` prints: per application of this project (in a Serve config as
+    `serve deploy` reads it), per tier: its versions and the traffic the rollout gives them.
+    Raises ValueError naming the application and the field at fault."""
+    found = {}
+    for app in serve_config.get("applications", []):
+        if app.get("import_path") != BUILDER:
+            continue
+        name = app.get("name", "default")
+        try:
+            config = AppConfig.model_validate(app.get("args") or {})
+            router = next((d for d in app.get("deployments", []) if d.get("name") == "router"), {})
+            rollouts = RolloutConfig.model_validate(router.get("user_config") or {}).check(config)
+        except ValueError as exc:
+            raise ValueError(f"application {name!r}: {exc}") from None
+        found[name] = {}
+        for tier, tier_config in config.tiers.items():
+            rollout = rollouts.rollouts.get(tier)
+            found[name][tier] = {
+                "versions": list(tier_config.all_versions()),
+                "stable": (rollout and rollout.stable) or tier_config.default_version,
+                "canary": rollout and rollout.canary and f"{rollout.canary} {rollout.canary_percent:g} %",
+                "shadow": rollout and rollout.shadow and f"{rollout.shadow} {rollout.shadow_percent:g} %",
+            }
+    return found

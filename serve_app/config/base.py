@@ -15,8 +15,15 @@ BUILDER = "deployments.app:build_app"
 
 
 VERSION_NAME = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
-VERSION_MERGED_FIELDS = ("engine_kwargs", "env_vars")
-"""Fields a version merges into the tier's (key by key); a version replaces every other field it sets."""
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, section by section: nested maps merge key by key, anything else is replaced
+    (a tier's versions over the tier; an overlay over a profile)."""
+    result = dict(base)
+    for key, value in override.items():
+        result[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return result
 
 
 def engine_deployment(tier: str, version: str) -> str:
@@ -61,12 +68,11 @@ class DeploymentOptions(StrictModel):
     restarts, at the price of that headroom); null: Ray's default, which stops old replicas first."""
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     """num_cpus, num_gpus, memory, resources, runtime_env of each replica."""
-    health_check_period_s: float = Field(10.0, gt=0)
-    """How often Ray Serve calls the replica's `check_health`."""
     health_check_timeout_s: float = Field(30.0, gt=0)
     """How long a health check may take before the replica counts as unhealthy."""
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
-    """How long a stopping replica may drain in-flight requests."""
+    """How long a stopping replica (scaled down, replaced) may finish its in-flight requests before it is
+    killed: long enough for the longest answer a client waits for."""
     request_router_config: RequestRouterOptions | None = None
     """How callers choose among this deployment's replicas; null: Ray Serve's default, power of two
     choices on queue length. Matters only with more than one replica."""

@@ -5,28 +5,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from serve_app.config.base import DeploymentOptions, StrictModel
-from serve_app.routing.scorers import FEATURES, LEARNED, SCORERS, VERIFIERS, Scorer, learned_scorer
+
+# The names a user picks policies by. Each registry in serve_app.routing is keyed by exactly these
+# (a test pins it), so config describes without importing the policies it names.
+CascadeMode = Literal["confidence", "verified", "speculative"]
+ScorerName = Literal["mean_prob", "min_prob", "tail_mean_prob", "learned"]
+VerifierName = Literal["accepted_share", "accepted_prefix", "strong_mean_prob"]
+FeatureName = Literal["mean", "min", "q10", "q25", "median", "log_length"]
 
 
 class LearnedRule(StrictModel):
     """A logistic deferral rule over features of the cheap answer's log-probabilities."""
 
     intercept: float
-    coefficients: dict[str, float]
+    coefficients: dict[FeatureName, float] = Field(min_length=1)
     """Per feature (serve_app.routing.scorers.FEATURES), its weight."""
-    cv_apgr: float | None = None
-    """Its cross-validated APGR on the calibration sample, for the record."""
-
-    @field_validator("coefficients")
-    @classmethod
-    def _known_features(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(FEATURES))
-        if unknown or not value:
-            raise ValueError(f"unknown features {unknown}; choose from {sorted(FEATURES)}")
-        return value
 
 
 class CascadeConfig(StrictModel):
@@ -36,18 +32,18 @@ class CascadeConfig(StrictModel):
     """Tier that answers first."""
     strong_tier: str = "strong"
     """Tier that answers when the cheap answer's confidence is below `threshold`."""
-    scorer: str = "mean_prob"
-    """Confidence scorer, one of serve_app.routing.scorers.SCORERS, or `learned` (with `learned`)."""
+    scorer: ScorerName = "mean_prob"
+    """Confidence scorer (serve_app.routing.scorers.SCORERS); `learned` needs `learned`."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """Escalate when the cheap answer's confidence (or, in `verified` mode, its verifier's score) is below this."""
-    mode: Literal["confidence", "verified", "speculative"] = "confidence"
+    mode: CascadeMode = "confidence"
     """`confidence`: the cheap tier answers in full, and its answer is served or escalated by `scorer`
     and `threshold`. `verified`: the same, judged by `verifier` on the strong tier's verdict on the cheap
     answer (one prefill of the strong tier). `speculative`: the cheap tier drafts blocks of `draft_tokens`
     that the strong tier verifies as they stream (serve_app.routing.speculative); both tiers must share a
     tokenizer."""
-    verifier: str = "accepted_share"
-    """Verified mode: one of serve_app.routing.scorers.VERIFIERS."""
+    verifier: VerifierName = "accepted_share"
+    """Verified mode: the verifier (serve_app.routing.scorers.VERIFIERS)."""
     draft_tokens: int = Field(4, ge=1, le=64)
     """Speculative mode: tokens the cheap tier drafts per verification pass of the strong tier (at most)."""
     draft_stop_prob: float = Field(0.0, ge=0.0, lt=1.0)
@@ -68,31 +64,11 @@ class CascadeConfig(StrictModel):
     learned: LearnedRule | None = None
     """The fitted rule of the `learned` scorer (scripts/calibrate_cascade.py --learn writes it)."""
 
-    @field_validator("scorer")
-    @classmethod
-    def _known_scorer(cls, value: str) -> str:
-        if value not in SCORERS and value != LEARNED:
-            raise ValueError(f"unknown scorer {value!r}; choose one of {sorted([*SCORERS, LEARNED])}")
-        return value
-
-    @field_validator("verifier")
-    @classmethod
-    def _known_verifier(cls, value: str) -> str:
-        if value not in VERIFIERS:
-            raise ValueError(f"unknown verifier {value!r}; choose one of {sorted(VERIFIERS)}")
-        return value
-
     @model_validator(mode="after")
     def _learned_rule_given(self) -> CascadeConfig:
-        if self.scorer == LEARNED and self.learned is None:
+        if self.scorer == "learned" and self.learned is None:
             raise ValueError("scorer learned needs cascade.learned (scripts/calibrate_cascade.py --learn writes it)")
         return self
-
-    def scorer_fn(self) -> Scorer:
-        """The confidence scorer this config names, built."""
-        if self.scorer == LEARNED:
-            return learned_scorer(self.learned.intercept, self.learned.coefficients)
-        return SCORERS[self.scorer]
 
 
 class RouterConfig(StrictModel):
@@ -103,12 +79,6 @@ class RouterConfig(StrictModel):
     context window, as vLLM does). Completions keep OpenAI's default of 16."""
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(max_ongoing_requests=256))
     """Ray Serve options of the router deployment."""
-    replica_poll_s: float = Field(10.0, gt=0)
-    """How often the router reads each tier's running replicas (its capacity) from the Serve controller.
-    Each read makes the controller build every deployment's details, so it is not free: replicas take
-    tens of seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
-    rollout_sync_s: float = Field(2.0, gt=0)
-    """How often a router replica reads the canary rollbacks other replicas decided (while a canary runs)."""
 
 
 class ResilienceConfig(StrictModel):
@@ -130,8 +100,6 @@ class ResilienceConfig(StrictModel):
     """First backoff; doubling with jitter after each failed try."""
     retry_max_backoff_s: float = Field(2.0, gt=0)
     """Longest single backoff."""
-    retry_deadline_s: float = Field(10.0, gt=0)
-    """No new try starts later than this after the first."""
     answer_cache_max_entries: int = Field(1024, ge=0)
     """Recent successful answers kept (0: no cache), served only when every backend failed."""
     answer_cache_max_age_s: float = Field(600.0, gt=0)
@@ -176,12 +144,6 @@ class ModelStoreConfig(StrictModel):
     warm_page_cache: bool = False
     """Read the weights once before the engine starts, so it loads them from memory."""
 
-    def transfer(self):
-        from serve_app.models.store import TransferSettings
-
-        return TransferSettings(max_concurrency=self.max_concurrency, chunk_size_bytes=self.chunk_size_mb * 2**20,
-                                max_attempts=self.max_attempts)
-
 
 class TracingConfig(StrictModel):
     """OpenTelemetry traces of every request (serve_app.observability.tracing)."""
@@ -206,7 +168,5 @@ class TracingConfig(StrictModel):
 class ObservabilityConfig(StrictModel):
     """Traces (metrics are always on, through Ray's Prometheus endpoint)."""
 
-    service_name: str = "serve_app"
-    """`service.name` of the spans."""
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     """Span export."""

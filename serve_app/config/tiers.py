@@ -1,4 +1,9 @@
-"""A backend's config: an engine tier (and its versions) or an external OpenAI-compatible API."""
+"""A backend's config: an engine tier (and its versions) or an external OpenAI-compatible API.
+
+A tier reads as five sections: which `model`, how its `engine` runs, its Ray Serve `deployment`, the
+router's `limits` for it, and its `price`. A version of a tier is the tier with some of those
+replaced, merged section by section.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,55 @@ from typing import Any
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from serve_app.config.base import PROJECT_ROOT, VERSION_MERGED_FIELDS, VERSION_NAME, DeploymentOptions, StrictModel
-from serve_app.observability.metering import Price
+from serve_app.config.base import PROJECT_ROOT, VERSION_NAME, DeploymentOptions, StrictModel, merged
+
+
+class ModelConfig(StrictModel):
+    """The weights a tier serves."""
+
+    source: str
+    """A local folder (absolute, or starting with ./ relative to the project root), an s3://bucket/prefix
+    uploaded by scripts/model_store.py (fetched into each node's cache, see `model_store`), or a hub id."""
+    served_name: str | None = None
+    """Name of the underlying model reported by the engine (/v1/models `root`); defaults to `source`."""
+
+    @property
+    def from_s3(self) -> bool:
+        return self.source.startswith("s3://")
+
+    def resolved(self) -> str:
+        """The source with a ./ path made absolute under the project root."""
+        if self.source.startswith("./"):
+            return str(PROJECT_ROOT / self.source[2:])
+        return self.source
+
+
+class EngineConfig(StrictModel):
+    """How each replica of a tier runs its engine."""
+
+    args: dict[str, Any] = Field(default_factory=dict)
+    """vLLM `AsyncEngineArgs` fields (dtype, max_model_len, enable_prefix_caching, quantization,
+    tensor_parallel_size, speculative_config, ...), passed through unchanged and checked against
+    vLLM's own field list when the replica starts."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
+    warm_up_tokens: int = Field(16, ge=0)
+    """Before a replica takes traffic, it generates this many tokens for each of a full batch
+    (`limits.concurrency_slots`) of short distinct prompts: the first live requests do not pay for cold
+    kernels, and the router takes the batch's TTFT and TPOT as the tier's speed until live requests
+    teach better (without them a tier starts in slow start). 0: no warm-up."""
+    peak_memory_bandwidth_gb_s: float | None = Field(None, gt=0)
+    """The replica's accelerator memory bandwidth, for MBU (e.g. 3350 for an H100 SXM); null: probed on
+    the replica's CPU when it starts, which is right only for a CPU engine."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Dense TFLOP/s at the engine's dtype, for MFU (e.g. 989 for an H100 SXM in bf16); null: probed."""
+
+    @field_validator("args")
+    @classmethod
+    def _model_is_not_an_engine_arg(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "model" in value:
+            raise ValueError("give the model as model.source, not engine.args.model")
+        return value
 
 
 class BackendLimits(StrictModel):
@@ -25,70 +77,79 @@ class BackendLimits(StrictModel):
     it only while their expected wait fits the TTFT target."""
 
 
-class TierConfig(BackendLimits):
-    """One model tier: one vLLM engine deployment per version of its model."""
+class TierLimits(BackendLimits):
+    """How the router treats an engine tier."""
 
-    model_source: str | None = None
-    """A local folder (absolute, or starting with ./ relative to the project root), an s3://bucket/prefix
-    uploaded by scripts/model_store.py (fetched into each node's cache, see `model_store`), or a hub id.
-    Null when every version is listed under `versions`."""
-    version: str = Field("v1", pattern=VERSION_NAME)
-    """Name of the version the tier's own fields describe; its engine deployment is llm-<tier>-<version>."""
-    versions: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """More versions deployed beside it (canary, shadow, blue/green; see `rollouts`), by name: each is
-    this tier with the fields given replaced (engine_kwargs and env_vars merged key by key), e.g.
-    {v2: {model_source: s3://models/strong/v2}}. Adding or removing one changes the app's args, so Ray
-    Serve restarts every replica of the app (see `max_surge_percent`); moving traffic does not."""
-    served_model_name: str | None = None
-    """Name of the underlying model reported by the engine; defaults to `model_source`."""
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """vLLM `AsyncEngineArgs` fields (dtype, max_model_len, enable_prefix_caching, quantization,
-    tensor_parallel_size, speculative_config, ...), passed through unchanged and checked against
-    vLLM's own field list when the replica starts."""
-    env_vars: dict[str, str] = Field(default_factory=dict)
-    """Environment of the replica (e.g. VLLM_CPU_KVCACHE_SPACE), merged into its runtime_env."""
-    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
-    """Ray Serve options of this tier's engine deployment."""
-    usd_per_replica_hour: float = Field(0.0, ge=0)
-    """What one replica costs per hour (its GPU or CPU share of a node); prices each request by the
-    replica-seconds it held (serve_app.observability.metering)."""
-    peak_memory_bandwidth_gb_s: float | None = Field(None, gt=0)
-    """The replica's accelerator memory bandwidth, for MBU (e.g. 3350 for an H100 SXM); null: probed on
-    the replica's CPU when it starts."""
-    peak_tflops: float | None = Field(None, gt=0)
-    """Dense TFLOP/s at the engine's dtype, for MFU (e.g. 989 for an H100 SXM in bf16); null: probed."""
-    warm_up_tokens: int = Field(16, ge=0)
-    """Before a replica takes traffic, it generates this many tokens for each of a full batch
-    (`concurrency_slots`) of short distinct prompts: the first live requests do not pay for cold
-    kernels, and the router takes the batch's TTFT and TPOT as the tier's speed until live requests
-    teach better (without them a tier starts in slow start). 0: no warm-up."""
     dispatch_timeout_s: float | None = Field(5.0, gt=0)
     """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
     acknowledges at once) before the tier counts as having no live replica (it died, its replacement
     is starting) and the request falls back. Null: only the first-token timeout applies."""
 
+
+class PriceConfig(StrictModel):
+    """What a backend costs (serve_app.observability.metering prices every request from it)."""
+
+    usd_per_replica_hour: float = Field(0.0, ge=0)
+    """What one engine replica costs per hour (its GPU or CPU share of a node); prices each request by
+    the replica-seconds it held."""
+    usd_per_million_input_tokens: float = Field(0.0, ge=0)
+    """A per-token price for prompt tokens (an API's)."""
+    usd_per_million_output_tokens: float = Field(0.0, ge=0)
+    """A per-token price for generated tokens (an API's)."""
+
+
+class TierConfig(StrictModel):
+    """One model tier: one vLLM engine deployment per version of its model."""
+
+    model: ModelConfig | None = None
+    """The weights. Null when every version is listed under `versions` with its own."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """vLLM's engine arguments and the replica's environment."""
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    """Ray Serve options of this tier's engine deployment."""
+    limits: TierLimits = Field(default_factory=TierLimits)
+    """Timeouts and concurrency, as the router applies them."""
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    """What a replica costs."""
+    version: str = Field("v1", pattern=VERSION_NAME)
+    """Name of the version the tier's own sections describe; its engine deployment is llm-<tier>-<version>."""
+    versions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """More versions deployed beside it (canary, shadow, blue/green; see `rollouts`), by name: each is
+    this tier with the sections given merged over the tier's, key by key, e.g.
+    {v2: {model: {source: s3://models/strong/v2}}}. Adding or removing one changes the app's args, so Ray
+    Serve restarts every replica of the app (see `max_surge_percent`); moving traffic does not."""
+
     @model_validator(mode="after")
     def _versions_are_tiers(self) -> TierConfig:
         if self.versions:
             self.all_versions()  # each version validates as a whole tier, naming its field on error
-        elif self.model_source is None:
-            raise ValueError("model_source is required (or list the tier's versions under `versions`)")
+        elif self.model is None:
+            raise ValueError("model is required (or list the tier's versions under `versions`)")
+        return self
+
+    @model_validator(mode="after")
+    def _slots_fit_a_replica(self) -> TierConfig:
+        limits, options = self.limits, self.deployment
+        if limits.dispatch_timeout_s is not None and self.initial_replicas == 0:
+            raise ValueError("a tier that scales to zero waits for a replica to start: set limits.dispatch_timeout_s: null")
+        if limits.dispatch_timeout_s is not None and limits.concurrency_slots > options.max_ongoing_requests:
+            raise ValueError(
+                f"limits.concurrency_slots ({limits.concurrency_slots} per replica) exceeds what a replica takes at "
+                f"once (deployment.max_ongoing_requests {options.max_ongoing_requests}): requests would queue in "
+                f"Ray Serve while the router counts a free slot, and time out as if no replica were alive")
         return self
 
     def all_versions(self) -> dict[str, TierConfig]:
-        """Every version deployed, by name: the tier's own (when it names a model_source) first."""
+        """Every version deployed, by name: the tier's own (when it names a model) first."""
         base = self.model_dump(exclude={"versions", "version"}, exclude_unset=True)
-        found = {self.version: self.model_copy(update={"versions": {}})} if self.model_source else {}
+        found = {self.version: self.model_copy(update={"versions": {}})} if self.model else {}
         for name, override in self.versions.items():
             if name in found:
                 raise ValueError(f"versions: {name!r} is already the tier's own version")
-            merged = {**base, **override, "version": name}
-            for field in VERSION_MERGED_FIELDS:
-                merged[field] = {**base.get(field, {}), **override.get(field, {})}
             if "versions" in override:
                 raise ValueError(f"versions.{name}: a version cannot list versions")
             try:
-                found[name] = TierConfig.model_validate(merged)
+                found[name] = TierConfig.model_validate({**merged(base, override), "version": name})
             except ValueError as exc:
                 raise ValueError(f"versions.{name}: {exc}") from None
         return found
@@ -97,19 +158,7 @@ class TierConfig(BackendLimits):
     def default_version(self) -> str:
         """The version serving the tier's traffic unless a rollout says otherwise: the tier's own, else
         the first listed (the order of `all_versions`, without validating every version again)."""
-        return self.version if self.model_source else next(iter(self.versions))
-
-    @model_validator(mode="after")
-    def _slots_fit_a_replica(self) -> TierConfig:
-        options = self.deployment
-        if self.dispatch_timeout_s is not None and self.initial_replicas == 0:
-            raise ValueError("a tier that scales to zero waits for a replica to start: set dispatch_timeout_s: null")
-        if self.dispatch_timeout_s is not None and self.concurrency_slots > options.max_ongoing_requests:
-            raise ValueError(
-                f"concurrency_slots ({self.concurrency_slots} per replica) exceeds what a replica takes at once "
-                f"(max_ongoing_requests {options.max_ongoing_requests}): requests would queue in Ray Serve while "
-                f"the router counts a free slot, and time out as if no replica were alive")
-        return self
+        return self.version if self.model else next(iter(self.versions))
 
     @property
     def initial_replicas(self) -> int:
@@ -120,38 +169,18 @@ class TierConfig(BackendLimits):
         autoscaling = options.autoscaling_config or {}
         return autoscaling.get("initial_replicas", autoscaling.get("min_replicas", 1))
 
-    @field_validator("engine_kwargs")
-    @classmethod
-    def _model_is_not_an_engine_kwarg(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if "model" in value:
-            raise ValueError("give the model as model_source, not engine_kwargs.model")
-        return value
-
-    @property
-    def price(self) -> Price:
-        return Price(usd_per_replica_hour=self.usd_per_replica_hour)
-
-    @property
-    def from_s3(self) -> bool:
-        return self.model_source.startswith("s3://")
-
-    def resolved_model(self) -> str:
-        if self.model_source.startswith("./"):
-            return str(PROJECT_ROOT / self.model_source[2:])
-        return self.model_source
-
     def replica_options(self) -> dict[str, Any]:
-        """Deployment options with `env_vars` merged into the replica's runtime_env."""
+        """Deployment options with the engine's `env_vars` merged into the replica's runtime_env."""
         options = self.deployment.serve_options()
         actor = dict(options.get("ray_actor_options", {}))
         runtime_env = dict(actor.get("runtime_env", {}))
-        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.env_vars}
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **self.engine.env_vars}
         actor["runtime_env"] = runtime_env
         options["ray_actor_options"] = actor
         return options
 
 
-class ExternalConfig(BackendLimits):
+class ExternalConfig(StrictModel):
     """An OpenAI-compatible API (OpenAI, a hosted provider, another vLLM) used as a fallback step."""
 
     base_url: str
@@ -160,15 +189,10 @@ class ExternalConfig(BackendLimits):
     """The provider's model name."""
     api_key_env: str | None = None
     """Environment variable holding the provider's key (the key itself never goes in this file)."""
-    usd_per_million_input_tokens: float = Field(0.0, ge=0)
-    """The provider's price for prompt tokens."""
-    usd_per_million_output_tokens: float = Field(0.0, ge=0)
-    """The provider's price for generated tokens."""
     forward_extra_sampling: bool = True
     """Send vLLM-only sampling options (top_k, repetition_penalty, ...) in the request body; turn
-    off for providers that reject unknown fields."""
-
-    @property
-    def price(self) -> Price:
-        return Price(usd_per_million_input_tokens=self.usd_per_million_input_tokens,
-                     usd_per_million_output_tokens=self.usd_per_million_output_tokens)
+    off for providers that reject unknown fields (OpenAI's own API does)."""
+    limits: BackendLimits = Field(default_factory=BackendLimits)
+    """Timeouts and concurrency, as the router applies them (`concurrency_slots` in all)."""
+    price: PriceConfig = Field(default_factory=PriceConfig)
+    """The provider's prices per token."""

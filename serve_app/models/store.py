@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from serve_app.config import ModelStoreConfig
+
 MANIFEST = "serve_app.manifest.json"
 CACHE_DIR_ENV = "SERVE_APP_MODEL_CACHE_DIR"
 MiB = 2**20
@@ -90,6 +92,12 @@ class TransferSettings:
     max_attempts: int = 3
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 30.0
+
+
+def transfer_settings(config: ModelStoreConfig) -> TransferSettings:
+    """The transfer settings the app's `model_store` section asks for."""
+    return TransferSettings(max_concurrency=config.max_concurrency, chunk_size_bytes=config.chunk_size_mb * MiB,
+                            max_attempts=config.max_attempts)
 
 
 def sha256_of(path: Path, block: int = 8 * MiB) -> str:

@@ -127,3 +127,12 @@ class AnswerEfficiency:
         batch = max(1, round(batch))
         return (mbu(self.shape, tpot_s, self.peak_bytes_per_s, batch, context_tokens),
                 mfu(self.shape, tpot_s, self.peak_flops, batch))
+
+    def of_answer(self, decode_s: float, produced: int, life_s: float, held_s: float,
+                  prompt_tokens: int) -> tuple[float, float] | None:
+        """MBU and MFU of one finished answer: its TPOT over its decode, at its mean batch (its life over
+        the replica share it held, serve_app.observability.metering), at its mid-answer context. None for an
+        answer too short to have a TPOT."""
+        if produced < 2 or held_s <= 0:
+            return None
+        return self.of(decode_s / (produced - 1), life_s / held_s, prompt_tokens + produced // 2)

@@ -19,7 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from serve_app.config import TracingConfig
-from serve_app.observability.telemetry import Attempt, Ledger
+from serve_app.core.ledger import Attempt, Ledger
 
 _SCOPE = "serve_app"
 
@@ -41,7 +41,11 @@ EXPORTERS: dict[str, Callable[[TracingConfig], Any]] = {"otlp": _otlp_exporter, 
 """Span exporters by the name `observability.tracing.exporter` gives ("none" configures nothing)."""
 
 
-def configure(config: TracingConfig, service_name: str) -> None:
+SERVICE_NAME = "serve_app"
+"""`service.name` of every span the app exports."""
+
+
+def configure(config: TracingConfig) -> None:
     """Install this process's tracer provider (once per process: a Ray Serve replica is one)."""
     if config.exporter == "none":
         return
@@ -50,7 +54,7 @@ def configure(config: TracingConfig, service_name: str) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}),
                               sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)))
     provider.add_span_processor(BatchSpanProcessor(EXPORTERS[config.exporter](config),
                                                    schedule_delay_millis=config.export_interval_ms))

@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serve_app.api.errors import InvalidRequest
+from serve_app.core.errors import InvalidRequest
 
 PRIORITY_BUDGET = {"low": 0.5, "normal": 1.0, "high": 2.0}
 """Share of the TTFT target each priority may expect to wait before it is shed."""
@@ -75,8 +75,8 @@ class TierLoad:
 
     def __init__(self, slots: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2,
                  cold_slots: int = 1):
-        self.slots = slots
-        self.cold_slots = cold_slots
+        self._slots = slots
+        self._cold_slots = cold_slots
         """In flight at most while no speed is known (slow start): one per replica."""
         self.ttft_target_s = ttft_target_s
         self.ttft = Ewma(alpha)
@@ -91,6 +91,15 @@ class TierLoad:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def resize(self, slots: int, cold_slots: int) -> None:
+        """The backend's capacity changed (replicas started or lost): `slots` in all, and `cold_slots`
+        while no speed is known."""
+        self._slots, self._cold_slots = slots, cold_slots
 
     def work_tokens(self) -> float:
         """Output tokens the in-flight requests are still expected to produce."""
@@ -107,12 +116,12 @@ class TierLoad:
 
     def estimate_wait_s(self) -> float:
         if self.ttft.value is None:  # speed unknown: slow start, and no queue
-            return 0.0 if self.in_flight < min(self.cold_slots, self.slots) else float("inf")
+            return 0.0 if self.in_flight < min(self._cold_slots, self._slots) else float("inf")
         if self.slot_free():
             return self.ttft.value
         if self.tpot.value is None:
             return float("inf")  # no request has finished yet: nothing to promise a queued one
-        return self.ttft.value + self.work_tokens() * self.tpot.value / self.slots
+        return self.ttft.value + self.work_tokens() * self.tpot.value / self._slots
 
     def admit(self, priority: str = "normal") -> Admission:
         wait = self.estimate_wait_s()
@@ -126,7 +135,7 @@ class TierLoad:
         return Admission(False, wait, retry_after_s=max(1.0, excess))
 
     def slot_free(self) -> bool:
-        return self.in_flight < self.slots
+        return self.in_flight < self._slots
 
     def started(self, max_tokens: int | None) -> Ticket:
         ticket = Ticket(max_tokens or UNBOUNDED_BUDGET_TOKENS, self._clock(), queued=not self.slot_free())

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serve_app.generation import GenerationChunk, GenerationRequest
+from serve_app.core.generation import GenerationChunk, GenerationRequest
 
 
 def _fold(text: str) -> str:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 
-from serve_app.api.errors import (
+from serve_app.core.errors import (
     BackendTimeout,
     CircuitOpen,
     ClientError,
@@ -21,10 +21,10 @@ from serve_app.api.errors import (
     ServerError,
     ServingError,
 )
-from serve_app.generation import Accepted, Backend, GenerationChunk, GenerationRequest
+from serve_app.core.generation import Accepted, Backend, GenerationChunk, GenerationRequest
+from serve_app.core.ledger import Attempt, Ledger
 from serve_app.observability import tracing
 from serve_app.observability.metering import FREE, Price
-from serve_app.observability.telemetry import Attempt, Ledger
 from serve_app.routing.admission import Ticket, TierLoad
 from serve_app.routing.circuit_breaker import CircuitBreaker
 

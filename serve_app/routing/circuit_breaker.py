@@ -44,6 +44,12 @@ class CircuitBreaker:
             return True
         return False
 
+    @property
+    def failures(self) -> int:
+        """Failures counted towards opening the circuit: those within the window, while closed."""
+        self._forget_old(self._clock())
+        return len(self._failures)
+
     def retry_after_s(self) -> float:
         """Seconds until the breaker lets a probe through (0 when it would now)."""
         if self._state is not BreakerState.OPEN:
@@ -65,10 +71,13 @@ class CircuitBreaker:
             self._open(now)
             return
         self._failures.append(now)
-        while self._failures and now - self._failures[0] > self._window_s:
-            self._failures.popleft()
+        self._forget_old(now)
         if len(self._failures) >= self._threshold:
             self._open(now)
+
+    def _forget_old(self, now: float) -> None:
+        while self._failures and now - self._failures[0] > self._window_s:
+            self._failures.popleft()
 
     def _open(self, now: float) -> None:
         self._state, self._opened_at, self._probing = BreakerState.OPEN, now, False

@@ -1,20 +1,29 @@
 """Build a `CascadeRouter` from the config: one `GuardedBackend` per engine version and external API
-(its breaker, load shedding, timeouts and price), one `TierVersions` per tier, the answer cache."""
+(its breaker, load shedding, timeouts and price), one `TierVersions` per tier, the answer cache.
+
+Config only describes; this is where the policies it names are built.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 
-from serve_app.config import AppConfig, ExternalConfig
-from serve_app.generation import Backend
+from serve_app.config import AppConfig, BackendLimits, PriceConfig
+from serve_app.core.generation import Backend
+from serve_app.observability.metering import Price
 from serve_app.routing.admission import TierLoad
 from serve_app.routing.answer_cache import AnswerCache
 from serve_app.routing.backend import GuardedBackend
 from serve_app.routing.circuit_breaker import CircuitBreaker
+from serve_app.routing.fleet import Fleet
 from serve_app.routing.rollout import RolledBack, ShadowRecord
 from serve_app.routing.router import CascadeRouter
-from serve_app.routing.versions import TierVersions
+from serve_app.routing.versions import Tiers, TierVersions
+
+
+def price_of(config: PriceConfig) -> Price:
+    return Price(config.usd_per_replica_hour, config.usd_per_million_input_tokens, config.usd_per_million_output_tokens)
 
 
 def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callable[[], float],
@@ -25,25 +34,25 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     r = config.resilience
     rng = rng or random.Random()
 
-    def breaker() -> CircuitBreaker:
-        return CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock)
+    def guarded(name: str, limits: BackendLimits, slots: int, cold_slots: int, price: PriceConfig,
+                dispatch_timeout_s: float | None = None, version: str | None = None) -> GuardedBackend:
+        breaker = CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock)
+        load = TierLoad(slots, r.shed_ttft_target_s, clock, cold_slots=cold_slots)
+        return GuardedBackend(name, backends[name], breaker, load, limits.first_token_timeout_s, limits.total_timeout_s,
+                              dispatch_timeout_s, price_of(price), clock, version)
 
-    def external(name: str, api: ExternalConfig) -> GuardedBackend:
-        return GuardedBackend(name, backends[name], breaker(), TierLoad(api.concurrency_slots, r.shed_ttft_target_s, clock),
-                              api.first_token_timeout_s, api.total_timeout_s, None, api.price, clock)
-
-    guarded: dict[str, GuardedBackend] = {}
+    fleet: dict[str, GuardedBackend] = {}
     versions: dict[str, dict[str, GuardedBackend]] = {}
     engines = config.engine_versions()  # validates every version: once
     for engine in engines:
         tier, replicas = engine.config, engine.config.initial_replicas
-        guarded[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = GuardedBackend(
-            engine.label, backends[engine.label], breaker(),
-            TierLoad(tier.concurrency_slots * replicas, r.shed_ttft_target_s, clock, cold_slots=max(1, replicas)),
-            tier.first_token_timeout_s, tier.total_timeout_s, tier.dispatch_timeout_s, tier.price, clock, engine.version)
-    guarded |= {name: external(name, api) for name, api in config.external.items() if name in backends}
-    tiers = {name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
-             for name, tier in config.tiers.items()}
+        fleet[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = guarded(
+            engine.label, tier.limits, tier.limits.concurrency_slots * replicas, max(1, replicas), tier.price,
+            tier.limits.dispatch_timeout_s, engine.version)
+    fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, 1, api.price)
+              for name, api in config.external.items() if name in backends}
+    tiers = Tiers({name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
+                   for name, tier in config.tiers.items()})
     cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) if r.answer_cache_max_entries else None
-    slots = {engine.label: engine.config.concurrency_slots for engine in engines}
-    return CascadeRouter(guarded, tiers, config, clock, slots, cache)
+    slots = {engine.label: engine.config.limits.concurrency_slots for engine in engines}
+    return CascadeRouter(Fleet(fleet, slots), tiers, config, clock, cache)

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from serve_app.config import BUILDER, AppConfig, CanaryGuardConfig, RolloutConfig, TierRollout
+from serve_app.config import CanaryGuardConfig, TierRollout
 
 SHADOW_RECORDS_KEPT = 100
 """Recent shadow comparisons kept per tier for the rollout status."""
@@ -236,30 +236,3 @@ class RollbackBook:
 
     def rollbacks(self) -> dict[str, tuple[str, dict | None]]:
         return dict(self._tiers)
-
-
-def check_serve_config(serve_config: dict) -> dict[str, dict[str, dict]]:
-    """What `scripts/rollout.py check` prints: per application of this project (in a Serve config as
-    `serve deploy` reads it), per tier: its versions and the traffic the rollout gives them.
-    Raises ValueError naming the application and the field at fault."""
-    found = {}
-    for app in serve_config.get("applications", []):
-        if app.get("import_path") != BUILDER:
-            continue
-        name = app.get("name", "default")
-        try:
-            config = AppConfig.model_validate(app.get("args") or {})
-            router = next((d for d in app.get("deployments", []) if d.get("name") == "router"), {})
-            rollouts = RolloutConfig.model_validate(router.get("user_config") or {}).check(config)
-        except ValueError as exc:
-            raise ValueError(f"application {name!r}: {exc}") from None
-        found[name] = {}
-        for tier, tier_config in config.tiers.items():
-            rollout = rollouts.rollouts.get(tier)
-            found[name][tier] = {
-                "versions": list(tier_config.all_versions()),
-                "stable": (rollout and rollout.stable) or tier_config.default_version,
-                "canary": rollout and rollout.canary and f"{rollout.canary} {rollout.canary_percent:g} %",
-                "shadow": rollout and rollout.shadow and f"{rollout.shadow} {rollout.shadow_percent:g} %",
-            }
-    return found

@@ -5,13 +5,16 @@ validation error listing the choices. Log-probabilities are vLLM's raw ones (bef
 so a score does not depend on the caller's sampling settings.
 
 Verifiers (`VERIFIERS`, for `cascade.mode: verified`) judge the cheap answer by the strong model's
-verdict on it instead (serve_app.generation.Verification, one prefill of the strong tier): the share
+verdict on it instead (serve_app.core.generation.Verification, one prefill of the strong tier): the share
 of answer tokens the strong model would keep under the Token-V3 rule of the speculative cascade, the
 share before the first it rejects, or its own mean probability of the answer.
 
 `learned` is a logistic rule over features of the log-probabilities (quantiles, minimum, mean,
 length), fitted offline by scripts/calibrate_cascade.py and evaluated here with plain arithmetic:
-its coefficients live in the config (`cascade.learned`), so it is built by `CascadeConfig.scorer_fn`.
+its coefficients live in the config (`cascade.learned`), so it is built by `scorer_for`.
+
+Every registry here is keyed by the names the config accepts (serve_app.config.ScorerName,
+VerifierName, FeatureName); a test keeps the two the same.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from serve_app.analysis.bench_stats import percentile
-from serve_app.generation import Verification
+from serve_app.config import CascadeConfig
+from serve_app.core.generation import Verification
+from serve_app.core.stats import percentile
 
 Scorer = Callable[[Sequence[float]], float]
 
@@ -122,3 +126,10 @@ def learned_scorer(intercept: float, coefficients: dict[str, float]) -> Scorer:
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
     return score
+
+
+def scorer_for(settings: CascadeConfig) -> Scorer:
+    """The confidence scorer the cascade settings name, built (a learned rule from its coefficients)."""
+    if settings.scorer == LEARNED:
+        return learned_scorer(settings.learned.intercept, settings.learned.coefficients)
+    return SCORERS[settings.scorer]

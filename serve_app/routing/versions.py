@@ -14,10 +14,10 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable
 
-from serve_app.api.errors import ClientError, Overloaded, ServingError
-from serve_app.config import TierRollout
-from serve_app.generation import GenerationChunk, GenerationRequest
-from serve_app.observability.telemetry import Ledger
+from serve_app.config import RolloutConfig, TierRollout
+from serve_app.core.errors import ClientError, Overloaded, ServingError
+from serve_app.core.generation import GenerationChunk, GenerationRequest
+from serve_app.core.ledger import Ledger
 from serve_app.routing.backend import GuardedBackend
 from serve_app.routing.rollout import Choice, RolledBack, ShadowLog, ShadowRecord, TierTraffic, agreement
 
@@ -173,3 +173,48 @@ class TierVersions:
         log.add(record)
         if self._on_shadow is not None:
             self._on_shadow(self.tier, record)
+
+
+class Tiers:
+    """Every tier's versions, by tier: the one owner of the rollouts in force."""
+
+    def __init__(self, tiers: dict[str, TierVersions]):
+        self._tiers = tiers
+
+    def __contains__(self, tier: str) -> bool:
+        return tier in self._tiers
+
+    def __iter__(self):
+        return iter(self._tiers)
+
+    async def open(self, tier: str, request: GenerationRequest, priority: str, deadline: float, ledger: Ledger,
+                   mirror: bool = False) -> tuple[str, AsyncIterator[GenerationChunk]]:
+        """Open the tier's version the rollout picks (TierVersions.open): its name and its stream."""
+        return await self._tiers[tier].open(request, priority, deadline, ledger, mirror)
+
+    def apply(self, rollouts: RolloutConfig) -> None:
+        """A (validated) rollout config. A tier whose rollout is unchanged keeps its guard's history and any
+        rollback; a changed one starts afresh."""
+        for tier, versions in self._tiers.items():
+            versions.apply(rollouts.rollouts.get(tier, TierRollout()))
+
+    def status(self) -> dict[str, dict]:
+        return {tier: versions.status() for tier, versions in self._tiers.items()}
+
+    def label(self, tier: str, version: str) -> str:
+        """The backend label of a tier's version: the tier's name while it has one version, else tier@version."""
+        return self._tiers[tier].label(version)
+
+    def runs_canary(self) -> bool:
+        """Whether some tier sends traffic to a canary (rollbacks may then come from other replicas)."""
+        return any(versions.runs_canary for versions in self._tiers.values())
+
+    def identities(self) -> dict[str, str]:
+        """Per tier, the identity of its rollout (serve_app.routing.rollout.rollout_identity)."""
+        return {tier: versions.identity for tier, versions in self._tiers.items()}
+
+    def adopt(self, tier: str, identity: str, rollback: RolledBack) -> bool:
+        """A rollback decided elsewhere (another router replica, an earlier life of this one) for the
+        tier's rollout `identity`; ignored when this replica applies another rollout. True if it changed anything."""
+        versions = self._tiers.get(tier)
+        return versions is not None and versions.adopt(identity, rollback)

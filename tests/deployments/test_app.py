@@ -13,7 +13,7 @@ STRONG = PROJECT_ROOT / "models" / "smollm2-135m-instruct"
 
 
 def args(cheap: str, strong: str, **cascade) -> dict:
-    return {"tiers": {"cheap": {"model_source": cheap}, "strong": {"model_source": strong}}, "cascade": cascade}
+    return {"tiers": {"cheap": {"model": {"source": cheap}}, "strong": {"model": {"source": strong}}}, "cascade": cascade}
 
 
 @pytest.fixture

@@ -5,19 +5,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.engine import check_engine_kwargs
+from deployments.engine import check_engine_args
 from serve_app.config import AppConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("profile", ["local-cpu.yaml", "gpu.yaml"])
-def test_profile_engine_kwargs_are_vllm_fields(profile):
+def test_profile_engine_args_are_vllm_fields(profile):
     args = yaml.safe_load((CONFIGS / profile).read_text())["applications"][0]["args"]
     for tier in AppConfig.model_validate(args).tiers.values():
-        check_engine_kwargs(tier.engine_kwargs)
+        for version in tier.all_versions().values():
+            check_engine_args(version.engine.args)
 
 
-def test_misspelled_engine_kwarg_is_named():
-    with pytest.raises(ValueError, match="max_model_length"):
-        check_engine_kwargs({"max_model_length": 1024})
+def test_misspelled_engine_arg_is_named():
+    with pytest.raises(ValueError, match=r"engine.args: \['max_model_length'\]"):
+        check_engine_args({"max_model_length": 1024})

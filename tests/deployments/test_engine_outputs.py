@@ -3,7 +3,7 @@
 from types import SimpleNamespace as NS
 
 from deployments.engine_outputs import eos_ids, scored_ids, scored_positions_cached, unsure, verification
-from serve_app.generation import GenerationRequest
+from serve_app.core.generation import GenerationRequest
 
 EOS = 0
 WORDS = {1: "The", 2: " cat", 3: " sat", 4: " dog", 5: " ran", 9: "<prompt>"}

@@ -7,7 +7,7 @@ from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest
 
 from deployments.prefix_router import PrefixAffinityRouter
-from serve_app.generation import GenerationRequest
+from serve_app.core.generation import GenerationRequest
 
 SYSTEM = {"role": "system", "content": "You answer briefly."}
 

@@ -25,15 +25,13 @@ class Actor:
 
 
 def replica(book: RollbackBook | None) -> SharedRollbacks:
-    shared = SharedRollbacks("llm")
-
-    async def decisions():
+    async def find(name):
+        assert name == "rollouts:llm"
         if book is None:
             raise ConnectionError("the actor is gone")
         return Actor(book)
 
-    shared._decisions = decisions
-    return shared
+    return SharedRollbacks("llm", find)
 
 
 def test_the_first_verdict_holds_and_a_replica_started_later_adopts_it():

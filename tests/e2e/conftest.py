@@ -30,6 +30,7 @@ from scripts.harness.cluster import (
 )
 from scripts.harness.processes import stop_process_tree
 from scripts.harness.spans import SpanCollector
+from serve_app.config import overlaid
 
 RUN_MARKER = ("SERVE_APP_TEST_RUN", uuid.uuid4().hex)
 """In the environment of every process the test cluster starts, so teardown can tell its processes."""
@@ -173,16 +174,18 @@ def stack(tmp_path_factory, s3_env) -> Stack:
         head = RayHead.start(log_dir / "ray-start.log", RUN_MARKER, env={
             "SERVE_APP_API_KEYS": ",".join(API_KEYS), **s3_env, "SERVE_APP_MODEL_CACHE_DIR": str(model_cache_dir),
             "RAY_metrics_report_interval_ms": "2000"})  # metrics reach the endpoint within 2 s, not 10
-        config = load_profile("local-cpu.yaml")
-        config["http_options"]["port"] = http_port  # the profile as shipped, on ports of the test's own
+        # The profile as shipped, on ports of the test's own, with the evaluation overlay: the tests compare
+        # cascade modes on one deployment through each request's `cascade` field.
+        config = overlaid(load_profile("local-cpu.yaml"), load_profile("overlays/evaluation.yaml"))
+        config["http_options"]["port"] = http_port
         args = app_args(config)
         backup = args["external"]["backup"]
         backup["base_url"] = external.base_url
         # The stand-in provider is a third engine on the same two cores as both tiers: while the overload
         # test saturates them it cannot carry the concurrent requests a remote provider would (even two
         # pass the 20 s first-token timeout), so the router is told its real capacity and patience here.
-        backup.update(concurrency_slots=1, first_token_timeout_s=60)
-        args["tiers"]["cheap"]["model_source"] = CHEAP_S3_URI  # fetched from S3 into the node's cache
+        backup["limits"].update(concurrency_slots=1, first_token_timeout_s=60)
+        args["tiers"]["cheap"]["model"]["source"] = CHEAP_S3_URI  # fetched from S3 into the node's cache
         # Patient exports: on two saturated cores a batch can miss the SDK's 10 s and be dropped.
         args["observability"] = {"tracing": {"exporter": "otlp", "otlp_endpoint": spans.endpoint,
                                              "export_interval_ms": 500, "export_timeout_s": 60}}

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from deployments.external import ExternalBackend
-from serve_app.api.errors import BackendUnavailable
 from serve_app.config import ExternalConfig
-from serve_app.generation import GenerationRequest
+from serve_app.core.errors import BackendUnavailable
+from serve_app.core.generation import GenerationRequest
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""A tier whose model_source is s3://: the stack's cheap tier is fetched from a real S3 endpoint (moto's
+"""A tier whose model.source is s3://: the stack's cheap tier is fetched from a real S3 endpoint (moto's
 server on 127.0.0.1, see conftest) into the node's cache, verified, and served from there."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_a_burst_past_capacity_is_shed_not_melted(stack):
     body = {"model": "strong", "messages": [{"role": "user", "content": "Count from one to fifty."}],
             "max_tokens": 48, "ignore_eos": True, "temperature": 0}
     url = f"{stack.base_url}/chat/completions"
-    slots = stack.args["tiers"]["strong"]["concurrency_slots"]
+    slots = stack.args["tiers"]["strong"]["limits"]["concurrency_slots"]
     with httpx.Client(headers=stack.headers, timeout=300) as client, ThreadPoolExecutor(BURST) as pool:
         # Teach the router both tiers' speed at this length (one request, then a full batch each), as
         # live traffic would; the first request ends each tier's slow start.

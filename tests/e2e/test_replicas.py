@@ -80,7 +80,7 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):
             worker.start()
         wait_for("a second cheap replica", lambda: running_replicas(stack.dashboard_url, "llm-cheap-v1") == 2, timeout_s=420, every_s=3)
         # The router's capacity for the tier follows: 8 slots per replica, two running (it reads the
-        # replica counts every router.replica_poll_s, from a controller busy with the scale-out).
+        # replica counts every deployments.router.REPLICA_POLL_S, from a controller busy with the scale-out).
         wait_for("the router to count two replicas' slots", lambda: router_slots(stack, "cheap") == 16,
                  timeout_s=300, every_s=2)
         stop.set()

@@ -40,9 +40,9 @@ def rollout_app(stack, retired_v1: bool = False) -> dict:
     strong = args["tiers"]["strong"]
     strong["deployment"]["ray_actor_options"] = {"num_cpus": 0.5}  # two more engines in the test cluster's 4 CPUs
     if retired_v1:
-        strong.update(model_source=V2_MODEL, version="v2")
+        strong.update(model={"source": V2_MODEL}, version="v2")
     else:
-        strong["versions"] = {"v2": {"model_source": V2_MODEL}}
+        strong["versions"] = {"v2": {"model": {"source": V2_MODEL}}}
     args["tiers"] = {"strong": strong}
     args["cascade"] = {"cheap_tier": "strong", "strong_tier": "strong"}
     args.pop("external")

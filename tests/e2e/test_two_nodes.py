@@ -25,14 +25,14 @@ import ray
 from ray import serve
 from deployments.engine import LLMServer
 from serve_app.config import AppConfig
-from serve_app.generation import GenerationChunk, GenerationRequest
+from serve_app.core.generation import GenerationChunk, GenerationRequest
 
 address, uri = sys.argv[1], sys.argv[2]
 ray.init(address=address, log_to_driver=False)
 tier = AppConfig.from_serve_file("configs/local-cpu.yaml").tiers["cheap"]
 options = tier.replica_options()
 options.update(num_replicas=2, max_replicas_per_node=1)
-app = LLMServer.options(name="llm-cheap", **options).bind("cheap", tier.model_copy(update={"model_source": uri}).model_dump())
+app = LLMServer.options(name="llm-cheap", **options).bind("cheap", tier.model_copy(update={"model": tier.model.model_copy(update={"source": uri})}).model_dump())
 handle = serve.run(app, name="two-nodes", route_prefix=None)
 
 async def ask(i):

@@ -27,8 +27,9 @@ def test_total_sums_the_samples_whose_labels_match():
 
 def test_report_over_a_window():
     config = AppConfig.model_validate({
-        "tiers": {"cheap": {"model_source": "/m", "usd_per_replica_hour": 1.8, "deployment": {"num_replicas": 2}},
-                  "strong": {"model_source": "/m", "usd_per_replica_hour": 0.0}},
+        "tiers": {"cheap": {"model": {"source": "/m"}, "price": {"usd_per_replica_hour": 1.8},
+                            "deployment": {"num_replicas": 2}},
+                  "strong": {"model": {"source": "/m"}, "price": {"usd_per_replica_hour": 0.0}}},
         "external": {"api": {"base_url": "http://x/v1", "model": "m"}},
     })
     before, after = samples(10, 0, 0, 1000, 0.1, 0.0), samples(40, 10, 50, 37_000, 0.28, 0.02)

@@ -4,9 +4,9 @@ scores (for the speculative and verified cascades), a settable clock, a request,
 import asyncio
 import math
 
-from serve_app.api.errors import BackendUnavailable
 from serve_app.config import AppConfig
-from serve_app.generation import GenerationChunk, GenerationRequest, TokenLogprob, Verification
+from serve_app.core.errors import BackendUnavailable
+from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob, Verification
 from serve_app.routing.factory import build_router
 
 
@@ -117,7 +117,7 @@ class TokenModel:
 
 def cascade_router(cheap, strong, **cascade):
     """A router over two fake tiers with these cascade settings, and no retries."""
-    tier = {"model_source": "/models/x", "concurrency_slots": 2, "first_token_timeout_s": 5.0}
+    tier = {"model": {"source": "/models/x"}, "limits": {"concurrency_slots": 2, "first_token_timeout_s": 5.0}}
     config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier}, "cascade": cascade,
                                        "resilience": {"retry_attempts": 1}})
     return build_router({"cheap": cheap, "strong": strong}, config, Clock())

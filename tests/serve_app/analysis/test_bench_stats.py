@@ -1,6 +1,7 @@
 import pytest
 
-from serve_app.analysis.bench_stats import RequestRecord, Slo, overhead, percentile, records, summarize
+from serve_app.analysis.bench_stats import RequestRecord, Slo, overhead, records, summarize
+from serve_app.core.stats import percentile
 
 
 def test_percentile_interpolates_linearly_between_ranks():

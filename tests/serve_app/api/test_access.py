@@ -3,7 +3,7 @@
 import pytest
 
 from serve_app.api.access import KeyGate, TokenBucket, load_api_keys
-from serve_app.api.errors import AuthenticationFailed, RateLimited, error_body, invalid_request
+from serve_app.core.errors import AuthenticationFailed, RateLimited, error_body, invalid_request
 
 
 class Clock:

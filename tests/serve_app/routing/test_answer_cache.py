@@ -1,6 +1,6 @@
 """The answer cache: normalized exact match, completeness, size and age bounds."""
 
-from serve_app.generation import GenerationChunk, GenerationRequest
+from serve_app.core.generation import GenerationChunk, GenerationRequest
 from serve_app.routing.answer_cache import AnswerCache, cache_key
 
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from serve_app.api.errors import BackendUnavailable
 from serve_app.config import AppConfig, RolloutConfig, TierRollout
+from serve_app.core.errors import BackendUnavailable
 from serve_app.routing.factory import build_router
 from serve_app.routing.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
 from tests.serve_app.fakes import FakeTier, request
@@ -54,6 +54,16 @@ def test_the_guard_rolls_back_a_canary_that_fails_more_than_stable():
     assert t.record(Choice("v2", True), False, None) is None  # reported once
 
 
+def test_the_guard_judges_recent_requests_only():
+    t = traffic(canary="v2", canary_percent=50, guard={"min_requests": 4, "window": 4, "max_error_rate_increase": 0.2})
+    for _ in range(10):
+        t.record(Choice("v1", False), True, 0.1)
+        assert t.record(Choice("v2", True), True, 0.1) is None
+    assert t.status()["guard"]["canary"]["requests"] == 4
+    rollback = t.record(Choice("v2", True), False, None)  # 1 failure in the last 4 (1 in 11 over all of them)
+    assert "error rate 25%" in rollback.reason
+
+
 def test_the_guard_rolls_back_a_slow_canary_but_not_a_comparable_one():
     t = traffic(canary="v2", canary_percent=50, guard={"min_requests": 3, "max_ttft_ratio": 2.0})
     for _ in range(3):
@@ -76,37 +86,39 @@ def test_agreement_of_answers():
     assert 0.5 < agreement("The capital of France is Paris", "The capital of France is Lyon") < 1.0
 
 
-TIER = {"model_source": "/models/a", "concurrency_slots": 2, "dispatch_timeout_s": None,
-        "engine_kwargs": {"dtype": "float32", "max_model_len": 2048}}
+TIER = {"model": {"source": "/models/a"}, "limits": {"concurrency_slots": 2, "dispatch_timeout_s": None},
+        "engine": {"args": {"dtype": "float32", "max_model_len": 2048}}}
 
 
 def app(versions=None, **strong):
     return AppConfig.model_validate({"tiers": {"cheap": TIER, "strong": {**TIER, **strong, "versions": versions or {}}}})
 
 
-def test_a_version_is_the_tier_with_its_fields_replaced_and_engine_kwargs_merged():
-    strong = app({"v2": {"model_source": "/models/b", "engine_kwargs": {"max_model_len": 1024}}}).tiers["strong"]
+def test_a_version_is_the_tier_with_its_sections_merged_key_by_key():
+    strong = app({"v2": {"model": {"source": "/models/b"}, "engine": {"args": {"max_model_len": 1024}},
+                         "limits": {"concurrency_slots": 1}}}).tiers["strong"]
     versions = strong.all_versions()
     assert list(versions) == ["v1", "v2"] and strong.default_version == "v1"
-    assert versions["v2"].model_source == "/models/b"
-    assert versions["v2"].engine_kwargs == {"dtype": "float32", "max_model_len": 1024}
-    assert versions["v1"].engine_kwargs == TIER["engine_kwargs"]
-    labels = {(e.tier, e.version): (e.label, e.deployment) for e in app({"v2": {"model_source": "/b"}}).engine_versions()}
+    assert versions["v2"].model.source == "/models/b"
+    assert versions["v2"].engine.args == {"dtype": "float32", "max_model_len": 1024}
+    assert versions["v2"].limits.concurrency_slots == 1 and versions["v2"].limits.dispatch_timeout_s is None
+    assert versions["v1"].engine.args == TIER["engine"]["args"] and versions["v1"].limits.concurrency_slots == 2
+    labels = {(e.tier, e.version): (e.label, e.deployment) for e in app({"v2": {"model": {"source": "/b"}}}).engine_versions()}
     assert labels[("cheap", "v1")] == ("cheap", "llm-cheap-v1")
     assert labels[("strong", "v2")] == ("strong@v2", "llm-strong-v2")
 
 
 def test_a_tier_may_list_only_versions_and_then_the_first_is_its_default():
-    strong = app({"green": {"model_source": "/g"}, "blue": {"model_source": "/b"}}, model_source=None).tiers["strong"]
+    strong = app({"green": {"model": {"source": "/g"}}, "blue": {"model": {"source": "/b"}}}, model=None).tiers["strong"]
     assert list(strong.all_versions()) == ["green", "blue"] and strong.default_version == "green"
 
 
 @pytest.mark.parametrize("versions, strong, message", [
-    ({"v1": {"model_source": "/b"}}, {}, "already the tier's own version"),
-    ({"v2": {"engine_kwargs": {"model": "x"}}}, {}, "versions.v2"),
+    ({"v1": {"model": {"source": "/b"}}}, {}, "already the tier's own version"),
+    ({"v2": {"engine": {"args": {"model": "x"}}}}, {}, "versions.v2"),
     ({"v2": {"nonsense": 1}}, {}, "versions.v2"),
-    ({"V 2": {"model_source": "/b"}}, {}, "versions.V 2"),
-    ({}, {"model_source": None}, "model_source is required"),
+    ({"V 2": {"model": {"source": "/b"}}}, {}, "versions.V 2"),
+    ({}, {"model": None}, "model is required"),
 ])
 def test_bad_versions_are_refused_by_name(versions, strong, message):
     with pytest.raises(ValidationError, match=message):
@@ -122,18 +134,18 @@ def test_bad_versions_are_refused_by_name(versions, strong, message):
 ])
 def test_rollouts_naming_missing_versions_or_one_version_twice_are_refused(rollouts, message):
     with pytest.raises(ValueError, match=message):
-        RolloutConfig.model_validate({"rollouts": rollouts}).check(app({"v2": {"model_source": "/b"}}))
+        RolloutConfig.model_validate({"rollouts": rollouts}).check(app({"v2": {"model": {"source": "/b"}}}))
 
 
 def versioned_router(rollout: dict, v2_error=None, seed=0):
-    config = app({"v2": {"model_source": "/models/b"}})
+    config = app({"v2": {"model": {"source": "/models/b"}}})
     v1 = FakeTier(["Paris", " is", " big"], 0.9)
     v2 = FakeTier(["Paris", " is", " small"], 0.9, v2_error)
     events = {"rollbacks": [], "shadows": []}
     router = build_router({"cheap": FakeTier(["x"], 0.9), "strong@v1": v1, "strong@v2": v2}, config, lambda: 0.0,
                            random.Random(seed), on_rollback=lambda tier, r: events["rollbacks"].append((tier, r)),
                            on_shadow=lambda tier, r: events["shadows"].append((tier, r)))
-    router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": rollout}}).check(config))
+    router.tiers.apply(RolloutConfig.model_validate({"rollouts": {"strong": rollout}}).check(config))
     return router, v1, v2, events
 
 
@@ -155,7 +167,7 @@ def test_a_failing_canary_never_fails_a_request_and_is_rolled_back():
     served = asyncio.run(ask(router, 30))
     assert all(version == "v1" and text == "Paris is big" for version, text in served)
     assert len(v2.requests) == 3 and len(events["rollbacks"]) == 1  # three failures, then 0 %
-    assert router.rollout_status()["strong"]["rolled_back"]["version"] == "v2"
+    assert router.tiers.status()["strong"]["rolled_back"]["version"] == "v2"
 
 
 def test_the_cascade_uses_the_strong_tiers_rollout_too():
@@ -172,7 +184,7 @@ def test_a_shadow_copy_is_compared_but_never_returned():
     records = [r for _, r in events["shadows"]]
     assert [r.outcome for r in records] == ["ok"] * 4
     assert all(r.agreement == pytest.approx(2 / 3, abs=1e-3) and r.exact is False for r in records)
-    assert router.rollout_status()["strong"]["shadow_results"]["ok"] == 4
+    assert router.tiers.status()["strong"]["shadow_results"]["ok"] == 4
 
 
 def test_copies_past_the_bound_are_shed_and_reported_like_every_other_shadow_outcome():
@@ -187,8 +199,8 @@ def test_copies_past_the_bound_are_shed_and_reported_like_every_other_shadow_out
     assert asyncio.run(three_at_once()) == [[("v1", "Paris is big")]] * 3
     outcomes = sorted(r.outcome for _, r in events["shadows"])
     assert outcomes == ["ok", "shed", "shed"] and len(v2.requests) == 1
-    assert router.rollout_status()["strong"]["shadow_results"]["shed"] == 2  # the log and the deployment agree
-    assert router.rollout_status()["strong"]["shadow_in_flight"] == 0
+    assert router.tiers.status()["strong"]["shadow_results"]["shed"] == 2  # the log and the deployment agree
+    assert router.tiers.status()["strong"]["shadow_in_flight"] == 0
 
 
 def test_a_failing_shadow_is_recorded_and_the_client_still_gets_the_primary_answer():
@@ -203,11 +215,11 @@ def test_an_unchanged_rollout_keeps_its_rollback_and_a_changed_one_starts_afresh
     asyncio.run(ask(router, 10))
     same = RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 50,
                                                                  "guard": {"min_requests": 1}}}})
-    router.set_rollouts(same)
-    assert router.rollout_status()["strong"]["rolled_back"] is not None
-    router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 10}}}))
-    assert router.rollout_status()["strong"]["rolled_back"] is None
-    assert router.rollout_status()["strong"]["guard"]["canary"]["requests"] == 0
+    router.tiers.apply(same)
+    assert router.tiers.status()["strong"]["rolled_back"] is not None
+    router.tiers.apply(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 10}}}))
+    assert router.tiers.status()["strong"]["rolled_back"] is None
+    assert router.tiers.status()["strong"]["guard"]["canary"]["requests"] == 0
 
 
 def test_a_rollout_identity_changes_with_the_rollout_and_only_with_it():
@@ -241,6 +253,6 @@ def test_the_rollback_book_keeps_the_first_rollback_of_the_current_rollout():
 
 def test_the_router_says_whether_a_canary_runs():
     router, _, _, _ = versioned_router({"shadow": "v2", "shadow_percent": 10})
-    assert not router.runs_canary()
-    router.set_rollouts(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 5}}}))
-    assert router.runs_canary()
+    assert not router.tiers.runs_canary()
+    router.tiers.apply(RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 5}}}))
+    assert router.tiers.runs_canary()

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from serve_app.api.errors import (
+from serve_app.config import AppConfig
+from serve_app.core.errors import (
     BackendTimeout,
     BackendUnavailable,
     ContextLengthExceeded,
@@ -12,8 +13,7 @@ from serve_app.api.errors import (
     Overloaded,
     ServerError,
 )
-from serve_app.config import AppConfig
-from serve_app.generation import Accepted, GenerationChunk
+from serve_app.core.generation import Accepted, GenerationChunk
 from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import Clock, FakeTier, request
 
@@ -34,8 +34,8 @@ def open_and_drain(router, model, req):
 
 def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1,
            dispatch_s=None):
-    tier = {"model_source": "/models/x", "first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 2,
-            "dispatch_timeout_s": dispatch_s}
+    tier = {"model": {"source": "/models/x"}, "limits": {"first_token_timeout_s": first_token_timeout_s,
+                                                          "concurrency_slots": 2, "dispatch_timeout_s": dispatch_s}}
     return AppConfig.model_validate({
         "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
         "cascade": {"threshold": threshold},
@@ -46,15 +46,20 @@ def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_
 
 
 def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=None, clock=None, shed_s=None,
-         retries=1, dispatch_s=None, **errors):
+         retries=1, dispatch_s=None, backends=None, **errors):
+    """A router over two fake tiers (`backends` replaces either with another fake)."""
     delays = delays or {}
     cheap = FakeTier(["Paris", "."], cheap_prob, errors.get("cheap"), delays.get("cheap", 0.0))
     strong = FakeTier(["Lyon", "!"], strong_prob, errors.get("strong"), delays.get("strong", 0.0))
-    router = build_router({"cheap": cheap, "strong": strong},
+    router = build_router({"cheap": cheap, "strong": strong, **(backends or {})},
                            config(threshold, fallbacks, first_token_timeout_s=0.2, threshold_failures=2, shed_s=shed_s,
                                   retries=retries, dispatch_s=dispatch_s),
                            clock or Clock())
     return router, cheap, strong
+
+
+def breakers(router):
+    return {name: state.value for name, (state, _, _) in router.fleet.states().items()}
 
 
 def test_direct_route_streams_that_tier_only():
@@ -168,8 +173,8 @@ def test_the_callers_timeout_bounds_the_whole_chain_and_spares_the_breaker():
         asyncio.run(go())
     assert caught.value.status == 504
     assert cheap.closed == 1 and strong.requests == []  # no time was left for the fallback
-    assert router.breaker_states() == {"cheap": "closed", "strong": "closed"}
-    assert not router.backends["cheap"].breaker._failures  # not counted as a failure of the tier
+    assert breakers(router) == {"cheap": "closed", "strong": "closed"}
+    assert router.fleet["cheap"].breaker.failures == 0  # not counted as a failure of the tier
 
 
 def test_a_callers_timeout_longer_than_the_tiers_does_not_extend_it():
@@ -205,25 +210,23 @@ class AcceptsThenStalls:
 
 
 def test_a_request_no_replica_takes_fails_over_after_the_dispatch_timeout_without_retry():
-    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, retries=3)
-    dead = router.backends["cheap"]._backend = Unanswered()
+    dead = Unanswered()
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, retries=3, backends={"cheap": dead})
     stream, chunks = open_and_drain(router, "cheap", request())
     assert stream.routing.served_by == "strong" and stream.routing.fallback_reason == "cheap: no_live_replica"
     assert dead.calls == 1  # the same dead tier is not tried again
-    assert router.backends["cheap"].breaker._failures
+    assert router.fleet["cheap"].breaker.failures == 1
 
 
 def test_an_accepted_request_gets_the_full_first_token_timeout():
-    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
-    router.backends["cheap"]._backend = AcceptsThenStalls()
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, backends={"cheap": AcceptsThenStalls()})
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: timeout"  # 0.2 s first-token timeout, not 0.02 s
 
 
 def test_with_every_slot_busy_waiting_for_a_replica_is_queueing_not_death():
-    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02)
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, dispatch_s=0.02, backends={"cheap": Unanswered()})
     saturate(router, "cheap", in_flight=2)  # Ray Serve queues the request until a slot frees
-    router.backends["cheap"]._backend = Unanswered()
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: timeout"
 
@@ -235,8 +238,7 @@ def test_accepted_markers_never_reach_the_caller():
             async for chunk in super().__call__(request):
                 yield chunk
 
-    router, _, _ = make(dispatch_s=1.0)
-    router.backends["strong"]._backend = Acking(["Lyon", "!"], 0.9)
+    router, _, _ = make(dispatch_s=1.0, backends={"strong": Acking(["Lyon", "!"], 0.9)})
     _, chunks = open_and_drain(router, "strong", request())
     assert all(isinstance(c, GenerationChunk) for c in chunks) and "".join(c.text for c in chunks) == "Lyon!"
 
@@ -246,14 +248,14 @@ def test_breaker_opens_after_repeated_failures_and_fails_fast():
     router, cheap, _ = make(fallbacks={"cheap": ["strong"]}, clock=clock, cheap=ServerError("boom"))
     for _ in range(2):
         open_and_drain(router, "cheap", request())
-    assert router.breaker_states()["cheap"] == "open"
+    assert breakers(router)["cheap"] == "open"
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: circuit_open"
     assert len(cheap.requests) == 2  # the open circuit kept the third request away from the tier
     clock.now = 10.0
     cheap.error = None
     stream, _ = open_and_drain(router, "cheap", request())  # the probe succeeds and closes the circuit
-    assert stream.routing.served_by == "cheap" and router.breaker_states()["cheap"] == "closed"
+    assert stream.routing.served_by == "cheap" and breakers(router)["cheap"] == "closed"
 
 
 def test_cascade_serves_the_cheap_answer_when_escalation_fails():
@@ -273,7 +275,7 @@ def test_cascade_falls_back_to_strong_when_cheap_fails():
 
 def saturate(router, tier, in_flight, ttft_s=1.0, tpot_s=0.4):
     """`in_flight` requests of 10 tokens on `tier` (2 slots), none of which has produced a token yet."""
-    load = router.backends[tier].load
+    load = router.fleet[tier].load
     load.ttft.add(ttft_s)
     load.tpot.add(tpot_s)
     for _ in range(in_flight):
@@ -309,7 +311,7 @@ def test_in_flight_count_returns_to_zero_after_streams_end_or_fail():
     router, _, _ = make(shed_s=5.0, fallbacks={"cheap": ["strong"], "auto": ["strong"]}, cheap=ServerError("boom"))
     open_and_drain(router, "cheap", request())
     open_and_drain(router, "auto", request())
-    assert router.backends["cheap"].load.in_flight == 0 and router.backends["strong"].load.in_flight == 0
+    assert router.fleet["cheap"].load.in_flight == 0 and router.fleet["strong"].load.in_flight == 0
 
 
 class Flaky(FakeTier):
@@ -329,9 +331,8 @@ class Flaky(FakeTier):
 
 
 def test_a_transient_engine_error_is_retried_on_the_same_tier():
-    router, _, _ = make(retries=3)
     flaky = Flaky(["ok"], failures=1, error=BackendUnavailable("replica died"))
-    router.backends["strong"]._backend = flaky
+    router, _, _ = make(retries=3, backends={"strong": flaky})
     stream, chunks = open_and_drain(router, "strong", request())
     assert stream.routing.served_by == "strong" and stream.routing.fallback_reason is None
     assert [r.request_id for r in flaky.requests] == ["r1-strong-1", "r1-strong-2"]
@@ -339,18 +340,16 @@ def test_a_transient_engine_error_is_retried_on_the_same_tier():
 
 
 def test_retries_are_bounded_then_the_chain_moves_on():
-    router, _, _ = make(retries=2, fallbacks={"strong": ["cheap"]})
     flaky = Flaky(["ok"], failures=5, error=ServerError("engine error"))
-    router.backends["strong"]._backend = flaky
+    router, _, _ = make(retries=2, fallbacks={"strong": ["cheap"]}, backends={"strong": flaky})
     stream, _ = open_and_drain(router, "strong", request())
     assert len(flaky.requests) == 2 and stream.routing.served_by == "cheap"
 
 
 @pytest.mark.parametrize("error", [Overloaded("busy"), ContextLengthExceeded("long")])
 def test_overload_and_client_errors_are_not_retried(error):
-    router, _, _ = make(retries=3)
     flaky = Flaky(["ok"], failures=5, error=error)
-    router.backends["strong"]._backend = flaky
+    router, _, _ = make(retries=3, backends={"strong": flaky})
     with pytest.raises(type(error)):
         open_and_drain(router, "strong", request())
     assert len(flaky.requests) == 1
@@ -375,9 +374,9 @@ def test_an_unseen_request_still_fails_when_everything_fails():
 
 def test_a_tiers_capacity_follows_its_running_replicas():
     router, _, _ = make()
-    states = router.backend_states()
+    states = router.fleet.states()
     assert states["cheap"][2] == 2                    # 2 slots per replica, 1 replica to start with
-    router.set_running_replicas("cheap", 3)
-    assert router.backend_states()["cheap"][2] == 6
-    router.set_running_replicas("cheap", 0)           # none running: one replica's worth stands in
-    assert router.backend_states()["cheap"][2] == 2
+    router.fleet.resize("cheap", 3)
+    assert router.fleet.states()["cheap"][2] == 6
+    router.fleet.resize("cheap", 0)                   # none running: one replica's worth stands in
+    assert router.fleet.states()["cheap"][2] == 2

@@ -1,4 +1,4 @@
-"""What a route returns: who answers (`Routing`) and the answer's chunk stream, opened.
+"""What a route returns: who answers and why (`Routing`), and the answer's chunk stream, opened.
 
 Immutable: a stage that wraps the chunks (the answer cache's tee, the request lifecycle's watch)
 returns a new `RoutedStream` with `wrapped`, never edits the one it was given.
@@ -10,11 +10,34 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serve_app.api.protocol import Routing
-from serve_app.generation import GenerationChunk
-from serve_app.observability.telemetry import Ledger
+from pydantic import BaseModel
+
+from serve_app.core.generation import GenerationChunk
+
+if TYPE_CHECKING:
+    from serve_app.core.ledger import Ledger
+
+
+class Routing(BaseModel):
+    """Which tier answered and why; also sent as x-served-by / x-cascade-* headers."""
+
+    route: str
+    served_by: str
+    version: str | None = None
+    """The version of the serving tier (x-served-version); None for an external API or the cache."""
+    escalated: bool = False
+    confidence: float | None = None
+    reason: str | None = None
+    fallback_reason: str | None = None
+    """Set when the route's own backend failed and another answered: what failed, and how."""
+    verification: dict[str, float] | None = None
+    """The `verified` cascade's verdict on the cheap answer: every verifier's score of it
+    (serve_app.routing.scorers.VERIFIERS), and the answer's length in the strong tier's tokens."""
+    speculation: dict[str, int] | None = None
+    """A speculative cascade's answer (in the last stream chunk): drafted, accepted, replaced and added
+    tokens, verification passes, and whether a tier failed mid-answer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
 """What the router serves, without Ray: the access gate, every request's lifecycle over the routes,
-`/v1/models`, `/v1/rollouts` and `/health`. The HTTP routes (serve_app.api.http) and the
+`/v1/models`, `/v1/rollouts` and `/health`. The HTTP routes (serve_app.ingress.http) and the
 deployment's handle methods both call it; the deployment hands in backends built from Ray Serve
 handles, the tests fakes.
+
+It owns what the deployment learns about the engines (their model info, their warm-up speed, which
+it passes on to the router's fleet) and the rollout config in force (or why the last one was refused).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,10 +24,12 @@ from serve_app.api.protocol import (
     ModelCard,
     ModelList,
 )
-from serve_app.config import AppConfig
-from serve_app.observability.lifecycle import MetricsSink, NoMetrics, RequestLifecycle
+from serve_app.config import AppConfig, RolloutConfig
+from serve_app.core.stream import RoutedStream
+from serve_app.ingress.lifecycle import MetricsSink, NoMetrics, RequestLifecycle
 from serve_app.routing.router import CascadeRouter
-from serve_app.routing.stream import RoutedStream
+
+logger = logging.getLogger(__name__)
 
 
 async def _nothing() -> None:
@@ -32,28 +38,56 @@ async def _nothing() -> None:
 
 class ApiService:
     def __init__(self, config: AppConfig, router: CascadeRouter, gate: KeyGate, sink: MetricsSink | None = None,
-                 on_call: Callable[[], None] = lambda: None,
                  before_models: Callable[[], Awaitable[None]] = _nothing, replica: str = "local"):
-        """`on_call` runs as every call comes in (the deployment restarts its background loops there);
-        `before_models` runs before `/v1/models` answers (it gathers the engines' model info)."""
+        """`before_models` runs before `/v1/models` answers (the deployment asks the engines not heard
+        from yet for their model info)."""
         self.config, self.router, self.gate = config, router, gate
         self.sink = sink or NoMetrics()
         self.lifecycle = RequestLifecycle(router, self.sink, config.router.default_max_tokens,
                                           config.observability.tracing.record_content)
-        self.engine_infos: dict[str, dict[str, Any]] = {}
-        """model_info of each engine version by backend label, once it answered (fixed for its life)."""
-        self.rollout_error: str | None = None
-        """Why the last rollout config was refused, while the one before it stays."""
-        self._on_call, self._before_models, self._replica = on_call, before_models, replica
+        self._engine_labels = [engine.label for engine in config.engine_versions()]
+        self._engine_infos: dict[str, dict[str, Any]] = {}
+        self._rollout_error: str | None = None
+        self._before_models, self._replica = before_models, replica
 
     @property
     def max_body_bytes(self) -> int:
         return self.config.access.max_body_bytes
 
+    # What the deployment learns ---------------------------------------------------------------------
+
+    def engines_unheard(self) -> list[str]:
+        """Engine versions whose model info has not arrived yet (still starting, or not asked)."""
+        return [label for label in self._engine_labels if label not in self._engine_infos]
+
+    def engine_started(self, label: str, info: dict[str, Any]) -> None:
+        """An engine version's model info (fixed for its life); its warm-up figures, if any, are the
+        tier's speed until live requests teach better."""
+        self._engine_infos[label] = info
+        if warm_up := info.get("warm_up"):
+            self.router.fleet.seed_speed(label, warm_up["ttft_s"], warm_up["tpot_s"])
+            logger.info("%s: speed from its warm-up, TTFT %.3f s and TPOT %.3f s at a batch of %d", label,
+                        warm_up["ttft_s"], warm_up["tpot_s"], warm_up["batch"])
+
+    def apply_rollouts(self, user_config: dict[str, Any] | None) -> bool:
+        """A new rollout config (serve_app.config.RolloutConfig), validated against the app and applied to
+        the tiers; an invalid one is refused, the current one stays, and `/v1/rollouts` says why."""
+        try:
+            rollouts = RolloutConfig.model_validate(user_config or {}).check(self.config)
+        except ValueError as exc:
+            self._rollout_error = str(exc)
+            logger.error("rollout config refused, the current one stays: %s", exc)
+            return False
+        self._rollout_error = None
+        self.router.tiers.apply(rollouts)
+        logger.info("rollouts applied: %s", rollouts.model_dump(exclude_defaults=True) or "every tier on its default version")
+        return True
+
+    # Requests -------------------------------------------------------------------------------------
+
     async def open(self, request: ChatCompletionRequest | CompletionRequest, priority: str = "normal",
                    timeout_s: float | None = None, trace_context: dict[str, str] | None = None,
                    session_key: str | None = None) -> RoutedStream:
-        self._on_call()
         return await self.lifecycle.open(request, priority, timeout_s, trace_context, session_key)
 
     async def chat(self, request: ChatCompletionRequest, priority: str = "normal", timeout_s: float | None = None,
@@ -81,10 +115,10 @@ class ApiService:
     async def models(self) -> ModelList:
         """Each tier's stable version's model, and the cascade routes (the strong tier's model, the
         shortest context of the tiers)."""
-        self._on_call()
         await self._before_models()
-        status = self.router.rollout_status()
-        by_tier = {tier: self.engine_infos[self.router.label(tier, status[tier]["stable"])] for tier in self.config.tiers}
+        status = self.router.tiers.status()
+        by_tier = {tier: self._engine_infos[self.router.tiers.label(tier, status[tier]["stable"])]
+                   for tier in self.config.tiers}
         cascade = by_tier[self.config.cascade.strong_tier]
         cards = [ModelCard(id=name, root=info["model"], max_model_len=info["max_model_len"])
                  for name, info in by_tier.items()]
@@ -97,15 +131,13 @@ class ApiService:
         """Per tier: the versions serving, canary and shadow shares, the guard's figures (this router
         replica's), any rollback (whichever replica decided it), recent shadow comparisons; the last
         refused rollout config, if any; and which router replica answered."""
-        self._on_call()
-        return {"tiers": self.router.rollout_status(), "config_error": self.rollout_error, "replica": self._replica}
+        return {"tiers": self.router.tiers.status(), "config_error": self._rollout_error, "replica": self._replica}
 
     def health(self) -> dict[str, Any]:
         """Liveness, the circuit state of each backend, and how the router sees each backend's load
         (requests in flight, concurrency slots of its running replicas)."""
-        self._on_call()
-        states = self.router.backend_states()
+        states = self.router.fleet.states()
         self.sink.backends(states)
-        return {"status": "ok", "circuits": self.router.breaker_states(),
+        return {"status": "ok", "circuits": {name: state.value for name, (state, _, _) in states.items()},
                 "backends": {name: {"circuit": state.value, "in_flight": in_flight, "slots": slots}
                              for name, (state, in_flight, slots) in states.items()}}

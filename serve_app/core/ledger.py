@@ -3,17 +3,20 @@
 The router fills a `Ledger` while it routes (one `Attempt` per try at a backend, cascade steps and
 fallbacks included); when the request ends, the deployment turns it into metrics and span
 attributes. Pure: no Ray, no OpenTelemetry; times come from an injected clock.
+
+One writer per fact: a ledger's fields change only through its methods (`resolved` by the router,
+`attempt` by a backend, `routed`, `served`, `failed` and `finish` by the request's lifecycle), and
+an attempt's only in the backend that made it (serve_app.routing.backend).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from serve_app.api.errors import ClientError, Overloaded, ServerError, ServingError
-from serve_app.api.protocol import Routing
-from serve_app.generation import GenerationChunk
+from serve_app.core.errors import ClientError, Overloaded, ServerError, ServingError
+from serve_app.core.generation import GenerationChunk
+from serve_app.core.stream import Routing
 
 OUTCOMES = ("served", "escalated", "fallback", "cached", "shed", "rejected", "failed", "cancelled")
 """How a request ended: answered by its route's own backend, by the strong tier after the cascade
@@ -67,9 +70,41 @@ class Ledger:
     """The answer's text, kept only when traces record content."""
 
     def attempt(self, backend: str, now: float) -> Attempt:
+        """A new try at `backend` (the backend that makes it fills it in)."""
         number = 1 + sum(a.backend == backend for a in self.attempts)
         self.attempts.append(Attempt(backend, number, now))
         return self.attempts[-1]
+
+    def resolved(self, route: str) -> None:
+        """The route the request's model names."""
+        self.route = route
+
+    def routed(self, routing: Routing) -> None:
+        """Who answers, once the route's stream is open."""
+        self.routing = routing
+
+    def served(self, chunk: GenerationChunk, now: float) -> None:
+        """A chunk of the answer left for the client."""
+        if self.first_byte_s is None:
+            self.first_byte_s = now
+        self.input_tokens, self.output_tokens = chunk.prompt_tokens, chunk.completion_tokens
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        if self.output_text is not None:
+            self.output_text.append(chunk.text)
+
+    def failed(self, exc: BaseException) -> None:
+        """How a request that raised ended: a serving error as it is, the caller going away (cancellation,
+        a closed stream) as cancelled, anything else as an internal error."""
+        if isinstance(exc, ServingError):
+            self.error = exc
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self.cancelled = True
+        else:
+            self.error = ServerError(f"internal error: {type(exc).__name__}")
+
+    def finish(self, now: float) -> None:
+        """The request is over (answered, failed or abandoned)."""
+        self.finished_s = now
 
     @property
     def cost_usd(self) -> float:
@@ -107,36 +142,3 @@ class Ledger:
         if routing.fallback_reason:
             return "fallback"
         return "escalated" if routing.escalated else "served"
-
-
-def note_failure(ledger: Ledger, exc: BaseException) -> None:
-    """How a request that raised ended: a serving error as it is, the caller going away (cancellation,
-    a closed stream) as cancelled, anything else as an internal error."""
-    if isinstance(exc, ServingError):
-        ledger.error = exc
-    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-        ledger.cancelled = True
-    else:
-        ledger.error = ServerError(f"internal error: {type(exc).__name__}")
-
-
-async def watched(chunks: AsyncIterator[GenerationChunk], ledger: Ledger, clock: Callable[[], float],
-                  on_end: Callable[[Ledger], None]) -> AsyncIterator[GenerationChunk]:
-    """`chunks` as they are, noting the first byte, the usage and how the answer ended in `ledger`;
-    `on_end` runs once the stream is over, however it ends."""
-    try:
-        async for chunk in chunks:
-            if ledger.first_byte_s is None:
-                ledger.first_byte_s = clock()
-            ledger.input_tokens, ledger.output_tokens = chunk.prompt_tokens, chunk.completion_tokens
-            ledger.finish_reason = chunk.finish_reason or ledger.finish_reason
-            if ledger.output_text is not None:
-                ledger.output_text.append(chunk.text)
-            yield chunk
-    except BaseException as exc:
-        note_failure(ledger, exc)
-        raise
-    finally:
-        await chunks.aclose()  # at once, not when collected: it releases the backend's slot
-        ledger.finished_s = clock()
-        on_end(ledger)

@@ -17,10 +17,17 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from serve_app.api import openai_format
-from serve_app.api.errors import InvalidRequest, PayloadTooLarge, ServerError, ServingError, error_body, invalid_request
-from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest, ModelList, Routing
-from serve_app.api.service import ApiService
-from serve_app.routing.stream import RoutedStream
+from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from serve_app.core.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ServerError,
+    ServingError,
+    error_body,
+    invalid_request,
+)
+from serve_app.core.stream import RoutedStream, Routing
+from serve_app.ingress.service import ApiService
 
 
 def response_headers(routing: Routing, span: trace.Span | None) -> dict[str, str]:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from serve_app.api.errors import InvalidRequest
-from serve_app.generation import GenerationRequest, Verification
+from serve_app.core.errors import InvalidRequest
+from serve_app.core.generation import GenerationRequest, Verification
 from serve_app.routing.scorers import accepted_prefix, accepted_share, strong_mean_prob
 from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
 
@@ -67,10 +67,10 @@ def test_an_empty_cheap_answer_escalates_without_a_verdict():
 
 def test_request_overrides_are_validated_like_the_config():
     r = router(TokenModel(CHEAP), TokenModel(STRONG), mode="confidence", allow_request_overrides=True)
-    with pytest.raises(InvalidRequest, match="verifier") as raised:
+    with pytest.raises(InvalidRequest, match="cascade.verifier: Input should be 'accepted_share'") as raised:
         served(r, GenerationRequest("r", {}, prompt="q", cascade={"mode": "verified", "verifier": "nope"}))
-    assert raised.value.param == "cascade"
+    assert raised.value.param == "cascade.verifier"
     stream, _ = served(r, GenerationRequest("r", {}, prompt="q", cascade={"mode": "verified", "threshold": 0.0}))
     assert stream.routing.verification["tokens"] == 5 and not stream.routing.escalated
-    with pytest.raises(ValueError, match="unknown verifier"):
+    with pytest.raises(ValueError, match="cascade.verifier"):
         router(TokenModel(CHEAP), TokenModel(STRONG), verifier="nope")

@@ -10,10 +10,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serve_app.api.errors import BackendUnavailable, InvalidRequest, Overloaded
 from serve_app.config import AppConfig
+from serve_app.core.errors import BackendUnavailable, InvalidRequest, Overloaded
+from serve_app.core.ledger import Ledger
+from serve_app.ingress.lifecycle import watched
 from serve_app.observability import tracing
-from serve_app.observability.telemetry import Ledger, note_failure, watched
 from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import Clock, FakeTier, request
 
@@ -42,11 +43,12 @@ class MeteredTier(FakeTier):
 
 
 def make(cheap_prob=0.9, fallbacks=None, **errors):
-    tier = {"model_source": "/m", "concurrency_slots": 2, "dispatch_timeout_s": None}
+    tier = {"model": {"source": "/m"}, "limits": {"concurrency_slots": 2, "dispatch_timeout_s": None}}
     config = AppConfig.model_validate({
-        "tiers": {"cheap": {**tier, "usd_per_replica_hour": 3.6}, "strong": {**tier, "usd_per_replica_hour": 36.0}},
-        "external": {"api": {"base_url": "http://x/v1", "model": "m", "usd_per_million_input_tokens": 1e3,
-                             "usd_per_million_output_tokens": 2e3}},
+        "tiers": {"cheap": {**tier, "price": {"usd_per_replica_hour": 3.6}},
+                  "strong": {**tier, "price": {"usd_per_replica_hour": 36.0}}},
+        "external": {"api": {"base_url": "http://x/v1", "model": "m", "price": {"usd_per_million_input_tokens": 1e3,
+                                                                               "usd_per_million_output_tokens": 2e3}}},
         "cascade": {"threshold": 0.5},
         "resilience": {"fallbacks": fallbacks or {}, "retry_attempts": 1},
     })
@@ -66,10 +68,10 @@ def serve(router, model, on_end=lambda ledger: None):
             with trace.use_span(span, end_on_exit=False):
                 stream = await router.open(model, request(), ledger=ledger)
         except Exception as exc:
-            ledger.error = exc
+            ledger.failed(exc)
             tracing.end_request(span, ledger)
             return ledger
-        ledger.routing = stream.routing
+        ledger.routed(stream.routing)
 
         def end(done):
             on_end(done)
@@ -145,7 +147,7 @@ def test_watched_marks_a_stream_the_client_abandoned():
     async def go():
         ledger = Ledger(0.0)
         stream = await router.open("strong", request(), ledger=ledger)
-        ledger.routing = stream.routing
+        ledger.routed(stream.routing)
         ended = []
         chunks = watched(stream.chunks, ledger, lambda: 1.0, ended.append)
         await anext(chunks)
@@ -179,17 +181,17 @@ def test_content_is_on_the_span_only_when_the_caller_passes_it():
                                                 (KeyError("bug"), "failed"), (Overloaded("full"), "shed")])
 def test_how_a_request_that_raised_ended(error, outcome):
     ledger = Ledger(0.0)
-    note_failure(ledger, error)
+    ledger.failed(error)
     assert ledger.outcome == outcome
 
 
 def test_backends_opened_while_an_answer_streams_are_attempts_of_its_trace():
     from serve_app.api.access import KeyGate
     from serve_app.api.protocol import ChatCompletionRequest
-    from serve_app.api.service import ApiService
+    from serve_app.ingress.service import ApiService
     from tests.serve_app.fakes import TokenModel
 
-    tier = {"model_source": "/m", "concurrency_slots": 2}
+    tier = {"model": {"source": "/m"}, "limits": {"concurrency_slots": 2}}
     config = AppConfig.model_validate({"tiers": {"cheap": tier, "strong": tier}, "cascade": {"mode": "speculative"}})
     strong = [5, 6, 7, 8, 9, 0]
     router = build_router({"cheap": TokenModel([5, 6, 1, 8, 9, 0]), "strong": TokenModel(strong)}, config, Clock())

@@ -2,7 +2,7 @@
 metrics and span end recorded once the answer has been consumed (or at once when routing fails).
 
 Pure: the router, the metrics sink and the clock are injected; the deployment hands in Ray's metrics,
-the tests a fake.
+the tests a fake. The ledger's serving facts are written here, and only here (`watched`).
 """
 
 from __future__ import annotations
@@ -16,20 +16,14 @@ from opentelemetry import trace
 
 from serve_app.api import openai_format
 from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
-from serve_app.generation import GenerationChunk, GenerationRequest
-from serve_app.observability import telemetry, tracing
-from serve_app.observability.telemetry import Ledger
+from serve_app.core.generation import GenerationChunk
+from serve_app.core.ledger import Ledger
+from serve_app.core.stream import RoutedStream
+from serve_app.observability import tracing
 from serve_app.routing.admission import check_request
-from serve_app.routing.stream import RoutedStream
+from serve_app.routing.router import CascadeRouter
 
 logger = logging.getLogger(__name__)
-
-
-class Routes(Protocol):
-    async def open(self, model: str, request: GenerationRequest, priority: str, timeout_s: float | None,
-                   ledger: Ledger) -> RoutedStream: ...
-
-    def backend_states(self) -> dict[str, Any]: ...
 
 
 class MetricsSink(Protocol):
@@ -47,7 +41,7 @@ class NoMetrics:
 
 
 class RequestLifecycle:
-    def __init__(self, routes: Routes, sink: MetricsSink, default_max_tokens: int | None = None,
+    def __init__(self, routes: CascadeRouter, sink: MetricsSink, default_max_tokens: int | None = None,
                  record_content: bool = False, clock: Callable[[], float] = time.monotonic):
         self._routes, self._sink, self._clock = routes, sink, clock
         self._default_max_tokens, self._record_content = default_max_tokens, record_content
@@ -67,23 +61,22 @@ class RequestLifecycle:
              "top_p": request.top_p, "seed": request.seed})
         try:
             check_request(priority, timeout_s)
-            generation = openai_format.generation_request(request, self._default_max_tokens)
-            generation.session_key = session_key or generation.session_key
+            generation = openai_format.generation_request(request, self._default_max_tokens, session_key)
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 stream = await self._routes.open(request.model, generation, priority, timeout_s, ledger)
         except BaseException as exc:
-            telemetry.note_failure(ledger, exc)
-            ledger.finished_s = self._clock()
+            ledger.failed(exc)
+            ledger.finish(self._clock())
             self._finish(ledger, span)
             raise
-        ledger.routing = stream.routing
-        return stream.wrapped(lambda chunks: telemetry.watched(_in_span(chunks, span), ledger, self._clock,
-                                                               lambda done: self._finish(done, span)), span=span)
+        ledger.routed(stream.routing)
+        return stream.wrapped(lambda chunks: watched(_in_span(chunks, span), ledger, self._clock,
+                                                     lambda done: self._finish(done, span)), span=span)
 
     def _finish(self, ledger: Ledger, span: trace.Span) -> None:
         try:
             self._sink.record(ledger)
-            self._sink.backends(self._routes.backend_states())
+            self._sink.backends(self._routes.fleet.states())
             output = None if ledger.output_text is None else "".join(ledger.output_text)
             tracing.end_request(span, ledger, output)
         except Exception:  # observability must never fail a request
@@ -103,3 +96,20 @@ async def _in_span(chunks: AsyncIterator[GenerationChunk], span: trace.Span) -> 
             yield chunk
     finally:
         await chunks.aclose()
+
+
+async def watched(chunks: AsyncIterator[GenerationChunk], ledger: Ledger, clock: Callable[[], float],
+                  on_end: Callable[[Ledger], None]) -> AsyncIterator[GenerationChunk]:
+    """`chunks` as they are, noting the first byte, the usage and how the answer ended in `ledger`;
+    `on_end` runs once the stream is over, however it ends."""
+    try:
+        async for chunk in chunks:
+            ledger.served(chunk, clock())
+            yield chunk
+    except BaseException as exc:
+        ledger.failed(exc)
+        raise
+    finally:
+        await chunks.aclose()  # at once, not when collected: it releases the backend's slot
+        ledger.finish(clock())
+        on_end(ledger)

@@ -3,7 +3,7 @@
 The strong tier generates the opening token (so time to first token is its own, and its prefix cache
 holds the prompt for what follows). Then, each round, the cheap tier drafts a block of up to
 `draft_tokens` tokens after the answer so far; the strong tier scores the block in one prefill
-(serve_app.generation.Verification) and keeps the longest prefix whose every token v passes the
+(serve_app.core.generation.Verification) and keeps the longest prefix whose every token v passes the
 Token-V3 rule of Narasimhan et al. (ICLR 2025),
 
     p_strong(v) >= (1 - alpha) * max p_strong,
@@ -34,12 +34,38 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from serve_app.api.errors import ClientError, ServerError, ServingError
-from serve_app.generation import GenerationChunk, GenerationRequest, Verification
+from serve_app.config import AUTO_ROUTE
+from serve_app.core.errors import ClientError, InvalidRequest, ServerError, ServingError
+from serve_app.core.generation import GenerationChunk, GenerationRequest, Verification
+from serve_app.core.stream import RoutedStream, Routing, prepended
+from serve_app.routing.cascades.base import CascadeCall
 from serve_app.routing.scorers import kept
 
 Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
 """Open a tier's stream for a request (through its versions, guard, breaker and shedding)."""
+
+
+async def open_answer(call: CascadeCall) -> RoutedStream:
+    """The speculative cascade's answer, opened: its first round is out (or both tiers failed)."""
+    if call.request.sampling.get("logprobs") is not None:
+        raise InvalidRequest("logprobs are not available on the speculative cascade route; ask a tier",
+                             param="logprobs")
+    settings, versions = call.settings, {}
+    cheap, strong = settings.cheap_tier, settings.strong_tier
+
+    async def open_tier(tier: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        versions[tier], chunks = await call.open_tier(tier, request)
+        return chunks
+
+    answer = SpeculativeAnswer(open_tier, call.request, cheap, strong, settings.draft_tokens, settings.alpha,
+                               settings.draft_stop_prob)
+    chunks = answer.chunks()
+    first = await anext(chunks)
+    served_by = cheap if answer.stats.strong_failed else strong
+    routing = Routing(route=AUTO_ROUTE, served_by=served_by, version=versions.get(served_by), reason="speculative",
+                      fallback_reason=f"{strong}: failed mid-answer" if answer.stats.strong_failed else
+                      f"{cheap}: failed" if answer.stats.cheap_failed else None)
+    return RoutedStream(routing, prepended(first, chunks))
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serve_app.api.access import KeyGate
-from serve_app.api.errors import ServerError
-from serve_app.api.http import build_http_api
-from serve_app.api.service import ApiService
 from serve_app.config import AppConfig
+from serve_app.core.errors import ServerError
+from serve_app.ingress.http import build_http_api
+from serve_app.ingress.service import ApiService
 from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import EOS, Clock, FakeTier, TokenModel, text_of
 
@@ -23,12 +23,13 @@ CHAT = {"model": "cheap", "messages": [{"role": "user", "content": "Capital of F
 
 
 def service(cheap=None, strong=None, max_body_bytes=4096, cascade=None) -> ApiService:
-    tier = {"model_source": "/models/x", "concurrency_slots": 4}
+    tier = {"model": {"source": "/models/x"}, "limits": {"concurrency_slots": 4}}
     config = AppConfig.model_validate({"model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
                                        "access": {"max_body_bytes": max_body_bytes}, "cascade": cascade or {}})
     backends = {"cheap": cheap or FakeTier(["Paris", "."], 0.9), "strong": strong or FakeTier(["Lyon", "!"], 0.9)}
     api = ApiService(config, build_router(backends, config, Clock()), KeyGate([KEY], None, None, Clock()))
-    api.engine_infos.update({name: {"model": f"/models/{name}", "max_model_len": 2048} for name in backends})
+    for name in backends:
+        api.engine_started(name, {"model": f"/models/{name}", "max_model_len": 2048, "warm_up": None})
     return api
 
 
@@ -162,6 +163,18 @@ def test_completions_models_health_and_rollouts():
     assert health["backends"]["cheap"] == {"circuit": "closed", "in_flight": 0, "slots": 4}
     rollouts = call(api, "GET", "/v1/rollouts", headers=AUTH).json()
     assert set(rollouts["tiers"]) == {"cheap", "strong"} and rollouts["config_error"] is None
+
+
+def test_what_the_deployment_learns_goes_to_its_one_owner():
+    api = service()
+    assert api.engines_unheard() == []
+    api.engine_started("strong", {"model": "/m", "max_model_len": 2048,
+                                  "warm_up": {"ttft_s": 0.5, "tpot_s": 0.05, "batch": 4}})
+    assert api.router.fleet["strong"].load.ttft.value == 0.5  # the warm-up is the tier's speed until live requests
+    assert not api.apply_rollouts({"rollouts": {"strong": {"canary": "v9", "canary_percent": 5}}})
+    rollouts = call(api, "GET", "/v1/rollouts", headers=AUTH).json()
+    assert "rollouts.strong.canary: 'v9'" in rollouts["config_error"]
+    assert api.apply_rollouts({}) and call(api, "GET", "/v1/rollouts", headers=AUTH).json()["config_error"] is None
 
 
 JSON_VALUES = st.recursive(

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from serve_app.api.errors import BackendUnavailable, InvalidRequest
-from serve_app.generation import GenerationRequest, Verification
+from serve_app.core.errors import BackendUnavailable, InvalidRequest
+from serve_app.core.generation import GenerationRequest, Verification
+from serve_app.routing.cascades.speculative import SpeculativeAnswer, cut_at_stop
 from serve_app.routing.scorers import kept
-from serve_app.routing.speculative import SpeculativeAnswer, cut_at_stop
 from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
 
 

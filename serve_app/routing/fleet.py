@@ -1,0 +1,42 @@
+"""Every backend the router may try, by label, with its capacity and health: the one owner of both.
+
+The deployment reports what it learns from Ray Serve (running replicas, an engine's warm-up speed)
+through `resize` and `seed_speed`; health and metrics read `states`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from serve_app.routing.backend import GuardedBackend
+from serve_app.routing.circuit_breaker import BreakerState
+
+
+class Fleet:
+    def __init__(self, backends: dict[str, GuardedBackend], slots_per_replica: dict[str, int]):
+        """`backends` by label (each engine version's and each external API's); `slots_per_replica` per
+        engine version's label."""
+        self._backends = backends
+        self._slots_per_replica = slots_per_replica
+
+    def __getitem__(self, label: str) -> GuardedBackend:
+        return self._backends[label]
+
+    def __contains__(self, label: str) -> bool:
+        return label in self._backends
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._backends)
+
+    def resize(self, label: str, replicas: int) -> None:
+        """An engine version's capacity follows its running replicas (autoscaling, a replica lost or
+        replaced). While none runs, one replica's slots stand in, so that estimates stay finite."""
+        self._backends[label].load.resize(self._slots_per_replica[label] * max(1, replicas), max(1, replicas))
+
+    def seed_speed(self, label: str, ttft_s: float, tpot_s: float) -> None:
+        """An engine version's warm-up figures: its speed before any live request (admission.TierLoad.seed)."""
+        self._backends[label].load.seed(ttft_s, tpot_s)
+
+    def states(self) -> dict[str, tuple[BreakerState, int, int]]:
+        """Per backend: circuit state, requests in flight, concurrency slots."""
+        return {name: (b.breaker.state, b.load.in_flight, b.load.slots) for name, b in self._backends.items()}
