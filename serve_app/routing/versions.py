@@ -81,6 +81,11 @@ class TierVersions:
         True if it changed anything."""
         return self._traffic.identity == identity and self._traffic.adopt(rollback)
 
+    async def shadows_done(self) -> None:
+        """Wait for the shadow copies in flight (each records its outcome when it ends)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+
     def status(self) -> dict:
         return {**self._traffic.status(), "shadow_in_flight": self._shadow_in_flight,
                 "shadow_results": self._shadows.summary()}
@@ -200,6 +205,11 @@ class Tiers:
 
     def status(self) -> dict[str, dict]:
         return {tier: versions.status() for tier, versions in self._tiers.items()}
+
+    async def shadows_done(self) -> None:
+        """Wait for every tier's shadow copies in flight (a replica draining before it stops; tests)."""
+        for versions in self._tiers.values():
+            await versions.shadows_done()
 
     def label(self, tier: str, version: str) -> str:
         """The backend label of a tier's version: the tier's name while it has one version, else tier@version."""

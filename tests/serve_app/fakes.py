@@ -1,8 +1,10 @@
 """Fakes the policy tests share: a backend that streams fixed words, one over integer tokens that also
-scores (for the speculative and verified cascades), a settable clock, a request, a router over two tiers."""
+scores (for the speculative and verified cascades), a settable clock, an event loop on a virtual clock,
+a request, a router over two tiers."""
 
 import asyncio
 import math
+import selectors
 
 from serve_app.config import AppConfig
 from serve_app.core.errors import BackendUnavailable
@@ -40,6 +42,34 @@ class Clock:
 
     def __call__(self):
         return self.now
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to its next timer whenever nothing is ready: a fake tier's 5 s delay
+    or a router's 0.2 s timeout take no wall time, and their order is the one the times say, on any machine."""
+
+    def __init__(self):
+        super().__init__(selectors.DefaultSelector())
+        self._now = 0.0
+        select = self._selector.select
+
+        def jump_when_idle(timeout=None):
+            events = select(0)
+            if events or timeout is None:  # ready now, or nothing scheduled: wait for a real wake-up (a thread)
+                return events or select(None)
+            self._now += timeout
+            return events
+
+        self._selector.select = jump_when_idle
+
+    def time(self) -> float:
+        return self._now
+
+
+def run(coro):
+    """`asyncio.run` on the virtual clock."""
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(coro)
 
 
 def request(logprobs=None):

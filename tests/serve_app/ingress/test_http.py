@@ -1,7 +1,6 @@
 """The HTTP layer on the CPU, without Ray: the real FastAPI app and service over fake backends, driven
 through httpx's ASGI transport. Error envelopes, headers, auth, body bounds, the SSE framing."""
 
-import asyncio
 import json
 
 import httpx
@@ -15,7 +14,7 @@ from serve_app.core.errors import ServerError
 from serve_app.ingress.http import build_http_api
 from serve_app.ingress.service import ApiService
 from serve_app.routing.factory import build_router
-from tests.serve_app.fakes import EOS, Clock, FakeTier, TokenModel, text_of
+from tests.serve_app.fakes import EOS, Clock, FakeTier, TokenModel, run, text_of
 
 KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,7 +40,7 @@ def call(api: ApiService, method: str, path: str, **kwargs) -> httpx.Response:
             await response.aread()
             return response
 
-    return asyncio.run(go())
+    return run(go())
 
 
 def envelope(response: httpx.Response) -> dict:

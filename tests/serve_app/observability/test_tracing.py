@@ -16,7 +16,7 @@ from serve_app.core.ledger import Ledger
 from serve_app.ingress.lifecycle import watched
 from serve_app.observability import tracing
 from serve_app.routing.factory import build_router
-from tests.serve_app.fakes import Clock, FakeTier, request
+from tests.serve_app.fakes import Clock, FakeTier, request, run
 
 EXPORTER = InMemorySpanExporter()
 
@@ -80,7 +80,7 @@ def serve(router, model, on_end=lambda ledger: None):
         text = "".join([c.text async for c in watched(stream.chunks, ledger, lambda: 1.0, end)])
         return ledger, text
 
-    return asyncio.run(go())
+    return run(go())
 
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -154,7 +154,7 @@ def test_watched_marks_a_stream_the_client_abandoned():
         await chunks.aclose()
         return ledger, ended
 
-    ledger, ended = asyncio.run(go())
+    ledger, ended = run(go())
     assert ended == [ledger] and ledger.outcome == "cancelled"
     assert ledger.attempts[0].error == "cancelled"
 
@@ -201,7 +201,7 @@ def test_backends_opened_while_an_answer_streams_are_attempts_of_its_trace():
         stream = await api.open(ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": "q"}]))
         return [chunk async for chunk in stream.chunks]
 
-    chunks = asyncio.run(go())
+    chunks = run(go())
     assert [t for c in chunks for t in c.token_ids] == strong
     spans = EXPORTER.get_finished_spans()
     (root,) = [s for s in spans if s.name == "chat auto"]

@@ -11,7 +11,7 @@ from serve_app.config import AppConfig, RolloutConfig, TierRollout
 from serve_app.core.errors import BackendUnavailable
 from serve_app.routing.factory import build_router
 from serve_app.routing.rollout import Choice, RollbackBook, RolledBack, TierTraffic, agreement, bucket, rollout_identity
-from tests.serve_app.fakes import FakeTier, request
+from tests.serve_app.fakes import FakeTier, request, run
 
 
 def traffic(seed=0, **rollout):
@@ -157,14 +157,14 @@ async def ask(router, n, model="strong", key=None):
         stream = await router.open(model, req)
         text = "".join([c.text async for c in stream.chunks])
         served.append((stream.routing.version, text))
-    await asyncio.sleep(0.01)  # let shadow copies finish
+    await router.tiers.shadows_done()
     return served
 
 
 def test_a_failing_canary_never_fails_a_request_and_is_rolled_back():
     router, v1, v2, events = versioned_router(
         {"canary": "v2", "canary_percent": 50, "guard": {"min_requests": 3}}, v2_error=BackendUnavailable("down"))
-    served = asyncio.run(ask(router, 30))
+    served = run(ask(router, 30))
     assert all(version == "v1" and text == "Paris is big" for version, text in served)
     assert len(v2.requests) == 3 and len(events["rollbacks"]) == 1  # three failures, then 0 %
     assert router.tiers.status()["strong"]["rolled_back"]["version"] == "v2"
@@ -172,13 +172,13 @@ def test_a_failing_canary_never_fails_a_request_and_is_rolled_back():
 
 def test_the_cascade_uses_the_strong_tiers_rollout_too():
     router, v1, v2, _ = versioned_router({"stable": "v2"})
-    stream = asyncio.run(router.open("strong", request()))
+    stream = run(router.open("strong", request()))
     assert stream.routing.version == "v2"
 
 
 def test_a_shadow_copy_is_compared_but_never_returned():
     router, v1, v2, events = versioned_router({"shadow": "v2", "shadow_percent": 100})
-    served = asyncio.run(ask(router, 4))
+    served = run(ask(router, 4))
     assert served == [("v1", "Paris is big")] * 4
     assert len(v2.requests) == 4 and all(r.request_id.endswith("-shadow") for r in v2.requests)
     records = [r for _, r in events["shadows"]]
@@ -189,14 +189,14 @@ def test_a_shadow_copy_is_compared_but_never_returned():
 
 def test_copies_past_the_bound_are_shed_and_reported_like_every_other_shadow_outcome():
     router, v1, v2, events = versioned_router({"shadow": "v2", "shadow_percent": 100, "shadow_max_in_flight": 1})
-    v2.delay_s = 0.2  # the first copy is still running when the others come
+    v2.delay_s = 0.2  # the first copy is still running when the others come (on the virtual clock)
 
     async def three_at_once():
         served = await asyncio.gather(*(ask(router, 1) for _ in range(3)))
-        await asyncio.sleep(0.5)  # the one copy sent finishes
+        await router.tiers.shadows_done()  # the one copy sent finishes
         return served
 
-    assert asyncio.run(three_at_once()) == [[("v1", "Paris is big")]] * 3
+    assert run(three_at_once()) == [[("v1", "Paris is big")]] * 3
     outcomes = sorted(r.outcome for _, r in events["shadows"])
     assert outcomes == ["ok", "shed", "shed"] and len(v2.requests) == 1
     assert router.tiers.status()["strong"]["shadow_results"]["shed"] == 2  # the log and the deployment agree
@@ -205,14 +205,14 @@ def test_copies_past_the_bound_are_shed_and_reported_like_every_other_shadow_out
 
 def test_a_failing_shadow_is_recorded_and_the_client_still_gets_the_primary_answer():
     router, v1, v2, events = versioned_router({"shadow": "v2", "shadow_percent": 100}, v2_error=BackendUnavailable("x"))
-    assert asyncio.run(ask(router, 3)) == [("v1", "Paris is big")] * 3
+    assert run(ask(router, 3)) == [("v1", "Paris is big")] * 3
     assert [r.outcome for _, r in events["shadows"]] == ["error"] * 3
 
 
 def test_an_unchanged_rollout_keeps_its_rollback_and_a_changed_one_starts_afresh():
     router, _, _, _ = versioned_router({"canary": "v2", "canary_percent": 50, "guard": {"min_requests": 1}},
                                        v2_error=BackendUnavailable("down"))
-    asyncio.run(ask(router, 10))
+    run(ask(router, 10))
     same = RolloutConfig.model_validate({"rollouts": {"strong": {"canary": "v2", "canary_percent": 50,
                                                                  "guard": {"min_requests": 1}}}})
     router.tiers.apply(same)

@@ -15,11 +15,7 @@ from serve_app.core.errors import (
 )
 from serve_app.core.generation import Accepted, GenerationChunk
 from serve_app.routing.factory import build_router
-from tests.serve_app.fakes import Clock, FakeTier, request
-
-
-def run(coro):
-    return asyncio.run(coro)
+from tests.serve_app.fakes import Clock, FakeTier, request, run
 
 
 def open_and_drain(router, model, req):
@@ -29,7 +25,7 @@ def open_and_drain(router, model, req):
         stream = await router.open(model, req)
         return stream, [chunk async for chunk in stream.chunks]
 
-    return asyncio.run(go())
+    return run(go())
 
 
 def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1,
@@ -170,7 +166,7 @@ def test_the_callers_timeout_bounds_the_whole_chain_and_spares_the_breaker():
         await router.open("cheap", request(), timeout_s=0.05)
 
     with pytest.raises(BackendTimeout, match="timeout of 0.05 s expired") as caught:
-        asyncio.run(go())
+        run(go())
     assert caught.value.status == 504
     assert cheap.closed == 1 and strong.requests == []  # no time was left for the fallback
     assert breakers(router) == {"cheap": "closed", "strong": "closed"}
@@ -184,7 +180,7 @@ def test_a_callers_timeout_longer_than_the_tiers_does_not_extend_it():
         stream = await router.open("cheap", request(), timeout_s=30.0)
         return stream.routing
 
-    routing = asyncio.run(go())
+    routing = run(go())
     assert routing.served_by == "strong" and routing.fallback_reason == "cheap: timeout"
 
 
@@ -302,7 +298,7 @@ def test_low_priority_is_shed_where_normal_is_admitted():
     router, _, _ = make(shed_s=5.0)
     saturate(router, "strong", in_flight=1, ttft_s=3.0)  # wait 3 s: over low's 2.5 s budget
     with pytest.raises(Overloaded):
-        asyncio.run(router.open("strong", request(), priority="low"))
+        run(router.open("strong", request(), priority="low"))
     stream, _ = open_and_drain(router, "strong", request())
     assert stream.routing.served_by == "strong"
 

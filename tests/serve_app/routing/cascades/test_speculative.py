@@ -11,7 +11,7 @@ from serve_app.core.errors import BackendUnavailable, InvalidRequest
 from serve_app.core.generation import GenerationRequest, Verification
 from serve_app.routing.cascades.speculative import SpeculativeAnswer, cut_at_stop
 from serve_app.routing.scorers import kept
-from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
+from tests.serve_app.fakes import EOS, TokenModel, cascade_router, run, text_of
 
 
 def answer(cheap, strong, draft_tokens=4, alpha=0.0, draft_stop_prob=0.0, **sampling):
@@ -28,7 +28,7 @@ def collect(spec):
     async def go():
         return [chunk async for chunk in spec.chunks()]
 
-    return asyncio.run(go())
+    return run(go())
 
 
 STRONG = [5, 6, 7, 8, 9, EOS]
@@ -165,7 +165,7 @@ def test_closing_the_answer_closes_the_tier_streams():
         await chunks.aclose()
         return first
 
-    assert [c.token_ids for c in asyncio.run(go())] == [[5], [6]]
+    assert [c.token_ids for c in run(go())] == [[5], [6]]
     assert strong.open_streams == 0 and cheap.open_streams == 0
 
 
@@ -180,7 +180,7 @@ def test_the_auto_route_streams_the_speculative_answer_and_bills_every_pass():
         stream = await router(cheap, strong).open("auto", GenerationRequest("r", {"temperature": 0}, prompt="q"))
         return stream, [chunk async for chunk in stream.chunks]
 
-    stream, chunks = asyncio.run(go())
+    stream, chunks = run(go())
     assert [t for c in chunks for t in c.token_ids] == STRONG
     assert (stream.routing.route, stream.routing.served_by, stream.routing.reason) == ("auto", "strong", "speculative")
     assert stream.routing.fallback_reason is None and stream.routing.version == "v1"
@@ -196,9 +196,9 @@ def test_the_speculative_route_refuses_logprobs_and_falls_back_when_both_tiers_f
         return await router(cheap, strong).open("auto", request)
 
     with pytest.raises(InvalidRequest):
-        asyncio.run(go(GenerationRequest("r", {"logprobs": 1}, prompt="q"), TokenModel(STRONG), TokenModel(STRONG)))
+        run(go(GenerationRequest("r", {"logprobs": 1}, prompt="q"), TokenModel(STRONG), TokenModel(STRONG)))
     with pytest.raises(BackendUnavailable):
-        asyncio.run(go(GenerationRequest("r", {}, prompt="q"), TokenModel(STRONG, fail_calls={1}),
+        run(go(GenerationRequest("r", {}, prompt="q"), TokenModel(STRONG, fail_calls={1}),
                        TokenModel(STRONG, fail_calls={1})))
 
 
@@ -209,7 +209,7 @@ def test_a_strong_failure_in_the_first_round_is_said_in_the_routing():
         stream = await router(cheap, strong).open("auto", GenerationRequest("r", {}, prompt="q"))
         return stream, [chunk async for chunk in stream.chunks]
 
-    stream, chunks = asyncio.run(go())
+    stream, chunks = run(go())
     assert stream.routing.served_by == "cheap" and "strong" in stream.routing.fallback_reason
     assert [t for c in chunks for t in c.token_ids] == STRONG
 
@@ -221,11 +221,11 @@ def test_a_request_may_choose_its_cascade_only_where_the_config_allows_it():
         return stream, [chunk async for chunk in stream.chunks]
 
     with pytest.raises(InvalidRequest, match="allow_request_overrides"):
-        asyncio.run(go(False, {"mode": "speculative"}))
-    stream, chunks = asyncio.run(go(True, {"mode": "speculative", "alpha": 0.55}))
+        run(go(False, {"mode": "speculative"}))
+    stream, chunks = run(go(True, {"mode": "speculative", "alpha": 0.55}))
     assert stream.routing.reason == "speculative" and [t for c in chunks for t in c.token_ids] == [5, 6, 1, 8, 9, EOS]
-    _, chunks = asyncio.run(go(True, {"mode": "speculative", "draft_tokens": 2}))
+    _, chunks = run(go(True, {"mode": "speculative", "draft_tokens": 2}))
     assert [c.token_ids for c in chunks] == [[5], [6, 7], [8, 9, EOS]] and chunks[-1].speculation["drafted"] == 4
     for threshold, served_by in ((0.5, "cheap"), (0.7, "strong")):  # confidence mode; the cheap answer scores 0.6
-        stream, chunks = asyncio.run(go(True, {"threshold": threshold}))
+        stream, chunks = run(go(True, {"threshold": threshold}))
         assert stream.routing.served_by == served_by and chunks[-1].speculation is None

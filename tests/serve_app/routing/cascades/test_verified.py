@@ -1,7 +1,6 @@
 """The verified cascade over fake token models: the verifiers' arithmetic, the strong tier's verdict on
 the cheap answer's text deciding between it and an escalation, and a verdict that cannot be had."""
 
-import asyncio
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from serve_app.core.errors import InvalidRequest
 from serve_app.core.generation import GenerationRequest, Verification
 from serve_app.routing.scorers import accepted_prefix, accepted_share, strong_mean_prob
-from tests.serve_app.fakes import EOS, TokenModel, cascade_router, text_of
+from tests.serve_app.fakes import EOS, TokenModel, cascade_router, run, text_of
 
 CHEAP, STRONG = [5, 6, 1, 8, 9, EOS], [5, 6, 7, 8, 9, EOS]
 
@@ -33,7 +32,7 @@ def served(r, request=None):
         stream = await r.open("auto", request or GenerationRequest("r", {"temperature": 0}, prompt="q"))
         return stream, [chunk async for chunk in stream.chunks]
 
-    return asyncio.run(go())
+    return run(go())
 
 
 @pytest.mark.parametrize(("verifier", "escalated"), [("accepted_share", False), ("accepted_prefix", True)])
