@@ -218,7 +218,7 @@ def main() -> None:
     unshed = json.loads(json.dumps(shipped))
     app_args(unshed)["resilience"]["shed_ttft_target_s"] = None
     slots = app_args(shipped)["tiers"]["strong"]["limits"]["concurrency_slots"]
-    report: dict = {"max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
+    report: dict = {"command": "python -m scripts.bench_overload " + " ".join(sys.argv[1:]), "max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
                     "strong_fallbacks": app_args(shipped)["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
     modes = [("shedding_on", shipped), ("shedding_off", unshed)] if "goodput" in args.parts else []

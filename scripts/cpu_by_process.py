@@ -1,11 +1,11 @@
 """Where the CPU goes while a system serves one load level: CPU % per process, for the overhead work.
 
-    .venv/bin/python -m scripts.cpu_by_process app --concurrency 16      # or: vllm, ray-llm; --idle
+    .venv/bin/python -m scripts.cpu_by_process app --concurrency 16 [--out bench-out/cpu.json]   # or: vllm, ray-llm; --idle
     .venv/bin/python -m scripts.cpu_by_process vllm --with-ray           # vLLM beside an idle Ray + Serve
 
 Starts the system as scripts/bench_serving.py does, runs one level of the same load on the `strong`
 route (or, with --idle, nothing for --idle-s), and prints the load's figures and each process's CPU
-over it (100 % = one core). On a CPU host every process shares the cores the engine's OpenMP threads
+over it (100 % = one core), and writes them as JSON with `--out`. On a CPU host every process shares the cores the engine's OpenMP threads
 are bound to, so the serving stack's own CPU shows up as a slower engine.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--idle", action="store_true", help="measure the idle system instead of a load")
     parser.add_argument("--idle-s", type=float, default=20)
     parser.add_argument("--with-ray", action="store_true", help="run an idle Ray head with Serve beside it")
+    parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
     os.environ["RAY_AUTH_MODE"] = "disabled"
     load = bench_serving.arguments().parse_args(["--raw-dir", tempfile.mkdtemp()])  # the benchmark's own load
@@ -70,10 +73,16 @@ def main() -> None:
         for process in processes:
             with contextlib.suppress(psutil.Error):
                 usage[label(process)] += process.cpu_percent(None)
-    print(f"{args.system}, concurrency {args.concurrency}, {time.monotonic() - started:.0f} s: {figures}")
-    for name, percent in usage.most_common():
-        if percent >= 0.5:
-            print(f"{percent:7.1f} %  {name}")
+    seconds = time.monotonic() - started
+    print(f"{args.system}, concurrency {args.concurrency}, {seconds:.0f} s: {figures}")
+    shown = [(name, round(percent, 1)) for name, percent in usage.most_common() if percent >= 0.5]
+    for name, percent in shown:
+        print(f"{percent:7.1f} %  {name}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "command": "python -m scripts.cpu_by_process " + " ".join(sys.argv[1:]), "seconds": round(seconds, 1),
+            "load": figures, "cpu_percent_of_one_core": dict(shown)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """MBU and MFU per tier on this machine: probe peak memory bandwidth and FLOP/s, time decoding, divide.
 
     .venv/bin/python -m scripts.efficiency [--base-url http://127.0.0.1:8000/v1] [--config configs/local-cpu.yaml]
+        [--out bench-out/efficiency.json]
 
 Run it against an idle service (e.g. `scripts/serve.sh` in another shell): it first probes the
 machine (multi-threaded array copy for bandwidth, a float32 matrix product for FLOP/s; best of
@@ -40,11 +41,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "efficiency.json")
     args = parser.parse_args()
 
     app = AppConfig.from_serve_file(args.config)
     peak_bw, peak_flops = probe_bandwidth(), probe_flops()
-    print(json.dumps({"peak_memory_gb_s": round(peak_bw / 1e9, 2), "peak_gflops": round(peak_flops / 1e9, 1)}))
+    result = {"command": f"python -m scripts.efficiency --max-tokens {args.max_tokens} --repeats {args.repeats}",
+              "peak_memory_gb_s": round(peak_bw / 1e9, 2), "peak_gflops": round(peak_flops / 1e9, 1), "tiers": []}
+    print(json.dumps({k: v for k, v in result.items() if k != "tiers"}))
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, timeout=300)
     prompt = "What is the capital of France?"
     one(client, next(iter(app.tiers)), prompt, 4)  # warm-up
@@ -52,12 +56,15 @@ def main() -> None:
         shape = tier_shape(tier)
         tpot = sorted(one(client, name, prompt, args.max_tokens)[1] for _ in range(args.repeats))[args.repeats // 2]
         context = 40 + args.max_tokens // 2  # chat-templated prompt plus half the answer, on average
-        print(json.dumps({
+        result["tiers"].append({
             "tier": name, "parameters": shape.parameters, "weight_gb": round(shape.weight_bytes / 1e9, 3),
             "bytes_per_step_gb": round(bytes_per_step(shape, 1, context) / 1e9, 3), "tpot_ms": round(1000 * tpot, 1),
             "achieved_gb_s": round(bytes_per_step(shape, 1, context) / tpot / 1e9, 2),
             "mbu": round(mbu(shape, tpot, peak_bw, 1, context), 3), "mfu": round(mfu(shape, tpot, peak_flops), 4),
-        }))
+        })
+        print(json.dumps(result["tiers"][-1]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

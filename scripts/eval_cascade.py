@@ -2,7 +2,7 @@
 
     .venv/bin/python -m scripts.eval_cascade [--base-url http://127.0.0.1:8000/v1] [--api-key KEY]
         [--limit N] [--alphas 0] [--data scripts/data/cascade_eval.jsonl]
-        [--out bench-out/cascade-eval.json] [--plot bench-out/cascade-curve.png] [--summarize RESULT]
+        [--out bench-out/cascade-eval.json] [--plot bench-out/cascade-curve.png] [--summarize RESULT] [--compact]
 
 Needs a running app that takes per-request cascade settings: a profile with the evaluation overlay
 (`python -m scripts.overlay configs/local-cpu.yaml configs/overlays/evaluation.yaml --out bench-out/eval.yaml`,
@@ -73,6 +73,7 @@ def evaluate(items: list[dict], http: httpx.Client, cheap: str, strong: str, sco
             "cheap_seconds": c["replica_seconds"].get(cheap, 0.0), "strong_seconds": s["replica_seconds"].get(strong, 0.0),
             "verification": v["routing"].get("verification") or {}, "verified_latency_s": v["latency_s"],
             "verify_seconds": v["replica_seconds"].get(strong, 0.0),
+            "verified_cheap_seconds": v["replica_seconds"].get(cheap, 0.0),
             "verified_cost_usd": v["cost_usd"], "verified_served": v["text"] == c["text"],
             "speculative": {key.split("@")[1]: {
                 "text": got[key]["text"], "correct": cascade_eval.correct(item["check"], got[key]["text"], item["answer"]),
@@ -243,12 +244,17 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=ROOT / "bench-out/cascade-curve.png")
     parser.add_argument("--summarize", type=Path, metavar="RESULT",
                         help="summarize and plot the answers of an earlier result file again, asking nothing")
+    parser.add_argument("--compact", action="store_true",
+                        help="a result small enough to commit: no curves, answer texts cut, times to 5 decimals "
+                             "(costs are never rounded)")
     args = parser.parse_args()
 
     config = AppConfig.from_serve_file(args.config)
     if args.summarize:
-        rows = json.loads(args.summarize.read_text())["answers"]
-        return write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot)
+        earlier = json.loads(args.summarize.read_text())
+        provenance = {key: earlier[key] for key in ("command", "note") if key in earlier}
+        return write(earlier["answers"], config.cascade.scorer, args.max_tokens, args.out, args.plot, args.compact,
+                     provenance)
     items = eval_items(args.data)
     if args.limit and args.limit < len(items):
         items = items[::-(-len(items) // args.limit)]
@@ -256,13 +262,30 @@ def main() -> None:
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=600) as http:
         rows = evaluate(items, http, config.cascade.cheap_tier, config.cascade.strong_tier, config.cascade.scorer,
                         args.max_tokens, [float(a) for a in args.alphas.split(",")])
-    write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot)
+    write(rows, config.cascade.scorer, args.max_tokens, args.out, args.plot, args.compact)
 
 
-def write(rows: list[dict], scorer: str, max_tokens: int, out: Path, plot_path: Path) -> None:
+def compacted(value, key: str = ""):
+    """A result cut to what a committed file needs: no threshold curves, answer texts of at most 80
+    characters, other floats to 5 decimals; a cost (any key naming `cost`) exactly as measured."""
+    if isinstance(value, dict):
+        return {k: compacted(v, k) for k, v in value.items() if k != "curve"}
+    if isinstance(value, list):
+        return [compacted(v, key) for v in value]
+    if isinstance(value, float) and "cost" not in key:
+        return round(value, 5)
+    if isinstance(value, str) and key in ("cheap", "strong", "text"):
+        return value[:80]
+    return value
+
+
+def write(rows: list[dict], scorer: str, max_tokens: int, out: Path, plot_path: Path, compact: bool = False,
+          provenance: dict | None = None) -> None:
+    """The result (with `provenance`, the command and notes of the run that asked, when summarizing again)."""
     summary = summarize(rows, scorer)
+    result = {**(provenance or {}), "scorer": scorer, "max_tokens": max_tokens, **summary, "answers": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"scorer": scorer, "max_tokens": max_tokens, **summary, "answers": rows}, indent=1))
+    out.write_text(json.dumps(compacted(result)) if compact else json.dumps(result, indent=1))
     plot(summary, plot_path)
     print(json.dumps({k: v for k, v in summary.items() if k != "modes"}, indent=1))
     print(table(summary))

@@ -1,12 +1,12 @@
 """Time from `serve run` to the first answer, and the peak memory of the whole stack.
 
-    .venv/bin/python -m scripts.measure_startup [--config configs/local-cpu.yaml] [--port 8000]
+    .venv/bin/python -m scripts.measure_startup [--config configs/local-cpu.yaml] [--out bench-out/startup.json]
 
 Starts `serve run CONFIG` (the README's run command, after set-up), asks a chat question every
 second until one is answered, sampling the proportional set size (PSS: shared pages split between
 processes, so nothing is counted twice) of every process the command started; then runs
-scripts/request_latency.py against it (sampler paused) and samples once more. Prints one JSON object; stops the stack and everything it
-started before exiting.
+scripts/request_latency.py against it (sampler paused) and samples once more. Prints and writes one JSON
+object; stops the stack and everything it started before exiting.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/local-cpu.yaml")
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "startup.json")
     args = parser.parse_args()
     port = yaml.safe_load((ROOT / args.config).read_text())["http_options"]["port"]
     url = f"http://127.0.0.1:{port}"
@@ -80,12 +81,16 @@ def main() -> None:
         latency = subprocess.run([ROOT / ".venv/bin/python", "-m", "scripts.request_latency",
                                   "--base-url", f"{url}/v1"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         peak["bytes"] = max(peak["bytes"], stack_pss_bytes(root))
-        print(json.dumps({
+        result = json.dumps({
+            "command": f"python -m scripts.measure_startup --config {args.config}",
             "config": args.config,
             "seconds_to_first_answer": round(first_answer_s, 1),
             "peak_stack_pss_gib": round(peak["bytes"] / 2**30, 2),
             "latency": [json.loads(line) for line in latency.splitlines() if line.strip()],
-        }, indent=2))
+        }, indent=2)
+        print(result)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result + "\n")
     finally:
         stop.set()
         stop_process_tree(serve, first_signal=signal.SIGINT, grace_s=60)  # SIGINT: serve run shuts the app down

@@ -5,6 +5,7 @@ harness."""
 import ast
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,14 @@ def test_every_module_of_the_service_reads_in_one_sitting():
     long = {str(path.relative_to(root)): n for folder in ("serve_app", "deployments")
             for path in (root / folder).rglob("*.py") if (n := len(path.read_text().splitlines())) > 300}
     assert not long, f"modules over 300 lines: {long}"
+
+
+def test_every_result_file_the_docs_cite_is_committed_and_every_committed_one_is_cited():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    cited = set()
+    for page in docs:
+        for link in re.findall(r"\]\((?:docs/)?(results/[^)#\s]+)\)", page.read_text()):
+            cited.add(link)
+            assert (ROOT / "docs" / link).is_file(), f"{page.name} cites {link}, which is not committed"
+    committed = {f"results/{path.name}" for path in (ROOT / "docs" / "results").iterdir()}
+    assert committed - cited == set(), f"result files no page cites: {sorted(committed - cited)}"
