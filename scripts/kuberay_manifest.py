@@ -1,6 +1,6 @@
 """Embed configs/gpu.yaml in the KubeRay manifest as its serveConfigV2 (a test fails while they differ).
 
-    .venv/bin/python -m scripts.kuberay_manifest [--check]
+    .venv/bin/python -m scripts.kuberay_manifest [--check] [--manifest FILE] [--profile FILE]
 
 Only the `serveConfigV2: |` block of configs/kuberay-rayservice.yaml is rewritten; the rest of the
 manifest (the Ray cluster: image, pods, secrets) is edited by hand and validated against the RayService
@@ -32,13 +32,15 @@ def embedded(manifest: str, profile: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the manifest is out of date, write nothing")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST)
+    parser.add_argument("--profile", type=Path, default=PROFILE)
     args = parser.parse_args()
-    current = MANIFEST.read_text()
-    wanted = embedded(current, PROFILE.read_text())
+    current = args.manifest.read_text()
+    wanted = embedded(current, args.profile.read_text())
     if args.check:
-        sys.exit(0 if wanted == current else f"{MANIFEST} is out of date: run python -m scripts.kuberay_manifest")
-    MANIFEST.write_text(wanted)
-    print(f"wrote {MANIFEST}")
+        sys.exit(0 if wanted == current else f"{args.manifest} is out of date: run python -m scripts.kuberay_manifest")
+    args.manifest.write_text(wanted)
+    print(f"wrote {args.manifest}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_kuberay_manifest_embeds_the_gpu_profile_unchanged():
     manifest = yaml.safe_load((CONFIGS / "kuberay-rayservice.yaml").read_text())
     assert manifest["kind"] == "RayService"
     embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
-    assert embedded == yaml.safe_load((CONFIGS / "gpu.yaml").read_text())
+    assert embedded == yaml.safe_load((CONFIGS / "gpu.yaml").read_text()), "run python -m scripts.kuberay_manifest"
     AppConfig.model_validate(embedded["applications"][0]["args"])
 
 
