@@ -34,7 +34,7 @@ from serve_app.api.protocol import (
     ModelList,
 )
 from serve_app.config import AppConfig
-from serve_app.core.errors import BackendUnavailable, ServerError, ServingError
+from serve_app.core.errors import BackendUnavailable, Overloaded, ServerError, ServingError
 from serve_app.core.generation import Backend, GenerationChunk, GenerationRequest
 from serve_app.ingress.http import build_http_api
 from serve_app.ingress.service import ApiService
@@ -63,7 +63,10 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
             if isinstance(cause, ServingError):
                 raise cause from None
             raise ServerError(f"tier {name!r} failed: {type(cause).__name__}") from None
-        except (RayError, BackPressureError) as exc:  # replica died, none left, or queue full
+        except BackPressureError:  # every replica's queue is full: overload, not a fault of the tier
+            raise Overloaded(f"tier {name!r} is at capacity: its replicas' queues are full",
+                             retry_after_s=1.0) from None
+        except RayError as exc:  # replica died, or none left
             raise BackendUnavailable(f"tier {name!r} is unavailable: {type(exc).__name__}") from None
         finally:
             if not finished:

@@ -99,7 +99,7 @@ class GuardedBackend:
             await self._close(stream, ticket, completed=False)
             raise
         except (ServingError, StopAsyncIteration, TimeoutError) as exc:
-            self._judge(exc, caller_deadline)
+            self._judge(exc, caller_deadline, ticket.queued)
             await self._close(stream, ticket, completed=False)
             if isinstance(exc, TimeoutError) and first is None and loop.time() >= dispatch_deadline:
                 raise NoLiveReplica(f"no replica of tier {self.name!r} took the request within "
@@ -140,7 +140,7 @@ class GuardedBackend:
                     completed = True
                     return
                 except (ServerError, TimeoutError) as exc:
-                    self._judge(exc, caller_deadline)
+                    self._judge(exc, caller_deadline, ticket.queued)
                     error = self._server_error(exc, "answer")
                     raise error from None
                 ticket.produced = chunk.completion_tokens
@@ -153,9 +153,14 @@ class GuardedBackend:
             await self._close(stream, ticket, completed)
             self._end(attempt, span, None if completed else error or GeneratorExit())
 
-    def _judge(self, exc: BaseException, caller_deadline: float) -> None:
-        """Count a failure against the tier, unless it was the caller's own timeout that ran out."""
-        if isinstance(exc, TimeoutError) and asyncio.get_running_loop().time() >= caller_deadline:
+    def _judge(self, exc: BaseException, caller_deadline: float, queued: bool) -> None:
+        """Count a failure against the backend only when the backend itself failed. Overload is not a fault:
+        neither a refusal at capacity (its replicas' queues full) nor a timeout of a request that started
+        behind a full batch (the service's own queue made it late) trips the breaker; nor does the
+        caller's own deadline running out."""
+        timed_out = isinstance(exc, TimeoutError)
+        if isinstance(exc, Overloaded) or (timed_out and queued) or \
+                (timed_out and asyncio.get_running_loop().time() >= caller_deadline):
             self.breaker.abandon()
         else:
             self.breaker.record_failure()

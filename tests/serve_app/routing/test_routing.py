@@ -225,6 +225,23 @@ def test_with_every_slot_busy_waiting_for_a_replica_is_queueing_not_death():
     saturate(router, "cheap", in_flight=2)  # Ray Serve queues the request until a slot frees
     stream, _ = open_and_drain(router, "cheap", request())
     assert stream.routing.fallback_reason == "cheap: timeout"
+    assert router.fleet["cheap"].breaker.failures == 0  # late because of the service's own queue: no fault
+
+
+def test_overload_is_not_a_fault_and_never_opens_a_breaker():
+    full = Flaky(["ok"], failures=10, error=Overloaded("tier 'strong' is at capacity: its replicas' queues are full"))
+    router, _, _ = make(fallbacks={"strong": ["cheap"]}, backends={"strong": full})  # the breaker opens at 2
+    for _ in range(5):
+        stream, _ = open_and_drain(router, "strong", request())
+        assert stream.routing.fallback_reason == "strong: overloaded"
+    assert breakers(router)["strong"] == "closed" and router.fleet["strong"].breaker.failures == 0
+    assert len(full.requests) == 5  # each refusal was the tier's, none the breaker's
+
+
+def test_a_late_first_token_with_a_slot_free_is_a_fault():
+    router, _, _ = make(fallbacks={"cheap": ["strong"]}, delays={"cheap": 5.0})
+    open_and_drain(router, "cheap", request())
+    assert router.fleet["cheap"].breaker.failures == 1
 
 
 def test_accepted_markers_never_reach_the_caller():
