@@ -148,9 +148,13 @@ class Router:
         self._spawn(self._share(tier, self._router.tiers.identities()[tier], rollback))
 
     async def _share(self, tier: str, identity: str, rollback: RolledBack) -> None:
-        """Tell the other router replicas; the rollback is counted once, by the replica whose verdict holds."""
-        if await self._shared_rollbacks.record(tier, identity, rollback) == rollback:
+        """Tell the other router replicas; the rollback is counted once, by the replica whose verdict holds.
+        When another replica's verdict came first, this replica takes it instead of its own."""
+        kept = await self._shared_rollbacks.record(tier, identity, rollback)
+        if kept == rollback:
             self._metrics.rollback(tier, rollback.version)
+        elif kept is not None and self._router.tiers.adopt(tier, identity, kept):
+            self._metrics.rollouts(self._router.tiers.status())
 
     async def _follow_rollbacks(self) -> None:
         """Adopt the rollbacks other router replicas decide, while some tier runs a canary."""

@@ -182,8 +182,10 @@ class TierTraffic:
         return self.rolled_back
 
     def adopt(self, rollback: RolledBack) -> bool:
-        """Take a rollback another router replica decided for this rollout; True if it changed anything."""
-        if self.rolled_back is not None or rollback.version != self.config.canary:
+        """Take the rollout's rollback as the shared decisions hold it: another router replica's verdict, or
+        the first one when this replica's guard decided too (the verdict is the rollout's, so every replica
+        reports the same one). True if it changed anything."""
+        if rollback.version != self.config.canary or self.rolled_back == rollback:
             return False
         self.rolled_back = rollback
         return True

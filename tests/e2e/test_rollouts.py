@@ -212,15 +212,17 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     responses = []
     while len(responses) < 30 and rollouts_now(stack)["tiers"]["strong"]["rolled_back"] is None:
         responses.append(ask(http))
-    # One router replica's guard decided; the other adopts its verdict, and so does a restarted one.
+    # One router replica's guard decided (when both did at once, the first verdict holds); the other
+    # adopts it, and so does a restarted one.
     routers = every_router_replica(stack, lambda s: s["rolled_back"] is not None)
-    status = rollouts_now(stack)["tiers"]["strong"]
-    assert status["rolled_back"]["version"] == "v2" and "error rate" in status["rolled_back"]["reason"]
-    assert status["canary_percent"] == 0 and status["configured_canary_percent"] == 50
-    # Counted once, by the replica whose verdict holds (the other one adopted it).
+    # Counted once, by the replica whose verdict holds.
     counted = wait_for("the rollback counted", lambda: rollbacks_counted(stack), 180, 2)
     assert [value for _, value in counted] == [1.0], counted
     (decider,) = [labels["replica"] for labels, _ in counted]
+    status = from_replica(stack, decider)["tiers"]["strong"]
+    assert status["rolled_back"]["version"] == "v2" and "error rate" in status["rolled_back"]["reason"]
+    assert status["canary_percent"] == 0 and status["configured_canary_percent"] == 50
+    every_router_replica(stack, lambda s: s["rolled_back"] == status["rolled_back"])  # the one verdict, on both
     # A router restart: the replica that adopted the verdict is replaced; the new one starts rolled back.
     (adopter,) = routers - {decider}
     restart_router_replica(serve_handles, adopter)

@@ -229,13 +229,21 @@ def test_a_rollout_identity_changes_with_the_rollout_and_only_with_it():
     assert rollout_identity(a) != rollout_identity(TierRollout())
 
 
-def test_a_replica_adopts_a_rollback_of_its_own_canary_once():
-    traffic = TierTraffic("strong", "v1", TierRollout(canary="v2", canary_percent=50), random.Random(0), lambda: 0.0)
+def test_a_replica_adopts_the_rollback_the_shared_book_holds_for_its_own_canary():
+    traffic = TierTraffic("strong", "v1", TierRollout(canary="v2", canary_percent=50, guard={"min_requests": 1}),
+                          random.Random(0), lambda: 5.0)
     assert not traffic.adopt(RolledBack("v3", "not this canary", 1.0))
-    assert traffic.adopt(RolledBack("v2", "error rate 100%", 1.0))
+    held = RolledBack("v2", "error rate 100%", 1.0)
+    assert traffic.adopt(held)
     assert traffic.canary_percent == 0 and traffic.pick("anyone").version == "v1"
-    assert not traffic.adopt(RolledBack("v2", "again", 2.0))
-    assert traffic.rolled_back.reason == "error rate 100%"
+    assert not traffic.adopt(held)  # the same verdict again changes nothing
+
+    # Both replicas' guards decided at once: this one's own verdict yields to the one the book kept.
+    both = TierTraffic("strong", "v1", TierRollout(canary="v2", canary_percent=50, guard={"min_requests": 1}),
+                       random.Random(0), lambda: 5.0)
+    mine = both.record(Choice("v2", True), False, None)
+    assert mine is not None and mine != held
+    assert both.adopt(held) and both.rolled_back == held and both.canary_percent == 0
 
 
 def test_the_rollback_book_keeps_the_first_rollback_of_the_current_rollout():
