@@ -237,10 +237,10 @@ def test_a_failing_canary_is_rolled_back_and_a_failing_shadow_never_reaches_the_
     assert [r.status_code for r in responses] == [200] * len(responses)
     assert {r.headers["x-served-version"] for r in responses} == {"v1"}  # every canary failure answered by v1
     # Shadow results are each router replica's own: the decider's saw v2 fail (the replica that
-    # replaced the adopter started after the failure, and may well have seen none).
+    # replaced the adopter started after the failure, and may well have seen none). Ray Serve replaces
+    # the killed v2 meanwhile, so later copies may succeed on its replacement: only failures are asserted.
     status = from_replica(stack, decider)["tiers"]["strong"]
     assert status["shadow_results"]["error"] + status["shadow_results"]["shed"] > 0
-    assert status["shadow_results"]["ok"] == 0
     # Ray Serve replaces the killed replica; the next tests want it serving.
     wait_for("v2 replaced", lambda: [r["actor_name"] for r in rollout_status(stack)["deployments"]["llm-strong-v2"]
                                      ["replicas"] if r["state"] == "RUNNING"] not in ([], [killed.actor]), DEPLOY_TIMEOUT_S, 3)
