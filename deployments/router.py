@@ -91,6 +91,7 @@ class Router:
         by backend label (AppConfig.engine_versions)."""
         self._config = AppConfig.model_validate(config)
         self._engines = engines
+        self._engine_versions = self._config.engine_versions()  # fixed for this replica's life
         self._metrics = RouterMetrics()
         self._router = build_router(self._backends(), self._config, time.monotonic, on_rollback=self._rolled_back,
                                     on_shadow=self._metrics.shadow)
@@ -190,7 +191,7 @@ class Router:
             try:
                 await self._learn_engines(ENGINE_INFO_WAIT_S)
                 deployments = (await asyncio.to_thread(serve.status)).applications[app].deployments
-                for engine in self._config.engine_versions():
+                for engine in self._engine_versions:
                     states = deployments[engine.deployment].replica_states
                     running = sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
                     self._router.fleet.resize(engine.label, running)

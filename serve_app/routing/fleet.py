@@ -6,8 +6,6 @@ through `resize` and `seed_speed`; health and metrics read `states`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from serve_app.routing.backend import GuardedBackend
 from serve_app.routing.circuit_breaker import BreakerState
 
@@ -21,12 +19,6 @@ class Fleet:
 
     def __getitem__(self, label: str) -> GuardedBackend:
         return self._backends[label]
-
-    def __contains__(self, label: str) -> bool:
-        return label in self._backends
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._backends)
 
     def resize(self, label: str, replicas: int) -> None:
         """An engine version's capacity follows its running replicas (autoscaling, a replica lost or

@@ -189,9 +189,6 @@ class Tiers:
     def __contains__(self, tier: str) -> bool:
         return tier in self._tiers
 
-    def __iter__(self):
-        return iter(self._tiers)
-
     async def open(self, tier: str, request: GenerationRequest, priority: str, deadline: float, ledger: Ledger,
                    mirror: bool = False) -> tuple[str, AsyncIterator[GenerationChunk]]:
         """Open the tier's version the rollout picks (TierVersions.open): its name and its stream."""
@@ -207,7 +204,7 @@ class Tiers:
         return {tier: versions.status() for tier, versions in self._tiers.items()}
 
     async def shadows_done(self) -> None:
-        """Wait for every tier's shadow copies in flight (a replica draining before it stops; tests)."""
+        """Wait for every tier's shadow copies in flight."""
         for versions in self._tiers.values():
             await versions.shadows_done()
 
