@@ -116,7 +116,7 @@ class LLMServer:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        batch, tokens = config.limits.concurrency_slots, config.engine.warm_up_tokens
+        batch, tokens = config.engine_batch, config.engine.warm_up_tokens
         if not tokens:
             return None
         params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0, output_kind=RequestOutputKind.DELTA)

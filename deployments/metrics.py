@@ -33,8 +33,10 @@ ROUTER_METRICS = {
     "serve_app_replica_seconds": "Engine replica time the requests held (processor sharing), per backend.",
     "serve_app_circuit_state": "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.",
     "serve_app_backend_in_flight": "Requests the router has in flight at each backend.",
-    "serve_app_backend_queued": "Requests in flight beyond the backend's concurrency slots (queued in Ray Serve).",
-    "serve_app_backend_slots": "Concurrency slots of each backend: per-replica slots times running replicas for a tier.",
+    "serve_app_backend_queued": "Requests in flight beyond the backend's engine batch (queued in Ray Serve or vLLM).",
+    "serve_app_backend_batch": "Requests each backend's engines run at once: per-replica batch times running replicas for a tier.",
+    "serve_app_backend_admit_limit": "The adaptive admission limit of each backend (AIMD under concurrency_slots).",
+    "serve_app_cascade_plans": "What the auto route ran per request (serve_app.routing.cascades.adaptive): speculative-<draft length>, strong, confidence, verified.",
     "serve_app_canary_percent": "Share of a tier's requests its canary version serves now (0 after a rollback).",
     "serve_app_rollout_rollbacks": "Canaries the guard set back to 0 %, by tier and version.",
     "serve_app_shadow_requests": "Copies of requests for a shadow version, by outcome (ok, error, shed).",
@@ -101,11 +103,13 @@ class RouterMetrics:
         self._output_tokens = counter("serve_app_output_tokens", "backend")
         self._cost = counter("serve_app_cost_usd", "backend")
         self._replica_seconds = counter("serve_app_replica_seconds", "backend")
+        self._plans = counter("serve_app_cascade_plans", "plan")
         self._board = GaugeBoard()
         self._circuit = gauge("serve_app_circuit_state")
         self._in_flight = gauge("serve_app_backend_in_flight")
         self._queued = gauge("serve_app_backend_queued")
-        self._slots = gauge("serve_app_backend_slots")
+        self._batch = gauge("serve_app_backend_batch")
+        self._limit = gauge("serve_app_backend_admit_limit")
         self._canary_percent = Gauge("serve_app_canary_percent", ROUTER_METRICS["serve_app_canary_percent"],
                                      tag_keys=("tier", "version"))
         self._canary_versions: dict[str, str] = {}
@@ -120,6 +124,8 @@ class RouterMetrics:
         served_by = routing.served_by if routing and ledger.error is None else "none"
         version = routing.version if routing and routing.version and ledger.error is None else "none"
         self._requests.inc(1, {"route": route, "served_by": served_by, "version": version, "outcome": ledger.outcome})
+        if routing is not None and routing.plan is not None:
+            self._plans.inc(1, {"plan": routing.plan})
         latency_tags = {"route": route, "served_by": served_by}
         for histogram, value in ((self._ttft, ledger.ttft_s), (self._tpot, ledger.tpot_s), (self._e2e, ledger.e2e_s)):
             if value is not None and ledger.error is None and not ledger.cancelled:
@@ -132,14 +138,15 @@ class RouterMetrics:
                 if value:
                     counter.inc(value, tags)
 
-    def backends(self, states: dict[str, tuple[BreakerState, int, int]]) -> None:
-        """Per backend: (circuit state, requests in flight, concurrency slots)."""
-        for backend, (state, in_flight, slots) in states.items():
+    def backends(self, states: dict[str, tuple[BreakerState, int, int, int]]) -> None:
+        """Per backend: (circuit state, requests in flight, engine batch, admission limit)."""
+        for backend, (state, in_flight, batch, limit) in states.items():
             tags = {"backend": backend}
             self._board.set(self._circuit, CIRCUIT_VALUE[state], tags)
             self._board.set(self._in_flight, in_flight, tags)
-            self._board.set(self._queued, max(0, in_flight - slots), tags)
-            self._board.set(self._slots, slots, tags)
+            self._board.set(self._queued, max(0, in_flight - batch), tags)
+            self._board.set(self._batch, batch, tags)
+            self._board.set(self._limit, limit, tags)
 
     def rollouts(self, status: dict[str, dict]) -> None:
         """The canary share of each tier (serve_app.routing.rollout.TierTraffic.status): its canary version's,

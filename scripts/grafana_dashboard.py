@@ -49,10 +49,13 @@ PANELS = [
         ("sum(rate(ray_serve_app_output_tokens_total[5m])) / sum(rate(ray_serve_app_cost_usd_total[5m]))", "tokens / USD")]),
     ("Circuit state (0 closed, 1 half-open, 2 open)", "short",
      [("max by (backend) (ray_serve_app_circuit_state)", "{{backend}}")]),
-    ("In flight, queued and slots per backend", "short", [
+    ("What auto ran (the load-adaptive cascade's plans)", "reqps",
+     [("sum by (plan) (rate(ray_serve_app_cascade_plans_total[1m]))", "{{plan}}")]),
+    ("In flight, queued, batch and admission limit per backend", "short", [
         ("sum by (backend) (ray_serve_app_backend_in_flight)", "in flight {{backend}}"),
         ("sum by (backend) (ray_serve_app_backend_queued)", "queued {{backend}}"),
-        ("max by (backend) (ray_serve_app_backend_slots)", "slots {{backend}}")]),
+        ("max by (backend) (ray_serve_app_backend_batch)", "batch {{backend}}"),
+        ("max by (backend) (ray_serve_app_backend_admit_limit)", "admit limit {{backend}}")]),
     ("Engine replicas running", "short", [
         ('count by (deployment) (ray_serve_app_engine_start_seconds{phase="engine_init"})', "{{deployment}}")]),
     ("MBU / MFU by tier", "percentunit", [

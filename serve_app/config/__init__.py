@@ -19,6 +19,7 @@ from serve_app.config.base import (
 from serve_app.config.rollouts import CanaryGuardConfig, RolloutConfig, TierRollout
 from serve_app.config.sections import (
     AccessConfig,
+    AdaptiveCascade,
     CascadeConfig,
     CascadeMode,
     FeatureName,
@@ -42,7 +43,7 @@ from serve_app.config.tiers import (
 )
 
 __all__ = [
-    "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_NAME", "AccessConfig", "AppConfig", "BackendLimits",
+    "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_NAME", "AccessConfig", "AdaptiveCascade", "AppConfig", "BackendLimits",
     "CanaryGuardConfig", "CascadeConfig", "CascadeMode", "DeploymentOptions", "EngineConfig", "EngineVersion",
     "ExternalConfig", "FeatureName", "LearnedRule", "ModelConfig", "ModelStoreConfig", "ObservabilityConfig",
     "PriceConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "ScorerName", "StrictModel", "TierConfig",

@@ -25,6 +25,30 @@ class LearnedRule(StrictModel):
     """Per feature (serve_app.routing.scorers.FEATURES), its weight."""
 
 
+class AdaptiveCascade(StrictModel):
+    """What `auto` runs under load, when `mode` is speculative (serve_app.routing.cascades.adaptive): per
+    request, from the share of the strong tier's batch in use and its expected wait."""
+
+    enabled: bool = True
+    """Off: `auto` always runs `mode` with `draft_tokens`."""
+    speculate_below: float = Field(0.125, ge=0.0, le=1.0)
+    """Below this share of the strong tier's batch in use, drafts are `draft_tokens` long."""
+    strong_alone_at: float = Field(0.25, gt=0.0, le=1.0)
+    """From this share on (and whenever the strong tier's expected wait exceeds half the TTFT target, or
+    the cheap tier's batch is full), the strong tier answers alone; in between, drafts shrink linearly
+    to one token."""
+    confidence_when_full: bool = False
+    """With the strong tier's batch full, let the confidence cascade answer (the cheap tier, escalating
+    only unsure answers) instead of queueing on the strong tier. Its answers are not the strong tier's,
+    so it is the operator's choice."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveCascade:
+        if self.speculate_below > self.strong_alone_at:
+            raise ValueError("speculate_below must not exceed strong_alone_at")
+        return self
+
+
 class CascadeConfig(StrictModel):
     """The `auto` route: answer with the cheap tier, escalate to the strong one when unsure."""
 
@@ -56,6 +80,8 @@ class CascadeConfig(StrictModel):
     """Speculative mode: keep a drafted token v while p_strong(v) >= (1 - alpha) * max p_strong; 0 keeps
     only the strong model's own choices (its greedy answer at temperature 0), larger keeps more drafts.
     Verified mode: the same rule, for the verifiers that count kept tokens."""
+    adaptive: AdaptiveCascade = Field(default_factory=AdaptiveCascade)
+    """Speculative mode: what `auto` runs under load (fewer drafts, the strong tier alone)."""
     allow_request_overrides: bool = False
     """Let a request set its own mode, scorer, verifier, threshold, alpha, draft_tokens and draft_stop_prob
     (the `cascade` field of its body, an extension): for evaluations and A/B tests on one deployment. With

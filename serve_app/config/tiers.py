@@ -70,11 +70,12 @@ class BackendLimits(StrictModel):
     total_timeout_s: float = Field(600.0, gt=0)
     """The router abandons a generation on this backend that runs longer than this in all."""
     concurrency_slots: PositiveInt = 32
-    """Requests this backend serves at once without queueing: its measured batching capacity at
-    acceptable TPOT. For an engine tier, per replica (at most its max_ongoing_requests, so that Ray
-    Serve queues the rest), and the router multiplies it by the replicas running at the moment
-    (autoscaling, a replica lost); for an external API, in all. Load shedding admits requests beyond
-    it only while their expected wait fits the TTFT target."""
+    """The most requests the router admits to this backend at once, running and queued: the upper bound
+    (and start) of its adaptive admission limit (serve_app.routing.admission). Within it, what is admitted
+    follows measured capacity: a request is admitted while its expected time to first token fits the
+    TTFT target. For an engine tier, per replica, times the replicas running at the moment (autoscaling, a
+    replica lost), and its batch is the engine's (`engine_batch`); for an external API, in all, and its
+    batch too."""
 
 
 class TierLimits(BackendLimits):
@@ -132,12 +133,19 @@ class TierConfig(StrictModel):
         limits, options = self.limits, self.deployment
         if limits.dispatch_timeout_s is not None and self.initial_replicas == 0:
             raise ValueError("a tier that scales to zero waits for a replica to start: set limits.dispatch_timeout_s: null")
-        if limits.dispatch_timeout_s is not None and limits.concurrency_slots > options.max_ongoing_requests:
+        queue = options.max_queued_requests
+        if queue >= 0 and limits.concurrency_slots > options.max_ongoing_requests + queue:
             raise ValueError(
-                f"limits.concurrency_slots ({limits.concurrency_slots} per replica) exceeds what a replica takes at "
-                f"once (deployment.max_ongoing_requests {options.max_ongoing_requests}): requests would queue in "
-                f"Ray Serve while the router counts a free slot, and time out as if no replica were alive")
+                f"limits.concurrency_slots ({limits.concurrency_slots} per replica) exceeds what Ray Serve holds "
+                f"(deployment.max_ongoing_requests {options.max_ongoing_requests} + max_queued_requests {queue}): "
+                f"admitted requests would be refused by Ray Serve")
         return self
+
+    @property
+    def engine_batch(self) -> int:
+        """Requests one replica's engine runs at once: Ray Serve's `max_ongoing_requests`, at most vLLM's
+        `max_num_seqs` (Ray Serve queues the rest in the caller's handle, vLLM in its scheduler)."""
+        return min(self.deployment.max_ongoing_requests, self.engine.args.get("max_num_seqs") or 1 << 30)
 
     def all_versions(self) -> dict[str, TierConfig]:
         """Every version deployed, by name: the tier's own (when it names a model) first."""

@@ -35,6 +35,11 @@ class Routing(BaseModel):
     verification: dict[str, float] | None = None
     """The `verified` cascade's verdict on the cheap answer: every verifier's score of it
     (serve_app.routing.scorers.VERIFIERS), and the answer's length in the strong tier's tokens."""
+    plan: str | None = None
+    """The `auto` route's choice for this request (serve_app.routing.cascades.adaptive): speculative-<draft
+    length>, strong (alone), confidence, or the configured mode."""
+    plan_reason: str | None = None
+    """Why: the load that decided it, or `configured`."""
     speculation: dict[str, int] | None = None
     """A speculative cascade's answer (in the last stream chunk): drafted, accepted, replaced and added
     tokens, verification passes, and whether a tier failed mid-answer."""

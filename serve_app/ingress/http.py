@@ -41,6 +41,8 @@ def response_headers(routing: Routing, span: trace.Span | None) -> dict[str, str
         headers["x-cascade-confidence"] = f"{routing.confidence:.4f}"
     if routing.fallback_reason:
         headers["x-fallback-reason"] = routing.fallback_reason
+    if routing.plan:
+        headers["x-cascade-plan"] = routing.plan
     return headers
 
 

@@ -135,9 +135,9 @@ class ApiService:
 
     def health(self) -> dict[str, Any]:
         """Liveness, the circuit state of each backend, and how the router sees each backend's load
-        (requests in flight, concurrency slots of its running replicas)."""
+        (requests in flight, the engine batch of its running replicas, its admission limit)."""
         states = self.router.fleet.states()
         self.sink.backends(states)
-        return {"status": "ok", "circuits": {name: state.value for name, (state, _, _) in states.items()},
-                "backends": {name: {"circuit": state.value, "in_flight": in_flight, "slots": slots}
-                             for name, (state, in_flight, slots) in states.items()}}
+        return {"status": "ok", "circuits": {name: state.value for name, (state, *_) in states.items()},
+                "backends": {name: {"circuit": state.value, "in_flight": in_flight, "batch": batch, "limit": limit}
+                             for name, (state, in_flight, batch, limit) in states.items()}}

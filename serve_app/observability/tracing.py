@@ -118,7 +118,8 @@ def end_request(span: Span, ledger: Ledger, output: str | None = None) -> None:
             "gen_ai.response.model": routing.served_by, "serve_app.route": routing.route,
             "serve_app.served_by": routing.served_by, "serve_app.version": routing.version,
             "serve_app.escalated": routing.escalated, "serve_app.cascade.confidence": routing.confidence, "serve_app.cascade.reason": routing.reason,
-            "serve_app.fallback_reason": routing.fallback_reason,
+            "serve_app.fallback_reason": routing.fallback_reason, "serve_app.cascade.plan": routing.plan,
+            "serve_app.cascade.plan_reason": routing.plan_reason,
         })
     if ledger.error is not None:
         _fail(span, ledger.error.code, ledger.error.message)

@@ -1,27 +1,35 @@
 """Load shedding: admit a request to a tier only if it can expect its first token within the target.
 
-A tier works on `slots` requests at once (its deployment's `max_ongoing_requests` times its replicas;
-Ray Serve queues the rest in the handle). While a slot is free, a newcomer waits about the TTFT
-recently observed on an unqueued request. Beyond that it waits for the work ahead of it to drain.
-That work is counted in tokens, so a queue of long answers weighs more than one of short ones:
+What a tier can take follows what its engines sustain, measured, not a hand-set slot count:
 
-    work = sum over in-flight requests of (expected length - tokens produced so far)
-    expected length = max_tokens * (recent completion tokens / max_tokens)   # EOS ends most early
-    wait = ttft + work * tpot / slots                                       # slots decode in parallel
+- Its engines run `batch` requests at once (each replica's `max_ongoing_requests`, at most vLLM's
+  `max_num_seqs`, times the replicas running); Ray Serve queues the rest in the handle.
+- While the batch has room, a newcomer waits about the TTFT recently observed on an unqueued request
+  (prefill included, at the batch sizes seen). Beyond it, it waits for as many running requests to
+  finish as are queued ahead of it: each request's remaining work is its expected length (max_tokens
+  times the share of their budget recent answers used) less what it produced, decoded at the recent
+  time per output token, and the batch is replayed slot by slot (FIFO) until the newcomer's turn.
+- A request is refused (503 + Retry-After) when that wait exceeds the target scaled by its priority,
+  so low-priority traffic is shed first.
+- An adaptive limit (AIMD, as Netflix's concurrency-limits) corrects the estimate with what happened:
+  an admitted request whose first token came later than the target (or that timed out waiting for it)
+  was a broken promise and cuts the limit by a tenth; one served in time while the limit was at least
+  half used raises it by one. `concurrency_slots` (per replica) is the limit's upper bound and start.
 
-and the request is rejected (503 + Retry-After) when `wait` exceeds the target scaled by its priority,
-so low-priority traffic is shed first.
+Before any live request, the speeds come from the engine's warm-up (`seed`: TTFT of a full batch,
+TPOT at that batch, measured when the replica started). A backend with no speed known at all (no
+warm-up figures reached the router, no first token seen) is in slow start: it takes one request per
+replica, and learns its TTFT from the first.
 
-Before any live request, the speeds come from the engine's warm-up (`seed`: TTFT of a full batch of
-slots, TPOT at that batch, measured when the replica started). A backend with no speed known at all
-(no warm-up figures reached the router, no first token seen) is in slow start: it takes one request
-per replica, since nothing says that a full batch of them would start within the target, and learns
-its TTFT from the first. Pure: the clock is injected; the router reports each request's start, first
-token, progress and end through its `Ticket`.
+A multi-pass answer (the speculative cascade) holds one ticket per tier for its whole life
+(`started(..., reserved=True)`): admitted once, its passes are never shed, and they teach nothing of
+the tier's per-request speed (the answer's pace is not the engine's). Pure: the clock is injected;
+the router reports each request's start, first token, progress and end through its `Ticket`.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,27 +73,37 @@ class Ticket:
     budget_tokens: int
     started_at: float
     queued: bool
-    """Started with every slot busy: its TTFT includes queueing and does not teach the TTFT estimate."""
+    """Started with the batch full: its TTFT includes queueing and does not teach the TTFT estimate."""
+    reserved: bool = False
+    """Held by a multi-pass answer for its whole life (its passes are not admitted again)."""
     produced: int = 0
     first_token_at: float | None = None
 
 
-class TierLoad:
-    """In-flight work and recent speed of one tier, as the router sees them."""
+AIMD_BACKOFF = 0.9
+"""The adaptive limit's cut after a broken promise."""
 
-    def __init__(self, slots: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2,
-                 cold_slots: int = 1):
-        self._slots = slots
+
+class TierLoad:
+    """In-flight work, recent speed and admission limit of one tier, as the router sees them."""
+
+    def __init__(self, batch: int, ttft_target_s: float | None, clock: Callable[[], float], alpha: float = 0.2,
+                 cold_slots: int = 1, ceiling: int | None = None):
+        """`batch`: requests its engines run at once; `ceiling`: the most admitted at once (the adaptive
+        limit's bound, `batch` if not given); `cold_slots`: in flight at most while no speed is known."""
+        self._batch = batch
+        self._ceiling = ceiling or batch
         self._cold_slots = cold_slots
-        """In flight at most while no speed is known (slow start): one per replica."""
+        self.limit = float(self._ceiling)
+        """The adaptive concurrency limit on admitted requests (AIMD within [cold_slots, ceiling])."""
         self.ttft_target_s = ttft_target_s
         self.ttft = Ewma(alpha)
-        """Seconds from dispatch to first token of requests that found a free slot."""
+        """Seconds from dispatch to first token of requests that found room in the batch."""
         self.tpot = Ewma(alpha)
         """Seconds per output token after the first, at the batch sizes recently seen."""
         self.length_share = Ewma(alpha, initial=1.0)
         """Completion tokens over max_tokens of recent answers: the share of its budget a request uses."""
-        self._in_flight: set[Ticket] = set()
+        self._in_flight: dict[Ticket, None] = {}  # in order of start (FIFO: the batch, then the queue)
         self._clock = clock
 
     @property
@@ -93,18 +111,29 @@ class TierLoad:
         return len(self._in_flight)
 
     @property
-    def slots(self) -> int:
-        return self._slots
+    def batch(self) -> int:
+        return self._batch
 
-    def resize(self, slots: int, cold_slots: int) -> None:
-        """The backend's capacity changed (replicas started or lost): `slots` in all, and `cold_slots`
-        while no speed is known."""
-        self._slots, self._cold_slots = slots, cold_slots
+    @property
+    def ceiling(self) -> int:
+        return self._ceiling
+
+    def holds(self, ticket: Ticket) -> bool:
+        return ticket in self._in_flight
+
+    def resize(self, batch: int, cold_slots: int, ceiling: int | None = None) -> None:
+        """The backend's capacity changed (replicas started or lost): its `batch` in all, its `ceiling`,
+        and `cold_slots` while no speed is known. The limit keeps its share of the ceiling."""
+        ceiling = ceiling or batch
+        self.limit = max(float(cold_slots), self.limit * ceiling / self._ceiling)
+        self._batch, self._ceiling, self._cold_slots = batch, ceiling, cold_slots
+
+    def _expected(self, ticket: Ticket) -> float:
+        return max(1.0, ticket.budget_tokens * self.length_share.value - ticket.produced)
 
     def work_tokens(self) -> float:
         """Output tokens the in-flight requests are still expected to produce."""
-        share = self.length_share.value
-        return sum(max(1.0, t.budget_tokens * share - t.produced) for t in self._in_flight)
+        return sum(self._expected(t) for t in self._in_flight)
 
     def seed(self, ttft_s: float, tpot_s: float) -> None:
         """Speeds measured before any live request (the engine's warm-up at a full batch); the live
@@ -115,41 +144,70 @@ class TierLoad:
             self.tpot.add(tpot_s)
 
     def estimate_wait_s(self) -> float:
+        """A newcomer's expected time to first token."""
         if self.ttft.value is None:  # speed unknown: slow start, and no queue
-            return 0.0 if self.in_flight < min(self._cold_slots, self._slots) else float("inf")
+            return 0.0 if self.in_flight < min(self._cold_slots, self._batch) else float("inf")
         if self.slot_free():
             return self.ttft.value
         if self.tpot.value is None:
             return float("inf")  # no request has finished yet: nothing to promise a queued one
-        return self.ttft.value + self.work_tokens() * self.tpot.value / self._slots
+        # Replay the batch: each slot frees when its request ends and takes the next queued one, FIFO.
+        tickets = list(self._in_flight)
+        ends = [self._expected(t) for t in tickets[:self._batch]]
+        heapq.heapify(ends)
+        for ticket in tickets[self._batch:]:
+            heapq.heappush(ends, heapq.heappop(ends) + self._expected(ticket))
+        return self.ttft.value + heapq.heappop(ends) * self.tpot.value
 
     def admit(self, priority: str = "normal") -> Admission:
         wait = self.estimate_wait_s()
         if self.ttft_target_s is None:  # shedding is off: the load is only observed
             return Admission(True, wait)
+        if self.in_flight == 0:  # an idle tier always takes one request
+            return Admission(True, wait)
+        if self.in_flight >= int(self.limit):  # recent promises were broken at this load
+            return Admission(False, wait, retry_after_s=1.0)
         budget = self.ttft_target_s * PRIORITY_BUDGET[priority]
-        if wait <= budget or self.in_flight == 0:  # an idle tier always takes one request
+        if wait <= budget:
             return Admission(True, wait)
         # Retry when enough of the work ahead should have drained to fit the budget.
         excess = wait - budget if wait != float("inf") else self.ttft_target_s
         return Admission(False, wait, retry_after_s=max(1.0, excess))
 
     def slot_free(self) -> bool:
-        return self.in_flight < self._slots
+        """Room in the engines' batch: a newcomer starts at once."""
+        return self.in_flight < self._batch
 
-    def started(self, max_tokens: int | None) -> Ticket:
-        ticket = Ticket(max_tokens or UNBOUNDED_BUDGET_TOKENS, self._clock(), queued=not self.slot_free())
-        self._in_flight.add(ticket)
+    def started(self, max_tokens: int | None, reserved: bool = False) -> Ticket:
+        ticket = Ticket(max_tokens or UNBOUNDED_BUDGET_TOKENS, self._clock(), queued=not self.slot_free(),
+                        reserved=reserved)
+        self._in_flight[ticket] = None
         return ticket
 
     def first_token(self, ticket: Ticket) -> None:
         ticket.first_token_at = self._clock()
         if not ticket.queued:
             self.ttft.add(ticket.first_token_at - ticket.started_at)
+        self._kept(ticket.first_token_at - ticket.started_at)
+
+    def _kept(self, ttft_s: float) -> None:
+        """AIMD on the promise each admission made: its first token within the target."""
+        if self.ttft_target_s is None:
+            return
+        if ttft_s > self.ttft_target_s:
+            self.limit = max(float(self._cold_slots), self.limit * AIMD_BACKOFF)
+        elif self.in_flight * 2 >= self.limit:
+            self.limit = min(float(self._ceiling), self.limit + 1)
 
     def finished(self, ticket: Ticket, completed: bool) -> None:
-        self._in_flight.discard(ticket)
-        if not completed or ticket.first_token_at is None:
+        if self._in_flight.pop(ticket, False) is False:
+            return  # already finished
+        if ticket.first_token_at is None and not completed:
+            waited = self._clock() - ticket.started_at
+            if self.ttft_target_s is not None and waited > self.ttft_target_s:
+                self._kept(waited)  # it gave up waiting for its first token: a broken promise
+            return
+        if not completed or ticket.reserved or ticket.first_token_at is None:
             return
         self.length_share.add(min(1.0, ticket.produced / ticket.budget_tokens))
         if ticket.produced > 1:

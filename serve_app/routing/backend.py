@@ -56,36 +56,63 @@ class GuardedBackend:
         self._price = price
         self._clock = clock
 
+    def reserve(self, request: GenerationRequest, priority: str = "normal") -> Ticket:
+        """Admit a multi-pass answer once (the speculative cascade's): its ticket holds its place in the
+        tier's load until `release`, and its passes (`open(..., ticket=...)`) are not admitted again."""
+        self._admit(priority)
+        return self.load.started(request.sampling.get("max_tokens"), reserved=True)
+
+    def release(self, ticket: Ticket, completed: bool) -> None:
+        self.load.finished(ticket, completed)
+
+    def _admit(self, priority: str) -> None:
+        admission = self.load.admit(priority)  # before the breaker: a shed request must not use up its probe
+        if not admission.admitted:
+            raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
+                             f"{admission.estimated_wait_s:.1f} s)", retry_after_s=admission.retry_after_s)
+        self._allow()
+
+    def _allow(self) -> None:
+        if not self.breaker.allow():
+            raise CircuitOpen(f"tier {self.name!r} is failing; its circuit is open for "
+                              f"{self.breaker.retry_after_s():.0f} s more", retry_after_s=self.breaker.retry_after_s())
+
     async def open(self, request: GenerationRequest, priority: str = "normal", caller_deadline: float = math.inf,
-                   ledger: Ledger | None = None) -> AsyncIterator[GenerationChunk]:
+                   ledger: Ledger | None = None, ticket: Ticket | None = None) -> AsyncIterator[GenerationChunk]:
         """Admit, start a generation and wait for its first chunk, so that failures are raised here.
-        `caller_deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it."""
+        `caller_deadline` (event-loop time) is the caller's own bound; the tier's timeouts apply within it.
+        With the `ticket` of a reserved answer (`reserve`), the pass is part of an admitted answer: not
+        admitted again, and not bound by the first-token timeout, since a queue it waits in is the one its
+        admission accounted for (the total timeout and the caller's deadline still apply)."""
         attempt = (ledger or Ledger(self._clock())).attempt(self.name, self._clock())
         span = tracing.start_attempt(attempt)
         request = dataclasses.replace(request, trace_context=tracing.carrier(span))
         try:
-            return await self._open(request, priority, caller_deadline, attempt, span)
+            return await self._open(request, priority, caller_deadline, attempt, span, ticket)
         except BaseException as exc:
             self._end(attempt, span, exc)
             raise
 
     async def _open(self, request: GenerationRequest, priority: str, caller_deadline: float,
-                    attempt: Attempt, span) -> AsyncIterator[GenerationChunk]:
-        admission = self.load.admit(priority)  # before the breaker: a shed request must not use up its probe
-        if not admission.admitted:
-            raise Overloaded(f"tier {self.name!r} is at capacity (expected wait "
-                             f"{admission.estimated_wait_s:.1f} s)", retry_after_s=admission.retry_after_s)
-        if not self.breaker.allow():
-            raise CircuitOpen(f"tier {self.name!r} is failing; its circuit is open for "
-                              f"{self.breaker.retry_after_s():.0f} s more", retry_after_s=self.breaker.retry_after_s())
+                    attempt: Attempt, span, reserved: Ticket | None) -> AsyncIterator[GenerationChunk]:
+        if reserved is None:
+            self._admit(priority)
+        else:
+            self._allow()
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = min(now + self._total_timeout_s, caller_deadline)
-        first_token_deadline = min(deadline, now + self._first_token_timeout_s)
-        # With a slot free, a live replica takes the request at once; waiting longer means it has none.
+        first_token_deadline = deadline if reserved else min(deadline, now + self._first_token_timeout_s)
+        # With room in the batch, a live replica takes the request at once; waiting longer means it has none.
+        room = self.load.in_flight <= self.load.batch if reserved else self.load.slot_free()
         dispatch_deadline = now + self._dispatch_timeout_s \
-            if self._dispatch_timeout_s is not None and self.load.slot_free() else math.inf
-        ticket = self.load.started(request.sampling.get("max_tokens"))
+            if self._dispatch_timeout_s is not None and room else math.inf
+        if reserved is None:
+            ticket = self.load.started(request.sampling.get("max_tokens"))
+        else:
+            ticket = reserved
+            if ticket.first_token_at is None:
+                ticket.started_at = self._clock()  # its TTFT is its first pass's
         stream = self._backend(request)
         first = None
         try:
@@ -99,7 +126,7 @@ class GuardedBackend:
             await self._close(stream, ticket, completed=False)
             raise
         except (ServingError, StopAsyncIteration, TimeoutError) as exc:
-            self._judge(exc, caller_deadline, ticket.queued)
+            self._judge(exc, caller_deadline, ticket.queued and not ticket.reserved)
             await self._close(stream, ticket, completed=False)
             if isinstance(exc, TimeoutError) and first is None and loop.time() >= dispatch_deadline:
                 raise NoLiveReplica(f"no replica of tier {self.name!r} took the request within "
@@ -110,14 +137,17 @@ class GuardedBackend:
             await self._close(stream, ticket, completed=False)
             raise
         self.breaker.record_success()
-        self.load.first_token(ticket)
+        if ticket.first_token_at is None:
+            self.load.first_token(ticket)
         attempt.first_token_s = self._clock()
         _count(attempt, first)
-        ticket.produced = first.completion_tokens
+        if not ticket.reserved:
+            ticket.produced = first.completion_tokens
         return self._rest(first, stream, deadline, caller_deadline, ticket, attempt, span)
 
     async def _close(self, stream: AsyncIterator[GenerationChunk], ticket: Ticket, completed: bool) -> None:
-        self.load.finished(ticket, completed)
+        if not ticket.reserved:  # a reserved answer's ticket ends with the answer (`release`)
+            self.load.finished(ticket, completed)
         await stream.aclose()
 
     def _end(self, attempt: Attempt, span, error: BaseException | None) -> None:
@@ -140,10 +170,11 @@ class GuardedBackend:
                     completed = True
                     return
                 except (ServerError, TimeoutError) as exc:
-                    self._judge(exc, caller_deadline, ticket.queued)
+                    self._judge(exc, caller_deadline, ticket.queued and not ticket.reserved)
                     error = self._server_error(exc, "answer")
                     raise error from None
-                ticket.produced = chunk.completion_tokens
+                if not ticket.reserved:
+                    ticket.produced = chunk.completion_tokens
                 _count(attempt, chunk)
                 yield chunk
         except BaseException as exc:

@@ -34,10 +34,10 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     r = config.resilience
     rng = rng or random.Random()
 
-    def guarded(name: str, limits: BackendLimits, slots: int, cold_slots: int, price: PriceConfig,
+    def guarded(name: str, limits: BackendLimits, batch: int, ceiling: int, cold_slots: int, price: PriceConfig,
                 dispatch_timeout_s: float | None = None, version: str | None = None) -> GuardedBackend:
         breaker = CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock)
-        load = TierLoad(slots, r.shed_ttft_target_s, clock, cold_slots=cold_slots)
+        load = TierLoad(batch, r.shed_ttft_target_s, clock, cold_slots=cold_slots, ceiling=ceiling)
         return GuardedBackend(name, backends[name], breaker, load, limits.first_token_timeout_s, limits.total_timeout_s,
                               dispatch_timeout_s, price_of(price), clock, version)
 
@@ -47,12 +47,12 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     for engine in engines:
         tier, replicas = engine.config, engine.config.initial_replicas
         fleet[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = guarded(
-            engine.label, tier.limits, tier.limits.concurrency_slots * replicas, max(1, replicas), tier.price,
-            tier.limits.dispatch_timeout_s, engine.version)
-    fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, 1, api.price)
+            engine.label, tier.limits, tier.engine_batch * max(1, replicas), tier.limits.concurrency_slots * max(1, replicas),
+            max(1, replicas), tier.price, tier.limits.dispatch_timeout_s, engine.version)
+    fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, api.limits.concurrency_slots, 1, api.price)
               for name, api in config.external.items() if name in backends}
     tiers = Tiers({name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
                    for name, tier in config.tiers.items()})
     cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) if r.answer_cache_max_entries else None
-    slots = {engine.label: engine.config.limits.concurrency_slots for engine in engines}
-    return CascadeRouter(Fleet(fleet, slots), tiers, config, clock, cache)
+    per_replica = {engine.label: (engine.config.engine_batch, engine.config.limits.concurrency_slots) for engine in engines}
+    return CascadeRouter(Fleet(fleet, per_replica), tiers, config, clock, cache)

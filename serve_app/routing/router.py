@@ -32,9 +32,12 @@ from serve_app.core.errors import (
 from serve_app.core.generation import GenerationChunk, GenerationRequest
 from serve_app.core.ledger import Ledger
 from serve_app.core.stream import RoutedStream, Routing, from_list
+from serve_app.routing.admission import Ticket, TierLoad
 from serve_app.routing.answer_cache import AnswerCache, cache_key
 from serve_app.routing.backend import is_retryable
-from serve_app.routing.cascades import MODES, CascadeCall
+from serve_app.routing.cascades import MODES, CascadeCall, adaptive
+from serve_app.routing.cascades.adaptive import Plan
+from serve_app.routing.cascades.base import Reservation
 from serve_app.routing.fleet import Fleet
 from serve_app.routing.versions import Tiers
 
@@ -165,11 +168,39 @@ class CascadeRouter:
             param = ".".join(["cascade", *(str(part) for part in error["loc"])])
             raise InvalidRequest(f"{param}: {error['msg']}", param=param) from None
 
+    def _plan(self, settings: CascadeConfig, request: GenerationRequest) -> Plan:
+        """What `auto` runs for this request: the configured mode, or under load the adaptive plan's choice."""
+        if settings.mode != "speculative" or not settings.adaptive.enabled:
+            return Plan(settings.mode, settings.draft_tokens if settings.mode == "speculative" else 0, "configured")
+        key = request.session_key or request.request_id
+        strong, cheap = (self.tiers.backend(tier, key).load for tier in (settings.strong_tier, settings.cheap_tier))
+        return adaptive.plan(settings.adaptive, settings.draft_tokens, _state(strong), _state(cheap),
+                             strong.ttft_target_s)
+
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
                               ledger: Ledger) -> RoutedStream:
         settings = self._cascade_for(request)
+        plan = self._plan(settings, request)
 
-        async def open_tier(tier: str, tier_request: GenerationRequest) -> tuple[str, AsyncIterator[GenerationChunk]]:
-            return await self.tiers.open(tier, tier_request, priority, deadline, ledger)
+        async def open_tier(tier: str, tier_request: GenerationRequest,
+                            ticket: Ticket | None = None) -> tuple[str, AsyncIterator[GenerationChunk]]:
+            return await self.tiers.open(tier, tier_request, priority, deadline, ledger, ticket=ticket)
 
-        return await MODES[settings.mode](CascadeCall(request, settings, open_tier))
+        def reserve(tier: str, tier_request: GenerationRequest) -> Reservation:
+            backend = self.tiers.backend(tier, tier_request.session_key or tier_request.request_id)
+            ticket = backend.reserve(tier_request, priority)
+            return Reservation(ticket, lambda completed: backend.release(ticket, completed))
+
+        if plan.mode == "strong":
+            version, chunks = await open_tier(settings.strong_tier, request)
+            stream = RoutedStream(Routing(route=AUTO_ROUTE, served_by=settings.strong_tier, version=version,
+                                          reason="strong alone"), chunks)
+        else:
+            chosen = settings.model_copy(update={"mode": plan.mode, "draft_tokens": plan.draft_tokens or
+                                                 settings.draft_tokens})
+            stream = await MODES[plan.mode](CascadeCall(request, chosen, open_tier, reserve))
+        return stream.but(routing=stream.routing.model_copy(update={"plan": plan.label, "plan_reason": plan.reason}))
+
+
+def _state(load: TierLoad) -> adaptive.TierState:
+    return adaptive.TierState(load.in_flight, load.batch, load.estimate_wait_s())

@@ -18,6 +18,7 @@ from serve_app.config import RolloutConfig, TierRollout
 from serve_app.core.errors import ClientError, Overloaded, ServingError
 from serve_app.core.generation import GenerationChunk, GenerationRequest
 from serve_app.core.ledger import Ledger
+from serve_app.routing.admission import Ticket
 from serve_app.routing.backend import GuardedBackend
 from serve_app.routing.rollout import Choice, RolledBack, ShadowLog, ShadowRecord, TierTraffic, agreement
 
@@ -90,25 +91,33 @@ class TierVersions:
         return {**self._traffic.status(), "shadow_in_flight": self._shadow_in_flight,
                 "shadow_results": self._shadows.summary()}
 
+    def backend(self, session_key: str | None) -> GuardedBackend:
+        """The version's backend a request with this session key goes to (its load, for the cascade's plan
+        and a multi-pass answer's reservation)."""
+        return self._backends[self._traffic.pick(session_key).version]
+
     async def open(self, request: GenerationRequest, priority: str, deadline: float, ledger: Ledger,
-                   mirror: bool = False) -> tuple[str, AsyncIterator[GenerationChunk]]:
+                   mirror: bool = False, ticket: Ticket | None = None) -> tuple[str, AsyncIterator[GenerationChunk]]:
         """Open the version the rollout picks for this request; a canary that fails is judged by its guard
-        and the stable version answers instead. With `mirror`, the request may also be copied to the shadow."""
+        and the stable version answers instead. With `mirror`, the request may also be copied to the shadow.
+        `ticket`: a reserved answer's place on the version that holds it (GuardedBackend.reserve)."""
         choice = self._traffic.pick(request.session_key)
         try:
-            chunks = await self._open_version(choice, request, priority, deadline, ledger)
+            chunks = await self._open_version(choice, request, priority, deadline, ledger, ticket)
         except ServingError as exc:
             if not choice.canary or isinstance(exc, ClientError):
                 raise
             choice = Choice(self._traffic.stable, canary=False)
-            chunks = await self._open_version(choice, request, priority, deadline, ledger)
+            chunks = await self._open_version(choice, request, priority, deadline, ledger, ticket)
         return choice.version, self._mirrored(request, chunks) if mirror else chunks
 
     async def _open_version(self, choice: Choice, request: GenerationRequest, priority: str, deadline: float,
-                            ledger: Ledger) -> AsyncIterator[GenerationChunk]:
+                            ledger: Ledger, ticket: Ticket | None) -> AsyncIterator[GenerationChunk]:
         started = self._clock()
+        backend = self._backends[choice.version]
+        held = ticket if ticket is not None and backend.load.holds(ticket) else None
         try:
-            chunks = await self._backends[choice.version].open(request, priority, deadline, ledger)
+            chunks = await backend.open(request, priority, deadline, ledger, held)
         except ServingError as exc:
             if not isinstance(exc, (ClientError, Overloaded)):  # the version failed (an open circuit too),
                 self._judge(choice, False, None)                 # not the request, nor its capacity
@@ -190,9 +199,13 @@ class Tiers:
         return tier in self._tiers
 
     async def open(self, tier: str, request: GenerationRequest, priority: str, deadline: float, ledger: Ledger,
-                   mirror: bool = False) -> tuple[str, AsyncIterator[GenerationChunk]]:
+                   mirror: bool = False, ticket: Ticket | None = None) -> tuple[str, AsyncIterator[GenerationChunk]]:
         """Open the tier's version the rollout picks (TierVersions.open): its name and its stream."""
-        return await self._tiers[tier].open(request, priority, deadline, ledger, mirror)
+        return await self._tiers[tier].open(request, priority, deadline, ledger, mirror, ticket)
+
+    def backend(self, tier: str, session_key: str | None) -> GuardedBackend:
+        """The backend of the tier's version a request with this session key goes to."""
+        return self._tiers[tier].backend(session_key)
 
     def apply(self, rollouts: RolloutConfig) -> None:
         """A (validated) rollout config. A tier whose rollout is unchanged keeps its guard's history and any

@@ -45,9 +45,9 @@ def warm(stack, *models: str) -> None:
             "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).raise_for_status()
 
 
-def router_slots(stack, backend: str) -> int:
-    """The concurrency slots the router counts for a backend: its own view, not a metric on Ray's export interval."""
-    return get_json(f"{stack.http_url}/health")["backends"][backend]["slots"]
+def router_batch(stack, backend: str) -> int:
+    """The engine batch the router counts for a backend: its own view, not a metric on Ray's export interval."""
+    return get_json(f"{stack.http_url}/health")["backends"][backend]["batch"]
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,11 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):
         for worker in workers:
             worker.start()
         wait_for("a second cheap replica", lambda: running_replicas(stack.dashboard_url, "llm-cheap-v1") == 2, timeout_s=420, every_s=3)
-        # The router's capacity for the tier follows: 8 slots per replica, two running (it reads the
+        # The router's capacity for the tier follows: one engine batch per replica, two running (it reads the
         # replica counts every deployments.router.REPLICA_POLL_S, from a controller busy with the scale-out).
-        wait_for("the router to count two replicas' slots", lambda: router_slots(stack, "cheap") == 16,
+        batch = min(stack.args["tiers"]["cheap"]["deployment"]["max_ongoing_requests"],
+                    stack.args["tiers"]["cheap"]["engine"]["args"]["max_num_seqs"])
+        wait_for("the router to count two replicas' batches", lambda: router_batch(stack, "cheap") == 2 * batch,
                  timeout_s=300, every_s=2)
         stop.set()
         for worker in workers:
@@ -89,7 +91,7 @@ def test_the_cheap_tier_scales_out_under_load_and_back(stack, scaled):
         assert not failures, failures
         wait_for("the cheap tier back at one replica", lambda: running_replicas(stack.dashboard_url, "llm-cheap-v1") == 1,
                  timeout_s=300, every_s=3)
-        wait_for("the router to count one replica's slots", lambda: router_slots(stack, "cheap") == 8,
+        wait_for("the router to count one replica's batch", lambda: router_batch(stack, "cheap") == batch,
                  timeout_s=300, every_s=2)
     finally:
         stop.set()

@@ -38,7 +38,7 @@ from serve_app.config import AUTO_ROUTE
 from serve_app.core.errors import ClientError, InvalidRequest, ServerError, ServingError
 from serve_app.core.generation import GenerationChunk, GenerationRequest, Verification
 from serve_app.core.stream import RoutedStream, Routing, prepended
-from serve_app.routing.cascades.base import CascadeCall
+from serve_app.routing.cascades.base import CascadeCall, held
 from serve_app.routing.scorers import kept
 
 Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
@@ -46,25 +46,36 @@ Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChun
 
 
 async def open_answer(call: CascadeCall) -> RoutedStream:
-    """The speculative cascade's answer, opened: its first round is out (or both tiers failed)."""
+    """The speculative cascade's answer, opened: its first round is out (or both tiers failed).
+
+    Admitted once, before any work: the answer reserves its place on both tiers (a refusal on the strong
+    tier refuses the request; on the cheap tier, the strong tier answers alone), and its passes are not
+    admitted again. The reservations end with the answer's last chunk."""
     if call.request.sampling.get("logprobs") is not None:
         raise InvalidRequest("logprobs are not available on the speculative cascade route; ask a tier",
                              param="logprobs")
     settings, versions = call.settings, {}
     cheap, strong = settings.cheap_tier, settings.strong_tier
+    holds = {strong: call.reserve(strong, call.request)}
+    refused = None
+    try:
+        holds[cheap] = call.reserve(cheap, call.request)
+    except ServerError as exc:  # shed or broken: no drafts for this answer
+        refused = exc.code
 
     async def open_tier(tier: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        versions[tier], chunks = await call.open_tier(tier, request)
+        hold = holds.get(tier)
+        versions[tier], chunks = await call.open_tier(tier, request, hold.ticket if hold else None)
         return chunks
 
     answer = SpeculativeAnswer(open_tier, call.request, cheap, strong, settings.draft_tokens, settings.alpha,
-                               settings.draft_stop_prob)
-    chunks = answer.chunks()
+                               settings.draft_stop_prob, drafting=refused is None)
+    chunks = held(answer.chunks(), list(holds.values()))
     first = await anext(chunks)
     served_by = cheap if answer.stats.strong_failed else strong
     routing = Routing(route=AUTO_ROUTE, served_by=served_by, version=versions.get(served_by), reason="speculative",
                       fallback_reason=f"{strong}: failed mid-answer" if answer.stats.strong_failed else
-                      f"{cheap}: failed" if answer.stats.cheap_failed else None)
+                      f"{cheap}: {refused}" if refused else f"{cheap}: failed" if answer.stats.cheap_failed else None)
     return RoutedStream(routing, prepended(first, chunks))
 
 
@@ -116,8 +127,11 @@ class SpeculativeAnswer:
     """One answer's rounds. Iterate `chunks()` for the served deltas; usage counts served tokens."""
 
     def __init__(self, open_tier: Open, request: GenerationRequest, cheap: str, strong: str,
-                 draft_tokens: int, alpha: float, draft_stop_prob: float = 0.0):
+                 draft_tokens: int, alpha: float, draft_stop_prob: float = 0.0, drafting: bool = True):
+        """`drafting` False: the cheap tier is not to be asked (it refused the answer); the strong tier
+        answers alone."""
         self._open, self._request = open_tier, request
+        self._drafting = drafting
         self._cheap, self._strong = cheap, strong
         self._gamma, self._alpha = draft_tokens, alpha
         # A draft ends after the first token the cheap tier samples below this probability: the tokens
@@ -164,6 +178,10 @@ class SpeculativeAnswer:
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         """The opening token comes from the strong tier (its time to first token is the strong tier's,
         and its prefix cache then holds the prompt for the verification passes); then the rounds."""
+        if not self._drafting:
+            async for chunk in self._alone(self._strong):
+                yield chunk
+            return
         opening = await self._answer(self._strong, self._ask(1))
         if opening is None:
             self.stats.strong_failed = True

@@ -159,7 +159,7 @@ def test_completions_models_health_and_rollouts():
     assert {m["id"] for m in models["data"]} == {"cheap", "strong", "auto", "my-alias"}
     health = call(api, "GET", "/health").json()
     assert health["status"] == "ok" and health["circuits"] == {"cheap": "closed", "strong": "closed"}
-    assert health["backends"]["cheap"] == {"circuit": "closed", "in_flight": 0, "slots": 4}
+    assert health["backends"]["cheap"] == {"circuit": "closed", "in_flight": 0, "batch": 64, "limit": 4}
     rollouts = call(api, "GET", "/v1/rollouts", headers=AUTH).json()
     assert set(rollouts["tiers"]) == {"cheap", "strong"} and rollouts["config_error"] is None
 

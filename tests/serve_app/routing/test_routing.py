@@ -30,8 +30,9 @@ def open_and_drain(router, model, req):
 
 def config(threshold=0.5, fallbacks=None, first_token_timeout_s=60.0, threshold_failures=5, shed_s=None, retries=1,
            dispatch_s=None):
-    tier = {"model": {"source": "/models/x"}, "limits": {"first_token_timeout_s": first_token_timeout_s,
-                                                          "concurrency_slots": 2, "dispatch_timeout_s": dispatch_s}}
+    tier = {"model": {"source": "/models/x"}, "deployment": {"max_ongoing_requests": 2},  # a batch of 2
+            "limits": {"first_token_timeout_s": first_token_timeout_s, "concurrency_slots": 8,
+                       "dispatch_timeout_s": dispatch_s}}
     return AppConfig.model_validate({
         "model_alias": "my-alias", "tiers": {"cheap": tier, "strong": tier},
         "cascade": {"threshold": threshold},
@@ -55,7 +56,7 @@ def make(cheap_prob=0.9, strong_prob=0.9, threshold=0.5, fallbacks=None, delays=
 
 
 def breakers(router):
-    return {name: state.value for name, (state, _, _) in router.fleet.states().items()}
+    return {name: state.value for name, (state, *_) in router.fleet.states().items()}
 
 
 def test_direct_route_streams_that_tier_only():
@@ -74,7 +75,7 @@ def test_confident_cheap_answer_is_kept_without_calling_strong(model):
     assert stream.routing.model_dump() == {
         "route": "auto", "served_by": "cheap", "escalated": False, "confidence": pytest.approx(0.9),
         "reason": "confident", "fallback_reason": None, "version": "v1", "speculation": None,
-        "verification": None}
+        "verification": None, "plan": "confidence", "plan_reason": "configured"}
     assert strong.requests == []
 
 
@@ -287,7 +288,7 @@ def test_cascade_falls_back_to_strong_when_cheap_fails():
 
 
 def saturate(router, tier, in_flight, ttft_s=1.0, tpot_s=0.4):
-    """`in_flight` requests of 10 tokens on `tier` (2 slots), none of which has produced a token yet."""
+    """`in_flight` requests of 10 tokens on `tier` (a batch of 2), none of which has produced a token yet."""
     load = router.fleet[tier].load
     load.ttft.add(ttft_s)
     load.tpot.add(tpot_s)
@@ -297,16 +298,18 @@ def saturate(router, tier, in_flight, ttft_s=1.0, tpot_s=0.4):
 
 def test_overloaded_tier_sheds_with_retry_after_before_calling_it():
     router, _, strong = make(shed_s=5.0)
-    saturate(router, "strong", in_flight=3)  # both slots busy: wait 1 + 30 tokens * 0.4 s / 2 slots = 7 s
+    # The batch is full and two wait: the newcomer starts when the second of them does, after two
+    # answers of 10 tokens in a row on one slot: wait 1 + 20 tokens * 0.4 s = 9 s against a 5 s target.
+    saturate(router, "strong", in_flight=4)
     with pytest.raises(Overloaded) as caught:
         open_and_drain(router, "strong", request())
-    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "2"}
+    assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "4"}
     assert strong.requests == []
 
 
 def test_overload_falls_back_to_a_tier_with_room():
     router, _, _ = make(shed_s=5.0, fallbacks={"strong": ["cheap"]})
-    saturate(router, "strong", in_flight=3)
+    saturate(router, "strong", in_flight=4)
     stream, _ = open_and_drain(router, "strong", request())
     assert stream.routing.served_by == "cheap" and stream.routing.fallback_reason == "strong: overloaded"
 
