@@ -1,21 +1,28 @@
-"""Overload and fail-over benchmark: goodput with load shedding on versus off, a sudden burst on an idle
-service, and fail-over time.
+"""Overload and fail-over benchmark: goodput with load shedding on versus off, sudden bursts against
+vLLM's own server alone, throughput by closed-loop stream count, and fail-over time.
 
-    .venv/bin/python -m scripts.bench_overload [--overload 3] [--duration-s 60] [--out bench-out/overload.json]
-    .venv/bin/python -m scripts.bench_overload --parts burst [--burst 60] [--burst-routes auto,strong]
+    .venv/bin/python -m scripts.bench_overload [--parts goodput,burst,streams,failover] [--out bench-out/overload.json]
+    .venv/bin/python -m scripts.bench_overload --parts burst,streams [--burst 60] [--streams 1,4,16,32]
 
-For each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
+goodput: for each mode (shedding on: configs/local-cpu.yaml as shipped; off: the same with
 `shed_ttft_target_s: null`; in both, the strong route does not fall back to the cheap tier unless
-`--fallback-to-cheap`, since here both tiers share the same two cores) it starts `serve run`, measures the sustainable request rate once (closed
-loop, `concurrency_slots` streams on the `strong` route), then offers `--overload` times that rate as
-an open-loop Poisson arrival stream for `--duration-s` (loopback only, bounded count and time) and
-reports goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles of the
-answered requests, and the shares answered / shed / failed. Then, on a fresh `serve run` as shipped,
-it kills the cheap tier's replica while requests for `cheap` keep coming and reports how long users
-waited for the fallback. The burst part starts `serve run` as shipped for each route, and once it
-answers `/v1/models` (no request has taught the router any tier's speed) sends `--burst` requests at
-once: how fast each refusal came, and the time to first token of those admitted (`--parts` picks
-any of the three). Every process it starts is stopped before it exits.
+`--fallback-to-cheap`, since here both tiers share the same two cores) it starts `serve run`, measures
+the sustainable request rate once (closed loop, one engine batch of streams on `strong`), then offers
+`--overload` times that rate as an open-loop Poisson arrival stream for `--duration-s` and reports
+goodput (requests meeting the TTFT and TPOT targets per second), TTFT percentiles, and the shares
+answered / shed / failed.
+
+burst and streams: one `serve run` of the shipped profile, unchanged. `--burst` requests at once per
+route (`--burst-routes`), streamed and then whole; the first meets a router that has seen no request,
+each later one an idle service, after the per-key rate limit's bucket refilled: admitted, refused (and
+how fast), admitted-then-failed (a stream broken after its 200), first tokens within the TTFT target,
+the plans `auto` chose, and every circuit's state after. Then `--streams` closed-loop clients per route
+for `--streams-duration-s`: output tokens/s (from usage), TTFT p50/p99, plans. Then the same bursts on
+vLLM's own OpenAI server alone (the strong model, its engine arguments and environment).
+
+failover: a fresh `serve run` as shipped; it kills the cheap tier's replica while requests for `cheap`
+keep coming and reports how long users waited for the fallback. Every process it starts is stopped
+before it exits.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -36,21 +44,24 @@ from pathlib import Path
 import httpx
 import yaml
 
-from scripts.harness.cluster import app_args
+from scripts.bench_serving import engine_flags
+from scripts.harness.cluster import app_args, free_port, wait_for
 from scripts.harness.processes import stop_process_tree
 from scripts.harness.streams import timed_chat
+from serve_app.config import AppConfig
 from serve_app.core.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 URL = "http://127.0.0.1:8000"
 
 
-async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | None, ignore_eos: bool = True) -> dict:
+async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | None, ignore_eos: bool = True,
+              stream: bool = True, url: str = URL) -> dict:
     body = {"model": route, "messages": [{"role": "user", "content": f"Count from {i} to {i + 60}."}],
             "ignore_eos": ignore_eos, "temperature": 0}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    result = await timed_chat(client, f"{URL}/v1/chat/completions", body)
+    result = await timed_chat(client, f"{url}/v1/chat/completions", body, stream)
     if result["status"] == 200:
         ttft = result["ttft_s"] if result["ttft_s"] is not None else result["latency_s"]
         result |= {"ttft_s": ttft, "tpot_s": (result["latency_s"] - ttft) / max(1, (max_tokens or 1) - 1)}
@@ -105,28 +116,71 @@ def summarize(results: list[dict], duration_s: float, ttft_slo_s: float, tpot_sl
     }
 
 
-async def burst(route: str, n: int, max_tokens: int | None) -> list[dict]:
-    """`n` streamed requests sent at once (distinct prompts: the answer cache must not rescue any)."""
+async def burst(route: str, n: int, max_tokens: int | None, stream: bool = True, url: str = URL) -> list[dict]:
+    """`n` requests sent at once (distinct prompts: the answer cache must not rescue any)."""
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n + 10)) as client:
-        return list(await asyncio.gather(*(one(client, route, 7 * i, max_tokens, ignore_eos=False) for i in range(n))))
+        return list(await asyncio.gather(*(one(client, route, 7 * i, max_tokens, ignore_eos=False, stream=stream,
+                                               url=url) for i in range(n))))
 
 
 def summarize_burst(results: list[dict], ttft_target_s: float) -> dict:
+    """Admitted: a 200. Refused: a 429 or 503 (before any work, by design). Failed: anything else, and an
+    admitted stream that broke after its 200 (an error event, no [DONE]). A whole (non-streamed) answer's
+    "first token" is its whole latency."""
     admitted = [r for r in results if r["status"] == 200]
     refused = [r for r in results if r["status"] in (429, 503)]
-    ttfts, waits = [r["ttft_s"] for r in admitted], [r["latency_s"] for r in refused]
+    ttfts, waits = [r["ttft_s"] for r in admitted if r["ttft_s"] is not None], [r["latency_s"] for r in refused]
     return {
         "sent": len(results), "admitted": len(admitted), "refused": len(refused),
         "failed": len(results) - len(admitted) - len(refused),
+        "admitted_then_failed": sum(not r["complete"] for r in admitted),
+        "statuses": dict(Counter(str(r["status"]) for r in results)),
         "refusal_latency_p50_s": rounded(percentile(waits, 50)),
         "refusal_latency_max_s": round(max(waits), 3) if waits else None,
         "admitted_ttft_p50_s": rounded(percentile(ttfts, 50)), "admitted_ttft_p99_s": rounded(percentile(ttfts, 99)),
         "admitted_ttft_max_s": round(max(ttfts), 3) if ttfts else None,
-        "admitted_within_target": sum(t <= ttft_target_s for t in ttfts),
+        "first_token_within_target": sum(t <= ttft_target_s for t in ttfts),
         "served_by": dict(Counter(r["served_by"] for r in admitted)),
+        "plans": dict(Counter(r["plan"] for r in admitted if r.get("plan"))),
         "refused_with": dict(Counter(f'{r["status"]} {r.get("code")}' for r in refused)),
         "refusals_with_retry_after": sum(r.get("retry_after") is not None for r in refused),
     }
+
+
+async def streams_at(route: str, streams: int, duration_s: float, max_tokens: int, url: str = URL) -> dict:
+    """`streams` closed-loop clients, each sending its next streamed request when its last one ends, for
+    `duration_s`: output tokens per second (usage), TTFT percentiles, and the plans `auto` chose."""
+    results: list[dict] = []
+    deadline = time.perf_counter() + duration_s
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 10)) as client:
+        async def worker(w: int):
+            i = 0
+            while time.perf_counter() < deadline:
+                results.append(await one(client, route, 1000 * w + 7 * i, max_tokens, stream=True, url=url))
+                i += 1
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(streams)))
+        elapsed = time.perf_counter() - started
+    done = [r for r in results if r["status"] == 200 and r["complete"]]
+    ttfts = [r["ttft_s"] for r in done if r["ttft_s"] is not None]
+    return {"requests": len(results), "answered": len(done), "not_answered": len(results) - len(done),
+            "output_tokens_per_s": round(sum(r["tokens"] or 0 for r in done) / elapsed, 2),
+            "ttft_p50_s": rounded(percentile(ttfts, 50)), "ttft_p99_s": rounded(percentile(ttfts, 99)),
+            "plans": dict(Counter(r["plan"] for r in done if r.get("plan")))}
+
+
+def circuits(url: str = URL) -> dict[str, str]:
+    return httpx.get(f"{url}/health", timeout=10).json()["circuits"]
+
+
+def wait_idle(url: str = URL, timeout_s: float = 300) -> None:
+    """Until the router counts nothing in flight at any backend (the last burst's answers are done)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(b["in_flight"] == 0 for b in httpx.get(f"{url}/health", timeout=10).json()["backends"].values()):
+            return
+        time.sleep(1)
+    raise RuntimeError("the service did not go idle")
 
 
 def rounded(value: float | None) -> float | None:
@@ -169,6 +223,70 @@ async def failover(duration_s: float, interval_s: float) -> dict:
     }
 
 
+def capacity(args: argparse.Namespace, shipped: dict) -> dict:
+    """The burst and streams parts on one `serve run` of the shipped profile, unchanged: the first burst
+    meets a router that has seen no request; each later one an idle service (nothing in flight). Then the
+    same bursts on vLLM's own server alone (the strong model, the same engine arguments and environment)."""
+    target = app_args(shipped)["resilience"]["shed_ttft_target_s"]
+    access = app_args(shipped).get("access") or {}
+    # Between bursts, the per-key rate limit's bucket refills (the benchmark is one caller): each burst
+    # meets the service as a new caller would.
+    refill_s = (access.get("burst_per_key") or 0) / (access.get("requests_per_minute_per_key") or math.inf) * 60
+    report: dict = {}
+    process = start(shipped)
+    try:
+        if "burst" in args.parts:
+            report["burst"] = {"requests": args.burst, "max_tokens": args.burst_max_tokens, "ttft_target_s": target,
+                               "profile": "configs/local-cpu.yaml as shipped", "app": {}}
+            for route in args.burst_routes.split(","):
+                for stream in (True, False):
+                    wait_idle()
+                    time.sleep(refill_s)
+                    results = asyncio.run(burst(route, args.burst, args.burst_max_tokens, stream))
+                    wait_idle()
+                    key = f"{route} {'streamed' if stream else 'whole'}"
+                    report["burst"]["app"][key] = {**summarize_burst(results, target), "circuits_after": circuits()}
+                    print("burst", key, json.dumps(report["burst"]["app"][key]), flush=True)
+        if "streams" in args.parts:
+            report["streams"] = {"max_tokens": args.streams_max_tokens, "duration_s": args.streams_duration_s}
+            for n in (int(x) for x in args.streams.split(",")):
+                for route in args.streams_routes.split(","):
+                    wait_idle()
+                    result = asyncio.run(streams_at(route, n, args.streams_duration_s, args.streams_max_tokens))
+                    report["streams"][f"{route} x{n}"] = result
+                    print("streams", route, n, json.dumps(result), flush=True)
+    finally:
+        stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
+    if "burst" in args.parts and not args.no_vllm:
+        report["burst"]["vllm"] = vllm_bursts(args, shipped, target)
+    return report
+
+
+def vllm_bursts(args: argparse.Namespace, shipped: dict, target: float) -> dict:
+    """The same bursts on `python -m vllm.entrypoints.openai.api_server` alone, with the strong tier's model,
+    engine arguments and environment."""
+    strong = AppConfig.model_validate(app_args(shipped)).tiers["strong"]
+    name, port = Path(strong.model.source).name, free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [ROOT / ".venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", strong.model.resolved(),
+         "--served-model-name", name, "--host", "127.0.0.1", f"--port={port}", *engine_flags(strong.engine.args)],
+        cwd=ROOT, env={**os.environ, **strong.engine.env_vars}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report = {}
+    try:
+        wait_for("vLLM's server", lambda: httpx.get(f"{url}/v1/models", timeout=10).status_code == 200, 900,
+                 watch=[process])
+        for stream in (True, False):
+            results = asyncio.run(burst(name, args.burst, args.burst_max_tokens, stream, url=url))
+            key = "streamed" if stream else "whole"
+            report[key] = summarize_burst(results, target)
+            print("burst vllm", key, json.dumps(report[key]), flush=True)
+    finally:
+        stop_process_tree(process, grace_s=60)
+    return report
+
+
 def start(config: dict) -> subprocess.Popen:
     path = Path(tempfile.mkdtemp()) / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -196,11 +314,16 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--ttft-slo-s", type=float, default=10.0)
     parser.add_argument("--tpot-slo-s", type=float, default=0.5)
-    parser.add_argument("--parts", default="goodput,burst,failover", help="comma-separated: goodput, burst, failover")
+    parser.add_argument("--parts", default="goodput,burst,streams,failover",
+                        help="comma-separated: goodput, burst, streams, failover")
     parser.add_argument("--burst", type=int, default=60, help="requests sent at once to the idle service")
     parser.add_argument("--burst-routes", default="auto,strong")
-    parser.add_argument("--burst-max-tokens", type=int, default=None,
-                        help="max_tokens of each burst request (default: none, the router's default_max_tokens)")
+    parser.add_argument("--burst-max-tokens", type=int, default=32, help="max_tokens of each burst request")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the bursts on vLLM's own server alone")
+    parser.add_argument("--streams", default="1,4,16,32", help="closed-loop stream counts of the streams part")
+    parser.add_argument("--streams-routes", default="strong,auto")
+    parser.add_argument("--streams-duration-s", type=float, default=40.0)
+    parser.add_argument("--streams-max-tokens", type=int, default=64)
     parser.add_argument("--failover-interval-s", type=float, default=1.5,
                         help="gap between `cheap` requests while its replica is killed (within the strong tier's capacity)")
     parser.add_argument("--failover-duration-s", type=float, default=150.0)
@@ -217,7 +340,7 @@ def main() -> None:
         chains["strong"] = [step for step in chains["strong"] if step != "cheap"]
     unshed = json.loads(json.dumps(shipped))
     app_args(unshed)["resilience"]["shed_ttft_target_s"] = None
-    slots = app_args(shipped)["tiers"]["strong"]["limits"]["concurrency_slots"]
+    slots = AppConfig.model_validate(app_args(shipped)).tiers["strong"].engine_batch
     report: dict = {"command": "python -m scripts.bench_overload " + " ".join(sys.argv[1:]), "max_tokens": args.max_tokens, "duration_s": args.duration_s, "overload": args.overload,
                     "strong_fallbacks": app_args(shipped)["resilience"]["fallbacks"]["strong"],
                     "ttft_slo_s": args.ttft_slo_s, "tpot_slo_s": args.tpot_slo_s}
@@ -233,16 +356,8 @@ def main() -> None:
             print(mode, json.dumps(report[mode]), flush=True)
         finally:
             stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
-    if "burst" in args.parts:
-        target = app_args(shipped)["resilience"]["shed_ttft_target_s"]
-        report["burst"] = {"requests": args.burst, "max_tokens": args.burst_max_tokens, "ttft_target_s": target}
-        for route in args.burst_routes.split(","):
-            process = start(yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text()))  # idle, as shipped
-            try:
-                report["burst"][route] = summarize_burst(asyncio.run(burst(route, args.burst, args.burst_max_tokens)), target)
-                print("burst", route, json.dumps(report["burst"][route]), flush=True)
-            finally:
-                stop_process_tree(process, first_signal=signal.SIGINT, grace_s=60)
+    if "burst" in args.parts or "streams" in args.parts:
+        report |= capacity(args, yaml.safe_load((ROOT / "configs/local-cpu.yaml").read_text()))
     if "failover" in args.parts:
         process = start(shipped)
         try:

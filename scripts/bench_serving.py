@@ -4,9 +4,8 @@
         [--concurrency 1,4,16] [--input-len 256] [--output-len 64] [--out bench-out/serving.json]
 
 The same model (the profile's strong tier), engine settings, machine and load for every system:
-- app: `serve deploy` of the profile on a throwaway Ray head, each tier's router and replica limits
-  raised to the highest concurrency so that the router does not cap the engine's batch (the shipped
-  CPU profile caps it at 8 to hold TPOT); routes `strong`, `cheap` and `auto` (the cascade);
+- app: `serve deploy` of the profile as shipped (only its port changed) on a throwaway Ray head; routes
+  `strong`, `cheap` and `auto` (the cascade);
 - vllm: `python -m vllm.entrypoints.openai.api_server` on the strong model, the same engine kwargs;
 - ray-llm: `ray.serve.llm:build_openai_app` on the same model and kwargs, on its own Ray head.
 One system runs at a time. The load is vLLM's benchmark client (`vllm.benchmarks.serve`): chat
@@ -89,15 +88,10 @@ def engine_flags(engine_kwargs: dict) -> list[str]:
     return flags
 
 
-def bench_profile(profile: dict, port: int, max_concurrency: int) -> dict:
-    """The profile on `port`, every tier's router slots and replica queue raised to `max_concurrency`."""
+def bench_profile(profile: dict, port: int) -> dict:
+    """The profile as shipped, on `port`: what its users get (its admission follows measured capacity)."""
     config = json.loads(json.dumps(profile))
     config["http_options"] = {"host": "127.0.0.1", "port": port}
-    for tier in app_args(config)["tiers"].values():
-        limits = tier.setdefault("limits", {})
-        limits["concurrency_slots"] = max(limits.get("concurrency_slots", 1), max_concurrency)
-        deployment = tier.setdefault("deployment", {})
-        deployment["max_ongoing_requests"] = max(deployment.get("max_ongoing_requests", 1), max_concurrency)
     return config
 
 
@@ -116,7 +110,7 @@ def ray_llm_config(strong, model_name: str, port: int) -> dict:
 
 
 @contextlib.contextmanager
-def started(system: str, profile: dict, max_concurrency: int, folder: Path,
+def started(system: str, profile: dict, folder: Path,
             ray_env: dict[str, str] | None = None, label: str | None = None) -> Iterator[Target]:
     """Start `system` on free loopback ports, yield it once it answers, stop it and its processes.
     `ray_env` is added to a Ray head's environment (e.g. Ray Serve's RAY_SERVE_* settings); `label`
@@ -139,7 +133,7 @@ def started(system: str, profile: dict, max_concurrency: int, folder: Path,
             target = Target(system, base_url, {"strong": model_name}, [process])
         elif system == "app":
             head = RayHead.start(log, MARKER, env=ray_env)
-            head.deploy(bench_profile(profile, port, max_concurrency), cli=False)
+            head.deploy(bench_profile(profile, port), cli=False)
             target = Target(system, base_url, {route: route for route in ("strong", "cheap", "auto")}, [head.process])
         elif system == "ray-llm":
             head = RayHead.start(log, MARKER, env=ray_env)
@@ -267,7 +261,7 @@ def main() -> None:
             models = ({route: route for route in routes} if system == "app" else {"strong": first_model(url)})
             context = contextlib.nullcontext(Target(system, url.rstrip("/"), models))
         else:
-            context = started(system, profile, max(levels), folder)
+            context = started(system, profile, folder)
         with context as target:
             for route in (routes if system == "app" else ["strong"]):
                 for concurrency in levels:

@@ -11,15 +11,19 @@ from dataclasses import dataclass
 import httpx
 
 
-async def timed_chat(client: httpx.AsyncClient, url: str, body: dict) -> dict:
-    """POST `body` as a streamed chat completion and time it: `status` (0: the connection failed),
-    `latency_s` to the end of the answer or to the refusal, `ttft_s` to the first content token (None if
-    none came), `served_by`; for a refusal, the error's `code` and `message` and `retry_after` (a body
-    that is not the OpenAI envelope, e.g. from Ray Serve's proxy refusing on its own, has the code
-    `not_an_envelope`)."""
+async def timed_chat(client: httpx.AsyncClient, url: str, body: dict, stream: bool = True,
+                     headers: dict[str, str] | None = None) -> dict:
+    """POST `body` as a chat completion (streamed unless `stream` is False) and time it: `status` (0: the
+    connection failed), `latency_s` to the end of the answer or to the refusal, `ttft_s` to the first
+    content token (None if none came; a whole answer's is its latency), `served_by` and `plan` (the
+    x-served-by and x-cascade-plan headers), `tokens` (the usage's completion tokens) and `complete` (a
+    streamed answer ended with [DONE] and no error event); for a refusal, the error's `code` and
+    `message` and `retry_after` (a body that is not the OpenAI envelope, e.g. from Ray Serve's proxy
+    refusing on its own, has the code `not_an_envelope`)."""
     started = time.perf_counter()
+    body = {**body, "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
     try:
-        async with client.stream("POST", url, json={**body, "stream": True}) as response:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
                 raw = await response.aread()
                 try:
@@ -29,12 +33,23 @@ async def timed_chat(client: httpx.AsyncClient, url: str, body: dict) -> dict:
                 return {"status": response.status_code, "latency_s": time.perf_counter() - started,
                         "code": error.get("code"), "message": error.get("message"),
                         "retry_after": response.headers.get("retry-after")}
-            first = None
+            head = {"served_by": response.headers.get("x-served-by"), "plan": response.headers.get("x-cascade-plan")}
+            if not stream:
+                answer = json.loads(await response.aread())
+                latency = time.perf_counter() - started
+                return {"status": 200, "latency_s": latency, "ttft_s": latency, "complete": True,
+                        "tokens": answer["usage"]["completion_tokens"], **head}
+            first, done, failed, tokens = None, False, False, None
             async for line in response.aiter_lines():
                 if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                     first = time.perf_counter() - started
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    failed = failed or "error" in chunk
+                    tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+                done = done or line == "data: [DONE]"
             return {"status": 200, "latency_s": time.perf_counter() - started, "ttft_s": first,
-                    "served_by": response.headers.get("x-served-by")}
+                    "complete": done and not failed, "tokens": tokens, **head}
     except httpx.HTTPError as exc:
         return {"status": 0, "error": type(exc).__name__, "latency_s": time.perf_counter() - started}
 

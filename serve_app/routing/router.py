@@ -168,13 +168,14 @@ class CascadeRouter:
             param = ".".join(["cascade", *(str(part) for part in error["loc"])])
             raise InvalidRequest(f"{param}: {error['msg']}", param=param) from None
 
-    def _plan(self, settings: CascadeConfig, request: GenerationRequest) -> Plan:
-        """What `auto` runs for this request: the configured mode, or under load the adaptive plan's choice."""
+    def _plan(self, settings: CascadeConfig, request: GenerationRequest, own: int = 0) -> Plan:
+        """What `auto` runs for this request: the configured mode, or under load the adaptive plan's choice.
+        `own`: the places this request already holds on each tier (not counted as others' load)."""
         if settings.mode != "speculative" or not settings.adaptive.enabled:
             return Plan(settings.mode, settings.draft_tokens if settings.mode == "speculative" else 0, "configured")
         key = request.session_key or request.request_id
         strong, cheap = (self.tiers.backend(tier, key).load for tier in (settings.strong_tier, settings.cheap_tier))
-        return adaptive.plan(settings.adaptive, settings.draft_tokens, _state(strong), _state(cheap),
+        return adaptive.plan(settings.adaptive, settings.draft_tokens, _state(strong, own), _state(cheap, own),
                              strong.ttft_target_s)
 
     async def _cascade_stream(self, request: GenerationRequest, priority: str, deadline: float,
@@ -191,6 +192,10 @@ class CascadeRouter:
             ticket = backend.reserve(tier_request, priority)
             return Reservation(ticket, lambda completed: backend.release(ticket, completed))
 
+        def replan() -> int:  # before each round: the load now, less this answer's own places
+            now = self._plan(settings, request, own=1)
+            return now.draft_tokens if now.mode == "speculative" else 0
+
         if plan.mode == "strong":
             version, chunks = await open_tier(settings.strong_tier, request)
             stream = RoutedStream(Routing(route=AUTO_ROUTE, served_by=settings.strong_tier, version=version,
@@ -198,9 +203,10 @@ class CascadeRouter:
         else:
             chosen = settings.model_copy(update={"mode": plan.mode, "draft_tokens": plan.draft_tokens or
                                                  settings.draft_tokens})
-            stream = await MODES[plan.mode](CascadeCall(request, chosen, open_tier, reserve))
+            adaptive_rounds = replan if plan.reason != "configured" else None
+            stream = await MODES[plan.mode](CascadeCall(request, chosen, open_tier, reserve, adaptive_rounds))
         return stream.but(routing=stream.routing.model_copy(update={"plan": plan.label, "plan_reason": plan.reason}))
 
 
-def _state(load: TierLoad) -> adaptive.TierState:
-    return adaptive.TierState(load.in_flight, load.batch, load.estimate_wait_s())
+def _state(load: TierLoad, own: int = 0) -> adaptive.TierState:
+    return adaptive.TierState(max(0, load.in_flight - own), load.batch, load.estimate_wait_s())

@@ -1,6 +1,7 @@
 """Past capacity (both tiers and the external fallback), the router sheds early with 503 +
 Retry-After, and loses nothing; a sudden burst on a router that has seen no load is refused at
-once, and what it admits starts within the TTFT target.
+once, and what it admits starts within the TTFT target; a burst on `auto` fails nothing it admitted,
+refuses before any work, and leaves every tier's circuit closed.
 
 A bounded burst on loopback: a fixed number of concurrent requests, each with a fixed length.
 """
@@ -8,30 +9,33 @@ A bounded burst on loopback: a fixed number of concurrent requests, each with a 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from scripts.harness.cluster import wait_for
+from scripts.harness.cluster import get_json, wait_for
+from scripts.harness.spans import format_tree
 from scripts.harness.streams import timed_chat
 
 pytestmark = pytest.mark.e2e
 
 BURST = 64
 SUDDEN = 40
+AUTO_BURST = 40
 
 
 def test_a_burst_past_capacity_is_shed_not_melted(stack):
     body = {"model": "strong", "messages": [{"role": "user", "content": "Count from one to fifty."}],
             "max_tokens": 48, "ignore_eos": True, "temperature": 0}
     url = f"{stack.base_url}/chat/completions"
-    slots = stack.args["tiers"]["strong"]["limits"]["concurrency_slots"]
+    batch = stack.args["tiers"]["strong"]["deployment"]["max_ongoing_requests"]  # the engine's batch
     with httpx.Client(headers=stack.headers, timeout=300) as client, ThreadPoolExecutor(BURST) as pool:
         # Teach the router both tiers' speed at this length (one request, then a full batch each), as
         # live traffic would; the first request ends each tier's slow start.
         warm = [client.post(url, json={**body, "model": m}) for m in ["strong", "cheap"]]
-        warm += list(pool.map(lambda m: client.post(url, json={**body, "model": m}), ["strong", "cheap"] * slots))
+        warm += list(pool.map(lambda m: client.post(url, json={**body, "model": m}), ["strong", "cheap"] * batch))
         assert all(r.status_code == 200 for r in warm)
         # Distinct prompts (the answer cache would otherwise rescue shed duplicates), at low priority:
         # shed at half the TTFT target, as batch traffic should be.
@@ -104,3 +108,64 @@ def test_a_sudden_burst_on_a_router_that_saw_no_load_is_refused_before_any_work(
     # Every admitted request is answered. How soon it starts depends on this machine (the tiers and the
     # external stand-in share two cores): the benchmark reports it, this test does not assert it.
     assert all(r["ttft_s"] is not None for r in admitted), admitted
+
+
+def traceparent() -> tuple[str, str]:
+    trace_id = uuid.uuid4().hex
+    return trace_id, f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+
+
+def test_a_burst_on_auto_fails_nothing_it_admitted_and_refuses_before_any_work(stack):
+    """Each request starts its own trace (its `traceparent`), so the router's own record of it, its
+    request and attempt spans and the engines' generation spans, can be read back per request."""
+    body = {"model": "auto", "max_tokens": 32, "temperature": 0}
+
+    async def burst():
+        async with httpx.AsyncClient(headers=stack.headers, timeout=300,
+                                     limits=httpx.Limits(max_connections=100)) as client:
+            async def one(i):
+                trace_id, parent = traceparent()
+                client_body = {**body, "messages": [{"role": "user", "content": f"Count from {i} to {i + 30}."}]}
+                result = await timed_chat(client, f"{stack.base_url}/chat/completions", client_body,
+                                          headers={"traceparent": parent})
+                return {**result, "trace_id": trace_id}
+            return await asyncio.gather(*(one(7 * i) for i in range(AUTO_BURST)))
+
+    results = asyncio.run(burst())
+    admitted = [r for r in results if r["status"] == 200]
+    refused = [r for r in results if r["status"] != 200]
+    assert admitted and {r["status"] for r in refused} <= {503}, [(r["status"], r.get("message")) for r in refused]
+    # Nothing admitted fails: every stream that opened with 200 ends with its answer and [DONE].
+    assert all(r["complete"] and r["tokens"] for r in admitted), [r for r in admitted if not r["complete"]]
+    assert all(r["plan"] for r in admitted if r["served_by"] in ("strong", "cheap"))
+    for refusal in refused:
+        assert refusal["code"] == "overloaded" and int(refusal["retry_after"]) >= 1, refusal
+
+    def recorded(result):
+        """The request's spans once the router's span of it is in (and, for an answer, an engine's)."""
+        spans = stack.spans.trace(result["trace_id"])
+        ended = any(s.name == "chat auto" for s in spans)
+        worked = any(s.name.startswith("generate") for s in spans)
+        return spans if ended and (worked or result["status"] != 200) else None
+
+    for result in results:
+        spans = wait_for(f"the spans of {result['trace_id']}", lambda r=result: recorded(r), timeout_s=120)
+        if result["status"] != 200:  # refused before any work: no engine generated anything for it
+            assert not [s for s in spans if s.name.startswith("generate")], format_tree(spans)
+
+    # The burst opened no tier's circuit: overload is not a fault. A burst to `strong` that follows is
+    # admitted or refused as on an idle service, never with circuit_open.
+    wait_for("the burst's answers to end", lambda: all(
+        b["in_flight"] == 0 for b in get_json(f"{stack.http_url}/health")["backends"].values()), timeout_s=300)
+    circuits = get_json(f"{stack.http_url}/health")["circuits"]
+    assert circuits["cheap"] == circuits["strong"] == "closed", circuits
+
+    async def follow_up():
+        async with httpx.AsyncClient(headers=stack.headers, timeout=300) as client:
+            return await asyncio.gather(*(timed_chat(client, f"{stack.base_url}/chat/completions", {
+                "model": "strong", "max_tokens": 8, "messages": [{"role": "user", "content": f"Say {i}."}]})
+                for i in range(8)))
+
+    after = asyncio.run(follow_up())
+    assert all(r["status"] == 200 or r["code"] == "overloaded" for r in after), after
+    assert any(r["status"] == 200 for r in after), after

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from serve_app.config import CascadeConfig
-from serve_app.core.generation import GenerationChunk, GenerationRequest
+from serve_app.core.errors import ServerError
+from serve_app.core.generation import GenerationChunk, GenerationRequest, Verification
 from serve_app.core.stream import RoutedStream
 from serve_app.routing.admission import Ticket
 
@@ -37,6 +38,8 @@ class CascadeCall:
     """The cascade settings in force: the config's, with the request's own over them where allowed."""
     open_tier: OpenTier
     reserve: Reserve
+    replan: Callable[[], int] | None = None
+    """A multi-round answer's draft length under the load now (0: no more drafts); None: fixed."""
 
 
 CascadeMode = Callable[[CascadeCall], Awaitable[RoutedStream]]
@@ -56,3 +59,14 @@ async def held(chunks: AsyncIterator[GenerationChunk], holds: list[Reservation])
     finally:
         for hold in holds:
             hold.release(completed)
+
+
+async def drain_verdict(chunks: AsyncIterator[GenerationChunk]) -> Verification:
+    """The verdict a scoring request's stream carries (an error if it carries none)."""
+    verdict = None
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            verdict = chunk.verification or verdict
+    if verdict is None:
+        raise ServerError("the strong tier answered a scoring request without a verdict")
+    return verdict

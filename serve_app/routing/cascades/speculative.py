@@ -38,7 +38,7 @@ from serve_app.config import AUTO_ROUTE
 from serve_app.core.errors import ClientError, InvalidRequest, ServerError, ServingError
 from serve_app.core.generation import GenerationChunk, GenerationRequest, Verification
 from serve_app.core.stream import RoutedStream, Routing, prepended
-from serve_app.routing.cascades.base import CascadeCall, held
+from serve_app.routing.cascades.base import CascadeCall, drain_verdict, held
 from serve_app.routing.scorers import kept
 
 Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
@@ -69,7 +69,7 @@ async def open_answer(call: CascadeCall) -> RoutedStream:
         return chunks
 
     answer = SpeculativeAnswer(open_tier, call.request, cheap, strong, settings.draft_tokens, settings.alpha,
-                               settings.draft_stop_prob, drafting=refused is None)
+                               settings.draft_stop_prob, drafting=refused is None, replan=call.replan)
     chunks = held(answer.chunks(), list(holds.values()))
     first = await anext(chunks)
     served_by = cheap if answer.stats.strong_failed else strong
@@ -100,6 +100,8 @@ class Speculation:
     passes: int = 0
     strong_failed: bool = False
     cheap_failed: bool = False
+    drafting_stopped: bool = False
+    """The load rose mid-answer: the strong tier finished it alone (serve_app.routing.cascades.adaptive)."""
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in dataclasses.asdict(self).items()}
@@ -127,9 +129,12 @@ class SpeculativeAnswer:
     """One answer's rounds. Iterate `chunks()` for the served deltas; usage counts served tokens."""
 
     def __init__(self, open_tier: Open, request: GenerationRequest, cheap: str, strong: str,
-                 draft_tokens: int, alpha: float, draft_stop_prob: float = 0.0, drafting: bool = True):
+                 draft_tokens: int, alpha: float, draft_stop_prob: float = 0.0, drafting: bool = True,
+                 replan: Callable[[], int] | None = None):
         """`drafting` False: the cheap tier is not to be asked (it refused the answer); the strong tier
-        answers alone."""
+        answers alone. `replan`, asked before each round, gives the draft length the load allows now (0:
+        the strong tier finishes the answer alone); without it every round drafts `draft_tokens`."""
+        self._replan = replan
         self._open, self._request = open_tier, request
         self._drafting = drafting
         self._cheap, self._strong = cheap, strong
@@ -205,7 +210,13 @@ class SpeculativeAnswer:
             if room is not None and room <= 0:
                 yield self._chunk([], "", "length")
                 return
-            block = self._gamma if room is None else min(self._gamma, room)
+            gamma = self._gamma if self._replan is None else self._replan()
+            if gamma <= 0:  # the strong tier got busy: passes would now cost more than they save
+                self.stats.drafting_stopped = True
+                async for chunk in self._alone(self._strong):
+                    yield chunk
+                return
+            block = gamma if room is None else min(gamma, room)
             draft = await self._answer(self._cheap, self._ask(block, draft=True))
             if draft is None:
                 self.stats.cheap_failed = True
@@ -281,14 +292,3 @@ class SpeculativeAnswer:
                 yield self._chunk(list(chunk.token_ids), text, finish)
                 if stopped:
                     return
-
-
-async def drain_verdict(chunks: AsyncIterator[GenerationChunk]) -> Verification:
-    """The verdict a scoring request's stream carries (an error if it carries none)."""
-    verdict = None
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            verdict = chunk.verification or verdict
-    if verdict is None:
-        raise ServerError("the strong tier answered a scoring request without a verdict")
-    return verdict

@@ -10,9 +10,8 @@ import dataclasses
 from serve_app.core.errors import ServingError
 from serve_app.core.generation import GenerationChunk
 from serve_app.core.stream import RoutedStream, Routing
-from serve_app.routing.cascades.base import CascadeCall
+from serve_app.routing.cascades.base import CascadeCall, drain_verdict
 from serve_app.routing.cascades.buffered import EMPTY_ANSWER, CascadeDecision, buffered_answer, judged
-from serve_app.routing.cascades.speculative import drain_verdict
 from serve_app.routing.scorers import VERIFIERS
 
 

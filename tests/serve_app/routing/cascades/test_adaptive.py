@@ -210,3 +210,27 @@ def test_an_answer_cancelled_mid_stream_gives_its_places_back():
 
     run(go())
     assert r.fleet["strong"].load.in_flight == 0 and r.fleet["cheap"].load.in_flight == 0
+
+
+def test_an_answer_stops_drafting_when_the_strong_tier_gets_busy_mid_answer():
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS]), TokenModel(STRONG)
+    r = router(cheap, strong, draft_tokens=2)
+
+    async def go():
+        stream = await r.open("auto", GenerationRequest("r", {"temperature": 0}, prompt="q"))
+        chunks = [await anext(stream.chunks), await anext(stream.chunks)]  # the opening token, one round
+        others = busy(r, "strong", 2)  # with the answer's own place, 3 of 8: past strong_alone_at
+        chunks += [chunk async for chunk in stream.chunks]
+        return stream, chunks, others
+
+    stream, chunks, _ = run(go())
+    assert [t for c in chunks for t in c.token_ids] == STRONG  # still the strong tier's answer
+    assert stream.routing.plan == "speculative-2" and chunks[-1].speculation["drafting_stopped"] == 1
+    assert chunks[-1].speculation["passes"] == 1 and len(cheap.requests) == 1
+    assert r.fleet["strong"].load.in_flight == 2 and r.fleet["cheap"].load.in_flight == 0
+
+
+def test_an_answer_keeps_drafting_while_the_load_it_sees_is_its_own():
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS]), TokenModel(STRONG)
+    stream, chunks = answer(router(cheap, strong, draft_tokens=2))
+    assert chunks[-1].speculation["drafting_stopped"] == 0 and chunks[-1].speculation["passes"] == 2

@@ -52,7 +52,7 @@ def test_at_alpha_zero_the_answer_is_the_strong_greedy_answer():
     assert [c.token_ids for c in chunks] == [[5], [6, 7], [8, 9, EOS]]
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == len(STRONG)
     assert chunks[-1].speculation == {"drafted": 7, "cut": 0, "accepted": 4, "replaced": 1, "added": 1, "passes": 2,
-                                      "strong_failed": 0, "cheap_failed": 0}
+                                      "strong_failed": 0, "cheap_failed": 0, "drafting_stopped": 0}
     assert chunks[0].speculation is None
 
 
@@ -90,7 +90,7 @@ def test_a_draft_ends_after_the_first_token_the_cheap_tier_is_unsure_of():
     assert [t for c in chunks for t in c.token_ids] == STRONG
     assert [r.verify_token_ids for r in strong.requests[1:]] == [[6, 1], [8, 9, EOS]]
     assert chunks[-1].speculation == {"drafted": 5, "cut": 1, "accepted": 4, "replaced": 1, "added": 1,
-                                           "passes": 2, "strong_failed": 0, "cheap_failed": 0}
+                                           "passes": 2, "strong_failed": 0, "cheap_failed": 0, "drafting_stopped": 0}
     assert all(r.sampling["logprobs"] == 0 and r.stop_below_logprob == pytest.approx(math.log(0.5))
                for r in cheap.requests)
     assert all("logprobs" not in r.sampling and r.stop_below_logprob is None for r in strong.requests)
