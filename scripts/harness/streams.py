@@ -41,13 +41,14 @@ async def timed_chat(client: httpx.AsyncClient, url: str, body: dict, stream: bo
                         "tokens": answer["usage"]["completion_tokens"], **head}
             first, done, failed, tokens = None, False, False, None
             async for line in response.aiter_lines():
-                if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                    first = time.perf_counter() - started
-                if line.startswith("data: {"):
-                    chunk = json.loads(line[6:])
-                    failed = failed or "error" in chunk
-                    tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
                 done = done or line == "data: [DONE]"
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices") or ()):
+                    first = time.perf_counter() - started
+                failed = failed or "error" in chunk
+                tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
             return {"status": 200, "latency_s": time.perf_counter() - started, "ttft_s": first,
                     "complete": done and not failed, "tokens": tokens, **head}
     except httpx.HTTPError as exc:

@@ -209,4 +209,4 @@ class CascadeRouter:
 
 
 def _state(load: TierLoad, own: int = 0) -> adaptive.TierState:
-    return adaptive.TierState(max(0, load.in_flight - own), load.batch, load.estimate_wait_s())
+    return adaptive.TierState(max(0, load.in_flight - own), load.batch, load.estimate_wait_s(), load.ttft.value or 0.0)

@@ -11,8 +11,9 @@ measured goodput). So, per request:
     busy <  speculate_below                  speculative, drafts of `draft_tokens`
     busy <  strong_alone_at                  speculative, drafts shrinking linearly to 1 token
     otherwise                                the strong tier alone
-    ... and the strong tier alone whenever its expected wait for a newcomer exceeds half the TTFT
-    target (its measured step times say a queue is forming), or the cheap tier's batch is full.
+    ... and the strong tier alone whenever a newcomer would queue there for over half the TTFT target
+    (its expected wait beyond an unqueued request's TTFT, from its measured step times), or the cheap
+    tier's batch is full.
 
 With `confidence_when_full`, a request that finds the strong tier's batch full goes to the confidence
 cascade instead (the cheap tier answers; only unsure answers reach the strong tier). At alpha = 0 and
@@ -38,6 +39,8 @@ class TierState:
     batch: int
     expected_wait_s: float
     """A newcomer's expected time to first token."""
+    ttft_s: float = 0.0
+    """An unqueued request's recent time to first token (0 when unknown): the wait beyond it is queueing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +61,11 @@ def plan(settings: AdaptiveCascade, draft_tokens: int, strong: TierState, cheap:
     """The choice for a request arriving now (`settings.enabled` is the caller's to check)."""
     busy = strong.in_flight / max(1, strong.batch)
     load = f"strong tier {strong.in_flight}/{strong.batch} busy"
-    if busy >= settings.strong_alone_at or \
-            (ttft_target_s is not None and strong.expected_wait_s > ttft_target_s / 2):
+    queueing_s = strong.expected_wait_s - strong.ttft_s
+    if busy >= settings.strong_alone_at or (ttft_target_s is not None and queueing_s > ttft_target_s / 2):
         if settings.confidence_when_full and strong.in_flight >= strong.batch:
             return Plan("confidence", reason=f"{load}: the cheap tier answers, unsure answers escalate")
-        return Plan("strong", reason=f"{load}, expected wait {strong.expected_wait_s:.1f} s: no drafts")
+        return Plan("strong", reason=f"{load}, expected queueing {queueing_s:.1f} s: no drafts")
     if cheap.in_flight >= cheap.batch:
         return Plan("strong", reason=f"cheap tier {cheap.in_flight}/{cheap.batch} busy: no drafts")
     if busy < settings.speculate_below:

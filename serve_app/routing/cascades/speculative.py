@@ -281,7 +281,8 @@ class SpeculativeAnswer:
         return self._chunk(ids, text, "stop" if stopped else finish)
 
     async def _alone(self, tier: str) -> AsyncIterator[GenerationChunk]:
-        """The rest of the answer from one tier, streamed as it comes (the other tier failed)."""
+        """The rest of the answer from one tier, streamed as it comes (the other tier failed or refused, or
+        the load stopped the drafts); the strong tier's tokens count as its own (`added`)."""
         request = self._ask(self._room())
         chunks = await self._open(tier, request)
         async with contextlib.aclosing(chunks):
@@ -289,6 +290,7 @@ class SpeculativeAnswer:
                 self._prompt_tokens = self._prompt_tokens or chunk.prompt_tokens - len(request.prefix_token_ids)
                 text, stopped = self._stopped(chunk.text)
                 finish = "stop" if stopped else chunk.finish_reason
+                self.stats.added += len(chunk.token_ids) if tier == self._strong else 0
                 yield self._chunk(list(chunk.token_ids), text, finish)
                 if stopped:
                     return

@@ -15,11 +15,11 @@ from serve_app.routing.factory import build_router
 from tests.serve_app.fakes import EOS, Clock, FakeTier, TokenModel, run
 
 SETTINGS = AdaptiveCascade(speculate_below=0.125, strong_alone_at=0.25)
-IDLE = TierState(in_flight=0, batch=32, expected_wait_s=0.5)
+IDLE = TierState(in_flight=0, batch=32, expected_wait_s=0.5, ttft_s=0.5)
 
 
-def state(in_flight, batch=32, wait_s=0.5):
-    return TierState(in_flight, batch, wait_s)
+def state(in_flight, batch=32, wait_s=0.5, ttft_s=0.5):
+    return TierState(in_flight, batch, wait_s, ttft_s)
 
 
 def test_an_idle_strong_tier_gets_full_drafts():
@@ -40,8 +40,10 @@ def test_from_strong_alone_at_on_the_strong_tier_answers_alone():
 
 
 def test_a_queue_forming_on_the_strong_tier_stops_drafting_whatever_the_batch_share():
-    assert plan(SETTINGS, 8, state(1, wait_s=6.0), IDLE, 10.0).mode == "strong"  # over half the target
+    assert plan(SETTINGS, 8, state(1, wait_s=6.0), IDLE, 10.0).mode == "strong"  # 5.5 s of queueing
     assert plan(SETTINGS, 8, state(1, wait_s=6.0), IDLE, None).mode == "speculative"  # shedding off: no target
+    # A slow first token without a queue (a long prompt's prefill, a slow warm-up figure) is not load.
+    assert plan(SETTINGS, 8, state(0, wait_s=6.0, ttft_s=6.0), IDLE, 10.0).mode == "speculative"
 
 
 def test_a_full_cheap_batch_leaves_the_answer_to_the_strong_tier():
@@ -64,8 +66,8 @@ def test_the_plan_follows_the_load_as_requests_come_and_go():
     cheap.seed(0.2, 0.05)
 
     def now():
-        return plan(SETTINGS, 8, TierState(strong.in_flight, strong.batch, strong.estimate_wait_s()),
-                    TierState(cheap.in_flight, cheap.batch, cheap.estimate_wait_s()), 10.0).label
+        return plan(SETTINGS, 8, TierState(strong.in_flight, strong.batch, strong.estimate_wait_s(), strong.ttft.value),
+                    TierState(cheap.in_flight, cheap.batch, cheap.estimate_wait_s(), cheap.ttft.value), 10.0).label
 
     labels, tickets = [], []
     for _ in range(10):
@@ -227,6 +229,8 @@ def test_an_answer_stops_drafting_when_the_strong_tier_gets_busy_mid_answer():
     assert [t for c in chunks for t in c.token_ids] == STRONG  # still the strong tier's answer
     assert stream.routing.plan == "speculative-2" and chunks[-1].speculation["drafting_stopped"] == 1
     assert chunks[-1].speculation["passes"] == 1 and len(cheap.requests) == 1
+    tally = chunks[-1].speculation
+    assert tally["accepted"] + tally["replaced"] + tally["added"] == len(STRONG)  # every served token counted
     assert r.fleet["strong"].load.in_flight == 2 and r.fleet["cheap"].load.in_flight == 0
 
 
