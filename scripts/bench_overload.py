@@ -45,7 +45,7 @@ import httpx
 import yaml
 
 from scripts.bench_serving import engine_flags
-from scripts.harness.cluster import app_args, free_port, wait_for
+from scripts.harness.cluster import app_args, free_port, get_json, wait_for
 from scripts.harness.processes import stop_process_tree
 from scripts.harness.streams import timed_chat
 from serve_app.config import AppConfig
@@ -69,19 +69,8 @@ async def one(client: httpx.AsyncClient, route: str, i: int, max_tokens: int | N
 
 
 async def closed_loop_rate(route: str, concurrency: int, duration_s: float, max_tokens: int) -> float:
-    done = 0
-    deadline = time.perf_counter() + duration_s
-    async with httpx.AsyncClient(timeout=600) as client:
-        async def worker(w: int):
-            nonlocal done
-            i = 0
-            while time.perf_counter() < deadline:
-                if (await one(client, route, 1000 * w + i, max_tokens))["status"] == 200:
-                    done += 1
-                i += 1
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    """Complete answers per second from `concurrency` closed-loop streams (`streams_at`)."""
+    return (await streams_at(route, concurrency, duration_s, max_tokens))["answered_per_s"]
 
 
 async def open_loop(route: str, rate: float, duration_s: float, max_tokens: int, seed: int) -> list[dict]:
@@ -164,6 +153,7 @@ async def streams_at(route: str, streams: int, duration_s: float, max_tokens: in
     done = [r for r in results if r["status"] == 200 and r["complete"]]
     ttfts = [r["ttft_s"] for r in done if r["ttft_s"] is not None]
     return {"requests": len(results), "answered": len(done), "not_answered": len(results) - len(done),
+            "answered_per_s": round(len(done) / elapsed, 3),
             "output_tokens_per_s": round(sum(r["tokens"] or 0 for r in done) / elapsed, 2),
             "ttft_p50_s": rounded(percentile(ttfts, 50)), "ttft_p99_s": rounded(percentile(ttfts, 99)),
             "plans": dict(Counter(r["plan"] for r in done if r.get("plan")))}
@@ -175,12 +165,8 @@ def circuits(url: str = URL) -> dict[str, str]:
 
 def wait_idle(url: str = URL, timeout_s: float = 300) -> None:
     """Until the router counts nothing in flight at any backend (the last burst's answers are done)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(b["in_flight"] == 0 for b in httpx.get(f"{url}/health", timeout=10).json()["backends"].values()):
-            return
-        time.sleep(1)
-    raise RuntimeError("the service did not go idle")
+    wait_for("the service to go idle", lambda: all(
+        b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), timeout_s, every_s=1)
 
 
 def rounded(value: float | None) -> float | None:

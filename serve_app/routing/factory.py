@@ -44,15 +44,18 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     fleet: dict[str, GuardedBackend] = {}
     versions: dict[str, dict[str, GuardedBackend]] = {}
     engines = config.engine_versions()  # validates every version: once
-    for engine in engines:
-        tier, replicas = engine.config, engine.config.initial_replicas
+    for engine in engines:  # one replica's capacity; Fleet.resize scales it to the initial replicas below
+        tier = engine.config
         fleet[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = guarded(
-            engine.label, tier.limits, tier.engine_batch * max(1, replicas), tier.limits.concurrency_slots * max(1, replicas),
-            max(1, replicas), tier.price, tier.limits.dispatch_timeout_s, engine.version)
+            engine.label, tier.limits, tier.engine_batch, tier.limits.concurrency_slots, 1, tier.price,
+            tier.limits.dispatch_timeout_s, engine.version)
     fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, api.limits.concurrency_slots, 1, api.price)
               for name, api in config.external.items() if name in backends}
     tiers = Tiers({name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
                    for name, tier in config.tiers.items()})
     cache = AnswerCache(r.answer_cache_max_entries, r.answer_cache_max_age_s, clock) if r.answer_cache_max_entries else None
-    per_replica = {engine.label: (engine.config.engine_batch, engine.config.limits.concurrency_slots) for engine in engines}
-    return CascadeRouter(Fleet(fleet, per_replica), tiers, config, clock, cache)
+    owned = Fleet(fleet, {engine.label: (engine.config.engine_batch, engine.config.limits.concurrency_slots)
+                          for engine in engines})
+    for engine in engines:
+        owned.resize(engine.label, engine.config.initial_replicas)
+    return CascadeRouter(owned, tiers, config, clock, cache)

@@ -70,6 +70,6 @@ def plan(settings: AdaptiveCascade, draft_tokens: int, strong: TierState, cheap:
         return Plan("strong", reason=f"cheap tier {cheap.in_flight}/{cheap.batch} busy: no drafts")
     if busy < settings.speculate_below:
         return Plan("speculative", draft_tokens, reason=load)
-    span = settings.strong_alone_at - settings.speculate_below
-    share = (settings.strong_alone_at - busy) / span if span > 0 else 0.0
+    # Here speculate_below <= busy < strong_alone_at, so the span is positive.
+    share = (settings.strong_alone_at - busy) / (settings.strong_alone_at - settings.speculate_below)
     return Plan("speculative", max(1, round(draft_tokens * share)), reason=f"{load}: shorter drafts")
