@@ -21,7 +21,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments import engine_outputs, watchdog
+from deployments import engine_outputs, structured, watchdog
 from deployments.metrics import EngineMetrics
 from serve_app.config import ModelStoreConfig, ObservabilityConfig, TierConfig
 from serve_app.core.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError
@@ -96,6 +96,9 @@ class LLMServer:
                                                  stat_loggers=[RayPrometheusStatLogger])
         self._phase("engine_init", time.monotonic() - started)
         self._tokenizer = self._engine.get_tokenizer()
+        self._chat_template = config.engine.chat_template_text()
+        self._tool_parser = (structured.parser_class(config.engine.tool_call_parser, self._tokenizer)
+                             if config.engine.tool_call_parser else None)
         self._eos_ids = engine_outputs.eos_ids(self._tokenizer, self._engine.model_config.hf_config)
         self._max_model_len = self._engine.model_config.max_model_len
         self._meter = ProcessorSharing(time.monotonic)
@@ -175,38 +178,19 @@ class LLMServer:
             self._engine.shutdown()
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The templated prompt's token ids, then the answer already served (`prefix_token_ids`)."""
+        """The templated prompt's token ids (with the request's tools), then the answer already served
+        (`prefix_token_ids`)."""
         if request.messages is not None:
             try:
-                text = self._tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+                text = self._tokenizer.apply_chat_template(request.messages, tools=request.tools,
+                                                           chat_template=self._chat_template,
+                                                           add_generation_prompt=True, tokenize=False)
             except Exception as exc:  # a template may reject e.g. two system messages
                 raise InvalidRequest(f"messages do not fit the model's chat template: {exc}", param="messages") from None
             ids = self._tokenizer.encode(text, add_special_tokens=False)
         else:
             ids = self._tokenizer.encode(request.prompt)
         return ids + list(request.prefix_token_ids or ())
-
-    def _sampling_params(self, request: GenerationRequest, prompt_len: int):
-        from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind
-
-        room = self._max_model_len - prompt_len
-        if room <= 0:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self._max_model_len} tokens. However, your "
-                f"prompt has {prompt_len} tokens, leaving no room for an answer.", param="messages")
-        sampling = dict(request.sampling)
-        max_tokens = sampling.pop("max_tokens", None) or room
-        if max_tokens > room:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self._max_model_len} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion).",
-                param="max_tokens")
-        try:
-            return SamplingParams(**sampling, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
-        except (TypeError, ValueError, VLLMClientError) as exc:
-            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
     @contextlib.contextmanager
     def _engine_errors(self, request: GenerationRequest):
@@ -262,7 +246,10 @@ class LLMServer:
         if (scored := engine_outputs.scored_ids(self._tokenizer, request)) is not None:
             yield await self._verify(request, prompt_ids, scored)
             return
-        params = self._sampling_params(request, len(prompt_ids))
+        answer = structured.StructuredAnswer(request, self._tokenizer, self._tool_parser, self._engine.model_config) \
+            if request.structured else None
+        params = engine_outputs.sampling_params(request, len(prompt_ids), self._max_model_len,
+                                                answer.sampling() if answer else {})
         produced, finished, cached = 0, False, 0
         span = tracing.start_generation(self._model, self._tier, request.trace_context, self._replica)
         mark, joined, first_token_at = self._meter.join(), time.monotonic(), None
@@ -277,9 +264,13 @@ class LLMServer:
                         cached = output.num_cached_tokens or cached  # prompt tokens vLLM's prefix cache held
                         first_token_at = first_token_at or time.monotonic()
                         finished = completion.finish_reason is not None
+                        text, calls, reason = completion.text, None, completion.finish_reason
+                        if answer is not None:
+                            text, calls = answer.delta(text, list(completion.token_ids), prompt_ids, finished)
+                            reason = answer.finish_reason(reason)
                         yield GenerationChunk(
-                            text=completion.text, token_ids=list(completion.token_ids), prompt_tokens=len(prompt_ids),
-                            completion_tokens=produced, finish_reason=completion.finish_reason,
+                            text=text, token_ids=list(completion.token_ids), prompt_tokens=len(prompt_ids),
+                            completion_tokens=produced, finish_reason=reason, tool_calls=calls,
                             logprobs=engine_outputs.token_logprobs(completion, params.logprobs),
                             replica_seconds=self._meter.held(mark))
                         if engine_outputs.unsure(completion, request.stop_below_logprob):

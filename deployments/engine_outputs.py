@@ -1,8 +1,8 @@
 """vLLM's request outputs turned into the engine seam's types (serve_app.core.generation): the sampled
 tokens' log-probabilities, and a scoring request's `Verification`.
 
-Duck-typed over vLLM's `CompletionOutput`/`RequestOutput`, so no vLLM import: the unit tests hand in
-plain objects.
+Duck-typed over vLLM's `CompletionOutput`/`RequestOutput` (vLLM is imported only to build its
+`SamplingParams`), so the unit tests hand in plain objects.
 """
 
 from __future__ import annotations
@@ -10,12 +10,38 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from serve_app.core.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.core.generation import GenerationRequest, TokenLogprob, Verification
 
 DECODE_CONTEXT_TOKENS = 4
 """Prompt tokens decoded in front of an answer's, so that a tokenizer that drops a leading space at the
 start of a text (SentencePiece) decodes the first answer token as it reads in context, as vLLM's
 incremental detokenizer does."""
+
+
+def sampling_params(request: GenerationRequest, prompt_len: int, max_model_len: int, extra: dict[str, Any]) -> Any:
+    """vLLM's SamplingParams for a generation: the request's options with `extra` over them (a structured
+    answer's), `max_tokens` defaulting to the room left in the context, streamed as deltas."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind
+
+    room = max_model_len - prompt_len
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt has {prompt_len} tokens, leaving no room for an answer.", param="messages")
+    sampling = {**request.sampling, **extra}
+    max_tokens = sampling.pop("max_tokens", None) or room
+    if max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion).",
+            param="max_tokens")
+    try:
+        return SamplingParams(**sampling, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
+    except (TypeError, ValueError, VLLMClientError) as exc:
+        raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
 
 def eos_ids(tokenizer: Any, hf_config: Any) -> set[int]:

@@ -14,7 +14,7 @@ import openai
 from serve_app.api.access import secret_from_env
 from serve_app.api.protocol import PASSED_THROUGH
 from serve_app.config import ExternalConfig
-from serve_app.core.errors import BackendUnavailable, ServerError
+from serve_app.core.errors import BackendUnavailable, InvalidRequest, ServerError
 from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob
 
 OPENAI_SAMPLING = {"temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "logit_bias"}
@@ -36,6 +36,13 @@ class ExternalBackend:
         extra = {k: sampling[k] for k in (set(PASSED_THROUGH) - OPENAI_SAMPLING) & sampling.keys()}
         if extra and self._config.forward_extra_sampling:
             arguments["extra_body"] = extra
+        structured = dict(request.structured or {})
+        if (outputs := structured.pop("structured_outputs", None)) is not None:  # vLLM's extension
+            if not self._config.forward_extra_sampling:
+                raise InvalidRequest(f"structured_outputs: the external API {self._name!r} does not take vLLM's "
+                                     "extensions (forward_extra_sampling)", param="structured_outputs")
+            arguments["extra_body"] = {**arguments.get("extra_body", {}), "structured_outputs": outputs}
+        arguments.update(structured)  # tools, tool_choice, parallel_tool_calls, response_format: OpenAI's own
         if "logprobs" in sampling:
             if request.messages is not None:
                 arguments.update(logprobs=True, top_logprobs=sampling["logprobs"])
@@ -62,10 +69,12 @@ class ExternalBackend:
                         continue
                     choice = event.choices[0]
                     text = (choice.delta.content or "") if request.messages is not None else choice.text
+                    calls = [call.model_dump(exclude_none=True) for call in getattr(choice.delta, "tool_calls", None)
+                             or ()] if request.messages is not None else []
                     logprobs = _logprobs(choice.logprobs)
-                    produced += len(logprobs) if logprobs else (1 if text else 0)
+                    produced += len(logprobs) if logprobs else (1 if text or calls else 0)
                     chunk = GenerationChunk(text, [], prompt_tokens, produced, logprobs=logprobs,
-                                            finish_reason=choice.finish_reason)
+                                            finish_reason=choice.finish_reason, tool_calls=calls or None)
                     if choice.finish_reason is not None:
                         finish = chunk
                     else:

@@ -37,6 +37,7 @@ ROUTER_METRICS = {
     "serve_app_backend_batch": "Requests each backend's engines run at once: per-replica batch times running replicas for a tier.",
     "serve_app_backend_admit_limit": "The adaptive admission limit of each backend (AIMD under concurrency_slots).",
     "serve_app_cascade_plans": "What the auto route ran per request (serve_app.routing.cascades.adaptive): speculative-<draft length>, strong, confidence, verified.",
+    "serve_app_cascade_decisions": "The confidence and verified cascades' verdicts on cheap answers, by reason: confident, low_confidence, empty_answer, invalid_<check> (a structured answer that failed its validity check, serve_app.routing.validity).",
     "serve_app_canary_percent": "Share of a tier's requests its canary version serves now (0 after a rollback).",
     "serve_app_rollout_rollbacks": "Canaries the guard set back to 0 %, by tier and version.",
     "serve_app_shadow_requests": "Copies of requests for a shadow version, by outcome (ok, error, shed).",
@@ -104,6 +105,7 @@ class RouterMetrics:
         self._cost = counter("serve_app_cost_usd", "backend")
         self._replica_seconds = counter("serve_app_replica_seconds", "backend")
         self._plans = counter("serve_app_cascade_plans", "plan")
+        self._decisions = counter("serve_app_cascade_decisions", "reason")
         self._board = GaugeBoard()
         self._circuit = gauge("serve_app_circuit_state")
         self._in_flight = gauge("serve_app_backend_in_flight")
@@ -126,6 +128,8 @@ class RouterMetrics:
         self._requests.inc(1, {"route": route, "served_by": served_by, "version": version, "outcome": ledger.outcome})
         if routing is not None and routing.plan is not None:
             self._plans.inc(1, {"plan": routing.plan})
+        if routing is not None and routing.confidence is not None and routing.reason:  # a buffered cascade judged
+            self._decisions.inc(1, {"reason": routing.reason})
         latency_tags = {"route": route, "served_by": served_by}
         for histogram, value in ((self._ttft, ledger.ttft_s), (self._tpot, ledger.tpot_s), (self._e2e, ledger.e2e_s)):
             if value is not None and ledger.error is None and not ledger.cancelled:

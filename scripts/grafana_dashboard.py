@@ -51,6 +51,8 @@ PANELS = [
      [("max by (backend) (ray_serve_app_circuit_state)", "{{backend}}")]),
     ("What auto ran (the load-adaptive cascade's plans)", "reqps",
      [("sum by (plan) (rate(ray_serve_app_cascade_plans_total[1m]))", "{{plan}}")]),
+    ("Cascade verdicts on cheap answers (invalid_*: a structured answer failed its check)", "reqps",
+     [("sum by (reason) (rate(ray_serve_app_cascade_decisions_total[1m]))", "{{reason}}")]),
     ("In flight, queued, batch and admission limit per backend", "short", [
         ("sum by (backend) (ray_serve_app_backend_in_flight)", "in flight {{backend}}"),
         ("sum by (backend) (ray_serve_app_backend_queued)", "queued {{backend}}"),

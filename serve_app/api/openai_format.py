@@ -3,6 +3,8 @@ routed chunk streams to responses and stream chunks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +26,7 @@ from serve_app.api.protocol import (
     TopLogprob,
     Usage,
 )
-from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob
+from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob, assembled_tool_calls
 from serve_app.core.stream import RoutedStream, Routing
 
 
@@ -36,10 +38,22 @@ def generation_request(request: ChatCompletionRequest | CompletionRequest, defau
     cascade = request.cascade.model_dump(exclude_none=True) if request.cascade else None
     if isinstance(request, ChatCompletionRequest):
         sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
-        return GenerationRequest(request_id, sampling, messages=[m.as_template_input() for m in request.messages],
-                                 session_key=session_key, cascade=cascade)
+        messages = [m.as_template_input() for m in request.messages]
+        if session_key is None and request.uses_tools:
+            session_key = conversation_key(messages)
+        return GenerationRequest(request_id, sampling, messages=messages, session_key=session_key, cascade=cascade,
+                                 structured=request.structured())
     sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
-    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=session_key, cascade=cascade)
+    return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=session_key, cascade=cascade,
+                             structured=request.structured())
+
+
+def conversation_key(messages: list[dict]) -> str:
+    """What every turn of one conversation shares: its messages up to and including the first user message
+    (a tool loop's later turns only append to them), hashed. Keeps the turns on one version of a tier."""
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages) - 1)
+    opening = json.dumps(messages[:first_user + 1], sort_keys=True, default=str)
+    return "conversation-" + hashlib.sha256(opening.encode()).hexdigest()[:32]
 
 
 def _usage(chunk: GenerationChunk, stream: RoutedStream) -> Usage:
@@ -78,14 +92,14 @@ def _completion_logprobs(logprobs: list[TokenLogprob] | None, offset: int) -> Co
     )
 
 
-async def _collect(stream: RoutedStream) -> tuple[str, list[TokenLogprob] | None, GenerationChunk]:
-    text, logprobs, last = [], None, None
-    async for chunk in stream.chunks:
-        text.append(chunk.text)
+async def _collect(stream: RoutedStream) -> tuple[str, list[TokenLogprob] | None, GenerationChunk, list[dict]]:
+    """The whole answer: its text, log-probabilities, last chunk and tool calls."""
+    chunks = [chunk async for chunk in stream.chunks]
+    logprobs = None
+    for chunk in chunks:
         if chunk.logprobs is not None:
             logprobs = (logprobs or []) + chunk.logprobs
-        last = chunk
-    return "".join(text), logprobs, last
+    return "".join(chunk.text for chunk in chunks), logprobs, chunks[-1], assembled_tool_calls(chunks)
 
 
 def _final_routing(stream: RoutedStream, chunk: GenerationChunk) -> Routing | None:
@@ -94,16 +108,16 @@ def _final_routing(stream: RoutedStream, chunk: GenerationChunk) -> Routing | No
 
 
 async def chat_response(stream: RoutedStream) -> ChatCompletionResponse:
-    text, logprobs, last = await _collect(stream)
+    text, logprobs, last, calls = await _collect(stream)
+    message = AssistantMessage(content=text or (None if calls else ""), tool_calls=calls)
     return ChatCompletionResponse(
         model=stream.routing.served_by, usage=_usage(last, stream), routing=_final_routing(stream, last) or stream.routing,
-        choices=[ChatChoice(message=AssistantMessage(content=text), logprobs=_chat_logprobs(logprobs),
-                            finish_reason=last.finish_reason)],
+        choices=[ChatChoice(message=message, logprobs=_chat_logprobs(logprobs), finish_reason=last.finish_reason)],
     )
 
 
 async def completion_response(stream: RoutedStream) -> CompletionResponse:
-    text, logprobs, last = await _collect(stream)
+    text, logprobs, last, _ = await _collect(stream)
     return CompletionResponse(
         model=stream.routing.served_by, usage=_usage(last, stream), routing=_final_routing(stream, last) or stream.routing,
         choices=[CompletionChoice(text=text, logprobs=_completion_logprobs(logprobs, 0), finish_reason=last.finish_reason)],
@@ -119,10 +133,10 @@ async def chat_chunks(stream: RoutedStream, include_usage: bool) -> AsyncIterato
     last = None
     async for chunk in stream.chunks:
         last = chunk
-        if chunk.text or chunk.finish_reason or chunk.logprobs:
+        if chunk.text or chunk.finish_reason or chunk.logprobs or chunk.tool_calls:
+            delta = DeltaMessage(content=chunk.text or (None if chunk.tool_calls else ""), tool_calls=chunk.tool_calls)
             yield ChatCompletionChunk(**head, routing=_final_routing(stream, chunk), choices=[ChatChunkChoice(
-                delta=DeltaMessage(content=chunk.text), logprobs=_chat_logprobs(chunk.logprobs),
-                finish_reason=chunk.finish_reason,
+                delta=delta, logprobs=_chat_logprobs(chunk.logprobs), finish_reason=chunk.finish_reason,
             )])
     if include_usage and last is not None:
         yield ChatCompletionChunk(**head, choices=[], usage=_usage(last, stream))

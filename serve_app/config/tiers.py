@@ -7,6 +7,7 @@ replaced, merged section by section.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -53,6 +54,18 @@ class EngineConfig(StrictModel):
     the replica's CPU when it starts, which is right only for a CPU engine."""
     peak_tflops: float | None = Field(None, gt=0)
     """Dense TFLOP/s at the engine's dtype, for MFU (e.g. 989 for an H100 SXM in bf16); null: probed."""
+    chat_template: str | None = None
+    """A Jinja chat template file (absolute, or starting with ./ relative to the project root) used instead of
+    the model's own, e.g. one that renders `tools` and tool calls for a model whose own template has none."""
+    tool_call_parser: str | None = None
+    """vLLM's tool parser for this model's tool-call format (hermes, llama3_json, mistral, ...; vLLM's
+    `--tool-call-parser`). Without one, requests with `tools` to this tier are refused with a 400."""
+
+    def chat_template_text(self) -> str | None:
+        if self.chat_template is None:
+            return None
+        path = PROJECT_ROOT / self.chat_template[2:] if self.chat_template.startswith("./") else Path(self.chat_template)
+        return path.read_text()
 
     @field_validator("args")
     @classmethod

@@ -4,6 +4,7 @@ an error becomes the OpenAI error envelope."""
 from __future__ import annotations
 
 import math
+import re
 from http import HTTPStatus
 
 
@@ -104,4 +105,9 @@ def invalid_request(errors: list[dict]) -> InvalidRequest:
     if first.get("type") == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.")
     param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
-    return InvalidRequest(f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param)
+    message = str(first.get("msg")).removeprefix("Value error, ")
+    if param is None and (named := re.match(r"([\w.\[\]-]+): ", message)):  # a whole-request check names its field
+        param = named.group(1)
+        return InvalidRequest(message, param=param)
+    named = param is None or message.startswith(f"{param}:")
+    return InvalidRequest(message if named else f"{param}: {message}", param=param)

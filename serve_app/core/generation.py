@@ -7,7 +7,7 @@ reaches it without being re-declared here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,13 @@ class GenerationRequest:
     stop_below_logprob: float | None = None
     """A draft: the engine ends the answer after the first token it samples with a log-probability below
     this (the stream just ends, without a finish reason). Needs `logprobs` in `sampling`."""
+    structured: dict[str, Any] | None = None
+    """The request's tools and output format, as the OpenAI body spells them (`tools`, `tool_choice`,
+    `parallel_tool_calls`, `response_format`, vLLM's `structured_outputs`); None for free text."""
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        return (self.structured or {}).get("tools")
 
     def prefix_text(self) -> str:
         """The prompt as text, in the order the engine templates it (each message's role, then its content):
@@ -89,6 +96,9 @@ class GenerationChunk:
     """The answer to a scoring request (`GenerationRequest.verify_token_ids`)."""
     speculation: dict[str, int] | None = None
     """On a speculative cascade's last chunk: drafted, accepted and replaced tokens, verification passes."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool-call deltas in OpenAI's streamed shape (`index`, then `id`, `type` and `function.name` on a
+    call's first delta, `function.arguments` in pieces); `text` is then the answer's content only."""
 
 
 @dataclass(slots=True)
@@ -100,3 +110,18 @@ class Accepted:
 Backend = Callable[[GenerationRequest], AsyncIterator[Accepted | GenerationChunk]]
 """A tier as the router sees it: a function returning an async stream of chunks, optionally
 preceded by one `Accepted`."""
+
+
+def assembled_tool_calls(chunks: Iterable[GenerationChunk]) -> list[dict[str, Any]]:
+    """The whole tool calls a stream's deltas make, as a client SDK reassembles them: by `index`, the first
+    `id`, `type` and name, the arguments concatenated."""
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for delta in chunk.tool_calls or ():
+            call = calls.setdefault(delta.get("index", 0), {"id": None, "type": "function",
+                                                             "function": {"name": "", "arguments": ""}})
+            call["id"] = call["id"] or delta.get("id")
+            function = delta.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[index] for index in sorted(calls)]

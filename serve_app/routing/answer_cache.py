@@ -1,7 +1,7 @@
 """Recent successful answers, kept by the router as the last fallback when every backend failed.
 
 Exact match on the normalized request (route, prompt or messages with whitespace folded, sampling
-options); bounded in entries (least recently used goes first) and in age. Pure: the clock is injected.
+options, tools and output format); bounded in entries (least recently used goes first) and in age. Pure: the clock is injected.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def cache_key(route: str, request: GenerationRequest) -> str:
     body = {
         "route": route,
         "prompt": _fold(request.prompt) if request.prompt is not None else None,
-        "messages": [{**m, "content": _fold(str(m.get("content", "")))} for m in request.messages or []],
+        "messages": [{**m, "content": _fold(str(m.get("content") or ""))} for m in request.messages or []],
         "sampling": {k: v for k, v in request.sampling.items() if v is not None},
+        "structured": request.structured,  # an answer is never served to a request with other tools or format
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -61,6 +61,7 @@ class CascadeRouter:
         self._routable = list(config.tiers)
         self._fallbacks = config.resilience.fallbacks
         self._retry = config.resilience
+        self._tool_parsers = {name: tier.engine.tool_call_parser is not None for name, tier in config.tiers.items()}
 
     @property
     def routes(self) -> list[str]:
@@ -86,10 +87,15 @@ class CascadeRouter:
                     ledger: Ledger) -> RoutedStream:
         route = self.resolve(model)
         ledger.resolved(route)
+        steps = [route, *self._fallbacks.get(route, [])]
+        if request.tools:  # only backends that can call tools: none, a clear 400
+            if not (steps := [step for step in steps if self._takes_tools(step)]) or steps[0] != route:
+                raise InvalidRequest(f"tools: route {route!r} has a model tier without a tool parser "
+                                     "(engine.tool_call_parser)", param="tools")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s if timeout_s is not None else math.inf
         failures: list[tuple[str, ServingError]] = []
-        for step in [route, *self._fallbacks.get(route, [])]:
+        for step in steps:
             if loop.time() >= deadline:
                 break
             try:
@@ -137,6 +143,12 @@ class CascadeRouter:
                                     await self.fleet[step].open(tagged, priority, deadline, ledger))
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    def _takes_tools(self, step: str) -> bool:
+        """Whether a route can answer a request with tools: each tier it may use has a tool parser (an external
+        API is taken to)."""
+        tiers = [self._cascade.cheap_tier, self._cascade.strong_tier] if step == AUTO_ROUTE else [step]
+        return all(self._tool_parsers.get(tier, True) for tier in tiers)
+
     def _remembered(self, route: str, request: GenerationRequest, stream: RoutedStream) -> RoutedStream:
         if self._cache is None:
             return stream
@@ -171,6 +183,8 @@ class CascadeRouter:
     def _plan(self, settings: CascadeConfig, request: GenerationRequest, own: int = 0) -> Plan:
         """What `auto` runs for this request: the configured mode, or under load the adaptive plan's choice.
         `own`: the places this request already holds on each tier (not counted as others' load)."""
+        if settings.mode == "speculative" and request.structured:
+            return Plan("strong", reason="tools or an output format: the strong tier's own constrained answer")
         if settings.mode != "speculative" or not settings.adaptive.enabled:
             return Plan(settings.mode, settings.draft_tokens if settings.mode == "speculative" else 0, "configured")
         key = request.session_key or request.request_id

@@ -51,7 +51,10 @@ def start_external_api(log_dir: Path) -> tuple[subprocess.Popen, ExternalApi]:
     process = subprocess.Popen(
         [BIN / "python", "-m", "vllm.entrypoints.openai.api_server", "--model", ROOT / "models" / name,
          "--served-model-name", name, "--host", "127.0.0.1", f"--port={port}", "--dtype=float32",
-         "--enforce-eager", "--max-model-len=2048"],
+         "--enforce-eager", "--max-model-len=2048",
+         # tools as the app's tiers serve them (configs/local-cpu.yaml): the same template, parser, strictness
+         "--chat-template=configs/templates/smollm2-tools.jinja", "--enable-auto-tool-choice",
+         "--tool-call-parser=hermes", "--tool-strict-level=parameter"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
              RUN_MARKER[0]: RUN_MARKER[1]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -48,3 +49,18 @@ def test_unreachable_provider_is_unavailable_not_a_crash(stack):
     request = GenerationRequest("x3", {"max_tokens": 4}, prompt="hi")
     with pytest.raises(BackendUnavailable):
         run(backend(stack, base_url="http://127.0.0.1:9/v1"), request)
+
+
+def test_a_forced_tool_call_comes_back_as_tool_call_deltas(stack):
+    """The provider (vLLM's own server, with the same template and parser as the tiers) gets the tools."""
+    from serve_app.core.generation import assembled_tool_calls
+
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    request = GenerationRequest("x5", {"max_tokens": 64, "temperature": 0.0},
+                                messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                                structured={"tools": [weather], "tool_choice": "required"})
+    chunks = run(backend(stack), request)
+    [call] = assembled_tool_calls(chunks)
+    assert call["function"]["name"] == "get_weather" and "city" in json.loads(call["function"]["arguments"])
+    assert chunks[-1].finish_reason == "tool_calls"

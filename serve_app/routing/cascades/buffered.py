@@ -1,5 +1,7 @@
 """What the buffered modes (confidence, verified) share: the cheap tier answers in full, the answer is
-judged, and then either replayed or dropped for the strong tier's answer from its start.
+judged, and then either replayed or dropped for the strong tier's answer from its start. A structured
+answer (tools, an output format) is checked first (serve_app.routing.validity): one that fails its check
+escalates with reason `invalid_<check>`, before any scorer or verifier.
 
 A client therefore never sees part of one answer followed by another, at the price of a time to first
 token on `auto` equal to the cheap tier's whole generation time.
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 
 from serve_app.config import AUTO_ROUTE
 from serve_app.core.errors import ClientError, ServingError
-from serve_app.core.generation import GenerationChunk
+from serve_app.core.generation import GenerationChunk, assembled_tool_calls
 from serve_app.core.stream import RoutedStream, Routing, from_list
+from serve_app.routing import validity
 from serve_app.routing.cascades.base import CascadeCall
 
 
@@ -47,7 +50,12 @@ async def buffered_answer(call: CascadeCall, judge: Judge) -> RoutedStream:
     probe = dataclasses.replace(call.request, sampling={**call.request.sampling, "logprobs": wanted or 0})
     version, chunks = await call.open_tier(cheap, probe)
     answer = [chunk async for chunk in chunks]
-    decision, routing = await judge(call, answer, Routing(route=AUTO_ROUTE, served_by=cheap, version=version))
+    routing = Routing(route=AUTO_ROUTE, served_by=cheap, version=version)
+    failed = validity.failed_check(call.request.structured, "".join(c.text for c in answer), assembled_tool_calls(answer))
+    if failed is not None:  # a structured answer that fails its check is not worth a judge
+        decision = CascadeDecision(escalate=True, confidence=0.0, reason=f"invalid_{failed}")
+    else:
+        decision, routing = await judge(call, answer, routing)
     routing = routing.model_copy(update={"escalated": decision.escalate, "reason": decision.reason,
                                          "confidence": round(decision.confidence, 6)})
     if decision.escalate:
