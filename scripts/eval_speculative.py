@@ -29,14 +29,15 @@ import httpx
 
 from scripts.harness.eval_data import EVAL_DATA, eval_items
 from serve_app.analysis import cascade_eval
+from serve_app.core.generation import assembled_tool_calls
 from serve_app.core.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dict) -> dict:
-    """One streamed chat answer: text, TTFT, latency, usage (with replica-seconds), routing, logprobs."""
-    started, first, text, logprobs, usage, routing = time.perf_counter(), None, [], [], {}, {}
+    """One streamed chat answer: text, tool calls, TTFT, latency, usage (with replica-seconds), routing, logprobs."""
+    started, first, text, logprobs, usage, routing, calls = time.perf_counter(), None, [], [], {}, {}, []
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **extra}
     with http.stream("POST", "/chat/completions", json=body) as response:
@@ -48,12 +49,13 @@ def ask(http: httpx.Client, model: str, prompt: str, max_tokens: int, extra: dic
             routing = chunk.get("routing") or routing
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices", []):
-                content = choice["delta"].get("content")
-                if content and first is None:
+                content, deltas = choice["delta"].get("content"), choice["delta"].get("tool_calls")
+                if (content or deltas) and first is None:
                     first = time.perf_counter() - started
                 text.append(content or "")
+                calls += deltas or []
                 logprobs += (choice.get("logprobs") or {}).get("content") or []
-    return {"text": "".join(text), "ttft_s": first, "latency_s": time.perf_counter() - started,
+    return {"text": "".join(text), "tool_calls": assembled_tool_calls(calls), "ttft_s": first, "latency_s": time.perf_counter() - started,
             "replica_seconds": usage.get("replica_seconds") or {}, "cost_usd": usage.get("cost_usd") or 0.0,
             "completion_tokens": usage.get("completion_tokens"), "speculation": routing.get("speculation"),
             "routing": routing,

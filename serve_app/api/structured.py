@@ -143,6 +143,13 @@ class StructuredFields(BaseModel):
 class ToolMessageFields(BaseModel):
     """A chat message's part in a tool loop."""
 
+    refusal: str | None = None
+    annotations: list[Any] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+    """OpenAI's other fields of an assistant message, taken (and not used) so that a client can send a
+    response's message back as it got it."""
+
     tool_calls: list[ToolCall] | None = None
     """An assistant message's calls (the turn before their results)."""
     tool_call_id: str | None = None

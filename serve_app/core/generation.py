@@ -112,12 +112,12 @@ Backend = Callable[[GenerationRequest], AsyncIterator[Accepted | GenerationChunk
 preceded by one `Accepted`."""
 
 
-def assembled_tool_calls(chunks: Iterable[GenerationChunk]) -> list[dict[str, Any]]:
-    """The whole tool calls a stream's deltas make, as a client SDK reassembles them: by `index`, the first
-    `id`, `type` and name, the arguments concatenated."""
+def assembled_tool_calls(chunks: Iterable[GenerationChunk | dict[str, Any]]) -> list[dict[str, Any]]:
+    """The whole tool calls a stream's deltas make (given as its chunks, or as the deltas themselves), as a
+    client SDK reassembles them: by `index`, the first `id`, `type` and name, the arguments concatenated."""
     calls: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
-        for delta in chunk.tool_calls or ():
+        for delta in [chunk] if isinstance(chunk, dict) else chunk.tool_calls or ():
             call = calls.setdefault(delta.get("index", 0), {"id": None, "type": "function",
                                                              "function": {"name": "", "arguments": ""}})
             call["id"] = call["id"] or delta.get("id")
