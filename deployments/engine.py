@@ -100,6 +100,7 @@ class LLMServer:
         self._tool_parser = (structured.parser_class(config.engine.tool_call_parser, self._tokenizer)
                              if config.engine.tool_call_parser else None)
         self._eos_ids = engine_outputs.eos_ids(self._tokenizer, self._engine.model_config.hf_config)
+        self._grammars = structured.Grammars(self._engine, self._tokenizer)
         self._max_model_len = self._engine.model_config.max_model_len
         self._meter = ProcessorSharing(time.monotonic)
         logger.info("engine for %s ready in %.1f s (max_model_len=%d)", self._model, time.monotonic() - started,
@@ -223,11 +224,18 @@ class LLMServer:
         mark, output, rescored = self._meter.join(), None, False
         try:
             with self._engine_errors(request):
-                output, rescored = await engine_outputs.score(self._engine, prompt_ids, scored, request)
+                # Under an output format: the verdict of the model constrained by it (deployments.structured).
+                grammar = self._grammars.following(request, prefix, stop_ids | self._eos_ids) if request.structured else None
+                output, rescored = await engine_outputs.score(
+                    self._engine, prompt_ids, scored, request, top=structured.GRAMMAR_TOP if grammar else 1,
+                    allowed=grammar.allowed_after(scored) if grammar else None)
+                scores = grammar and await structured.constrained_scores(
+                    engine_outputs.scored_rows(output, scored), scored, grammar, lambda i, allowed:
+                    engine_outputs.best_allowed(self._engine, prompt_ids + scored[:i], allowed, request))
                 context = prompt_ids[:len(prompt_ids) - len(prefix)][-engine_outputs.DECODE_CONTEXT_TOKENS:]
                 verdict = engine_outputs.verification(
                     output, context, prefix, scored, lambda t: self._tokenizer.decode(t, skip_special_tokens=True),
-                    stop_ids, self._tokenizer.eos_token_id)
+                    stop_ids, self._tokenizer.eos_token_id, scores=scores)
         finally:
             held = self._meter.leave(mark)
             span.set_attributes({"gen_ai.usage.input_tokens": len(prompt_ids) + len(scored),

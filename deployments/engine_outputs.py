@@ -44,6 +44,23 @@ def sampling_params(request: GenerationRequest, prompt_len: int, max_model_len: 
         raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
 
 
+async def best_allowed(engine: Any, ids: list[int], allowed: list[int], request: GenerationRequest) -> tuple[int, float]:
+    """The model's own next token after `ids` among `allowed`, and its log-probability (one token generated,
+    at the caller's own-token sampling)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    own = {k: v for k, v in request.sampling.items() if k in SAMPLING_OF_OWN_TOKEN}
+    params = SamplingParams(**own, max_tokens=1, logprobs=0, allowed_token_ids=allowed, detokenize=False,
+                            output_kind=RequestOutputKind.FINAL_ONLY)
+    output = None
+    async for output in engine.generate({"prompt_token_ids": ids}, params, f"{request.request_id}-a{len(ids)}"):  # noqa: B007
+        pass
+    completion = output.outputs[0]
+    token = completion.token_ids[0]
+    return token, completion.logprobs[0][token].logprob
+
+
 def eos_ids(tokenizer: Any, hf_config: Any) -> set[int]:
     """The token ids that end this model's answers: its tokenizer's and its config's end of sequence."""
     configured = getattr(hf_config, "eos_token_id", None)
@@ -88,17 +105,18 @@ SAMPLING_OF_OWN_TOKEN = ("temperature", "top_p", "top_k", "min_p", "seed")
 """The caller's sampling options that a scoring call keeps for the one token it generates."""
 
 
-async def score(engine: Any, prompt_ids: list[int], scored: list[int], request: GenerationRequest) -> tuple[Any, bool]:
-    """vLLM's output for one prefill over `prompt_ids + scored` with prompt log-probabilities, and one
-    token sampled after them; whether it took a second prefill. The first reads the prefix cache; if
-    the hit covered a scored position, the second does not."""
+async def score(engine: Any, prompt_ids: list[int], scored: list[int], request: GenerationRequest, top: int = 1,
+                allowed: list[int] | None = None) -> tuple[Any, bool]:
+    """vLLM's output for one prefill over `prompt_ids + scored` with the `top` prompt log-probabilities of
+    each position, and one token sampled after them (among `allowed`, if given); whether it took a second
+    prefill. The first reads the prefix cache; if the hit covered a scored position, the second does not."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     own = {k: v for k, v in request.sampling.items() if k in SAMPLING_OF_OWN_TOKEN}
     output = None
     for skip_cache in (False, True):
-        params = SamplingParams(**own, max_tokens=1, prompt_logprobs=1, detokenize=False,
+        params = SamplingParams(**own, max_tokens=1, prompt_logprobs=top, detokenize=False, allowed_token_ids=allowed,
                                 skip_reading_prefix_cache=skip_cache, output_kind=RequestOutputKind.FINAL_ONLY)
         async for output in engine.generate({"prompt_token_ids": prompt_ids + scored}, params,  # noqa: B007
                                             f"{request.request_id}-{int(skip_cache)}"):
@@ -117,21 +135,30 @@ def scored_positions_cached(num_cached_tokens: int | None, first_scored: int) ->
     return (num_cached_tokens or 0) > first_scored - 1
 
 
+def scored_rows(output: Any, verify_ids: Sequence[int]) -> list[dict[int, Any]]:
+    """The prompt log-probabilities of the scored positions (each: token id to vLLM's Logprob, ranked)."""
+    rows = output.prompt_logprobs
+    return rows[len(rows) - len(verify_ids):]
+
+
 def verification(output: Any, context_ids: Sequence[int], prefix_ids: Sequence[int], verify_ids: Sequence[int],
-                 decode: Callable[[list[int]], str], stop_ids: set[int], eos_id: int | None) -> Verification:
-    """The verdict of one scoring prefill (`output`: vLLM's RequestOutput with `prompt_logprobs=1`)
+                 decode: Callable[[list[int]], str], stop_ids: set[int], eos_id: int | None,
+                 scores: tuple[list[float], list[int], list[float]] | None = None) -> Verification:
+    """The verdict of one scoring prefill (`output`: vLLM's RequestOutput with prompt log-probabilities)
     over prompt + `prefix_ids` + `verify_ids`, whose last `len(verify_ids)` prompt positions are scored.
 
     `context_ids`: the prompt's last tokens, decoded in front of the answer for its text; `decode`:
-    token ids to text (special tokens skipped); `stop_ids`: token ids that end an answer."""
-    rows = output.prompt_logprobs
-    first = len(rows) - len(verify_ids)
-    logprobs, top_ids, top_logprobs = [], [], []
-    for position, token_id in zip(rows[first:], verify_ids, strict=True):
-        top_id, top = next((i, lp) for i, lp in position.items() if lp.rank == 1)
-        logprobs.append(position[token_id].logprob)
-        top_ids.append(top_id)
-        top_logprobs.append(top.logprob)
+    token ids to text (special tokens skipped); `stop_ids`: token ids that end an answer. `scores`: per
+    scored position, the scored token's log-probability, the model's own token and its log-probability,
+    when they are not the row's (a grammar's verdict: deployments.structured.constrained_scores)."""
+    if scores is None:  # the model's unconstrained verdict: its most likely token at each position
+        scores = ([], [], [])
+        for position, token_id in zip(scored_rows(output, verify_ids), verify_ids, strict=True):
+            top_id, top = next((i, lp) for i, lp in position.items() if lp.rank == 1)
+            scores[0].append(position[token_id].logprob)
+            scores[1].append(top_id)
+            scores[2].append(top.logprob)
+    logprobs, top_ids, top_logprobs = scores
     generated = list(output.outputs[0].token_ids)
     ids = [*top_ids, generated[0] if generated else eos_id]
     context = list(context_ids)

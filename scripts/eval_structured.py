@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from scripts.eval_cascade import replay
-from scripts.eval_speculative import ask
+from scripts.eval_speculative import ask, speculation_totals
 from serve_app.analysis import cascade_eval
 from serve_app.config import AppConfig
 from serve_app.core.stats import percentile
@@ -104,11 +104,13 @@ def evaluate(items: list[dict], http: httpx.Client, cheap: str, strong: str, sco
             "cheap_correct": cheap_judged["quality"], "strong_correct": strong_judged["quality"],
             # The cascade's verdict: an invalid answer escalates at any threshold.
             "confidence": confidence if cheap_judged["valid"] else -1.0, "cheap_confidence": confidence,
+            "cheap_logprobs": [round(lp, 5) for lp in logprobs],
             "cheap_ttft_s": c["ttft_s"], "cheap_latency_s": c["latency_s"], "strong_ttft_s": s["ttft_s"],
             "strong_latency_s": s["latency_s"], "cheap_cost_usd": c["cost_usd"], "strong_cost_usd": s["cost_usd"],
             "cheap_seconds": c["replica_seconds"].get(cheap, 0.0), "strong_seconds": s["replica_seconds"].get(strong, 0.0),
             "speculative": {"equals_strong": _signature(spec) == _signature(s), "ttft_s": spec["ttft_s"],
                             "plan": spec["routing"].get("plan"), "strong_seconds": spec["replica_seconds"].get(strong, 0.0),
+                            "speculation": spec["speculation"],
                             **judged(item, spec)},
             "confidence_live": {"served_by": conf["routing"].get("served_by"), "reason": conf["routing"].get("reason"),
                                 "ttft_s": conf["ttft_s"], "latency_s": conf["latency_s"],
@@ -142,6 +144,17 @@ def _at(rows: list[dict], threshold: float, cheap_q: float, strong_q: float, str
                                 for r, e in zip(rows, up, strict=True)])}
 
 
+def _by_scorer(rows: list[dict]) -> dict[str, float | None]:
+    """Per scorer of the cheap answer's log-probabilities (the validity check first, as the cascade runs it):
+    the fewest strong-tier seconds (relative to `strong`) at which the cascade recovers 90 % of the gap."""
+    found: dict[str, float | None] = {}
+    for name, score in SCORERS.items():
+        scores = [score(r["cheap_logprobs"]) if r["cheap_valid"] and r["cheap_logprobs"] else -1.0 for r in rows]
+        curve = replay(rows, scores, verified=False)
+        found[name] = min((p["strong_seconds_vs_strong_route"] for p in curve if p["pgr"] >= 0.9 - 1e-12), default=None)
+    return found
+
+
 def summarize(rows: list[dict], threshold: float) -> dict:
     """Per kind and over all: each tier's rates and TTFT, the speculative route against `strong`, the
     confidence cascade with the validity check (replayed at every threshold, and live)."""
@@ -156,6 +169,10 @@ def summarize(rows: list[dict], threshold: float) -> dict:
             "cheap": {**_rates(part, "cheap"), "ttft_p50_s": _p50([r["cheap_ttft_s"] for r in part])},
             "strong": {**_rates(part, "strong"), "ttft_p50_s": _p50([r["strong_ttft_s"] for r in part])},
             "speculative": {"equals_strong": sum(r["speculative"]["equals_strong"] for r in part),
+                            "plans": sorted({r["speculative"]["plan"] for r in part}),
+                            "served_from_drafts": speculation_totals([r["speculative"]["speculation"] for r in part])[1],
+                            "strong_seconds_vs_strong_route": sum(r["speculative"]["strong_seconds"] for r in part)
+                            / max(1e-9, sum(r["strong_seconds"] for r in part)),
                             "ttft_p50_s": _p50([r["speculative"]["ttft_s"] for r in part])},
             "confidence_live": {
                 "quality": sum(x["quality"] for x in live) / len(part),
@@ -170,6 +187,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
             curve = replay(part, [r["confidence"] for r in part], verified=False)
             at = _at(part, threshold, cheap_q, strong_q, strong_total=sum(r["strong_seconds"] for r in part))
             recovering = [p for p in curve if p["pgr"] >= 0.9 - 1e-12]
+            entry["strong_seconds_to_recover_90pct_by_scorer"] = _by_scorer(part)
             entry["confidence_replayed"] = {
                 "validity_only": curve[0], "at_profile_threshold": at,
                 "cheapest_recovering_90pct": min(recovering, key=lambda p: (p["strong_seconds_vs_strong_route"],

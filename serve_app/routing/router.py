@@ -183,8 +183,8 @@ class CascadeRouter:
     def _plan(self, settings: CascadeConfig, request: GenerationRequest, own: int = 0) -> Plan:
         """What `auto` runs for this request: the configured mode, or under load the adaptive plan's choice.
         `own`: the places this request already holds on each tier (not counted as others' load)."""
-        if settings.mode == "speculative" and request.structured:
-            return Plan("strong", reason="tools or an output format: the strong tier's own constrained answer")
+        if settings.mode == "speculative" and request.tools:
+            return Plan("strong", reason="tools: the strong tier's own calls, parsed by its tool parser")
         if settings.mode != "speculative" or not settings.adaptive.enabled:
             return Plan(settings.mode, settings.draft_tokens if settings.mode == "speculative" else 0, "configured")
         key = request.session_key or request.request_id

@@ -140,7 +140,7 @@ def test_logprobs_are_returned_when_asked(client):
     ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4000}, 400, "max_tokens"),
     ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
-    ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, None),
+    ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n"),
     ({"model": "strong", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, 400, "frobnicate"),
     ({"model": "auto", "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "messages"),
 ])

@@ -71,16 +71,30 @@ def test_json_schema_answers_parse_and_validate_on_every_route(client, route):
     jsonschema.validate(json.loads(response.choices[0].message.content), PLACE)
 
 
-def test_the_speculative_route_serves_the_strong_tiers_constrained_answer(client, stack):
-    """At alpha 0 and temperature 0 `auto`'s answer to a schema is the `strong` route's own."""
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_speculative_route_drafts_under_a_schema_and_serves_the_strong_tiers_constrained_answer(client, stack,
+                                                                                                  stream):
+    """At alpha 0 and temperature 0 `auto`'s answer to a schema is the `strong` route's own, though the cheap
+    tier drafted it: the strong tier's verdicts are taken under the schema."""
     assert stack.args["cascade"]["mode"] == "speculative" and stack.args["cascade"]["alpha"] == 0
-    for question in ("Name a city in Spain and its country.", "Where is the Eiffel Tower? Answer as JSON."):
+    drafted = 0
+    for question in ("Name a city in Spain and its country.", "Where is the Eiffel Tower? Answer as JSON.",
+                     "Extract the place as JSON: I flew from Lima, the capital of Peru."):
         kwargs = dict(messages=[{"role": "user", "content": question}], max_tokens=64, temperature=0,
                       response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": PLACE}})
-        auto = client.chat.completions.create(model="auto", **kwargs)
-        strong = client.chat.completions.create(model="strong", **kwargs)
-        assert auto.choices[0].message.content == strong.choices[0].message.content
-        assert routing(auto)["plan"] == "strong" and routing(auto)["served_by"] == "strong"
+        strong = client.chat.completions.create(model="strong", **kwargs).choices[0].message.content
+        if stream:
+            chunks = list(client.chat.completions.create(model="auto", stream=True, **kwargs))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            last = [c.model_extra["routing"] for c in chunks if (c.model_extra or {}).get("routing")][-1]
+        else:
+            auto = client.chat.completions.create(model="auto", **kwargs)
+            text, last = auto.choices[0].message.content, routing(auto)
+        assert text == strong
+        jsonschema.validate(json.loads(text), PLACE)
+        assert last["plan"].startswith("speculative") and last["served_by"] == "strong"
+        drafted += last["speculation"]["drafted"]
+    assert drafted > 0
 
 
 def test_the_confidence_cascade_escalates_a_cheap_answer_that_calls_no_tool(client):

@@ -31,14 +31,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from serve_app.config import AUTO_ROUTE
 from serve_app.core.errors import ClientError, InvalidRequest, ServerError, ServingError
 from serve_app.core.generation import GenerationChunk, GenerationRequest, Verification
 from serve_app.core.stream import RoutedStream, Routing, prepended
 from serve_app.routing.cascades.base import CascadeCall, drain_verdict, held
+from serve_app.routing.cascades.drafts import Draft, Speculation, cut_at_stop, drain
 from serve_app.routing.scorers import kept
 
 Open = Callable[[str, GenerationRequest], Awaitable[AsyncIterator[GenerationChunk]]]
@@ -79,52 +79,6 @@ async def open_answer(call: CascadeCall) -> RoutedStream:
     return RoutedStream(routing, prepended(first, chunks))
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where the first stop string starts in `text`, if one occurs."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
-@dataclass(slots=True)
-class Speculation:
-    """What a speculative answer took: tokens drafted by the cheap tier, drafts it ended early at a token
-    it was unsure of (`cut`), drafted tokens kept, tokens the strong tier put in instead of a rejected
-    draft, tokens it added of its own (the opening token, and one after each kept block), verification
-    passes."""
-
-    drafted: int = 0
-    cut: int = 0
-    accepted: int = 0
-    replaced: int = 0
-    added: int = 0
-    passes: int = 0
-    strong_failed: bool = False
-    cheap_failed: bool = False
-    drafting_stopped: bool = False
-    """The load rose mid-answer: the strong tier finished it alone (serve_app.routing.cascades.adaptive)."""
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: int(v) for k, v in dataclasses.asdict(self).items()}
-
-
-@dataclass(slots=True)
-class _Draft:
-    ids: list[int]
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-
-
-async def _drain(chunks: AsyncIterator[GenerationChunk]) -> _Draft:
-    ids, text, finish, prompt = [], [], None, 0
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            ids += chunk.token_ids
-            text.append(chunk.text)
-            finish, prompt = chunk.finish_reason or finish, chunk.prompt_tokens
-    return _Draft(ids, "".join(text), finish, prompt)
-
-
 class SpeculativeAnswer:
     """One answer's rounds. Iterate `chunks()` for the served deltas; usage counts served tokens."""
 
@@ -160,10 +114,12 @@ class SpeculativeAnswer:
         if floor is not None:
             sampling["logprobs"] = 0  # the sampled token's, which the cheap engine judges the draft's end by
         # One version of each tier for the whole answer while a canary runs: the rounds share a session key.
+        # A draft after a served prefix is free text: vLLM starts a grammar at the first generated token. The
+        # strong tier's verdict is taken under the request's format, so what is served keeps to it.
         return dataclasses.replace(self._request, request_id=f"{self._request.request_id}-s{self._round}",
                                    sampling=sampling, prefix_token_ids=list(self._ids), verify_token_ids=verify,
                                    session_key=self._request.session_key or self._request.request_id,
-                                   stop_below_logprob=floor)
+                                   stop_below_logprob=floor, structured=None if draft else self._request.structured)
 
     def _room(self) -> int | None:
         return None if self._max_tokens is None else self._max_tokens - len(self._ids)
@@ -210,7 +166,8 @@ class SpeculativeAnswer:
             if room is not None and room <= 0:
                 yield self._chunk([], "", "length")
                 return
-            gamma = self._gamma if self._replan is None else self._replan()
+            # A constrained answer keeps drafting whatever the load: the strong tier cannot take it over mid-answer.
+            gamma = self._gamma if self._replan is None or self._request.structured else self._replan()
             if gamma <= 0:  # the strong tier got busy: passes would now cost more than they save
                 self.stats.drafting_stopped = True
                 async for chunk in self._alone(self._strong):
@@ -234,6 +191,8 @@ class SpeculativeAnswer:
             except ClientError:
                 raise
             except ServingError:
+                if self._request.structured:  # an unverified draft may break the format
+                    raise
                 self.stats.strong_failed = True
                 text, stopped = self._stopped(draft.text)
                 done = stopped or draft.finish_reason == "stop" or (room is not None and room <= len(draft.ids))
@@ -248,11 +207,11 @@ class SpeculativeAnswer:
             if chunk.finish_reason is not None:
                 return
 
-    async def _answer(self, tier: str, request: GenerationRequest) -> _Draft | None:
+    async def _answer(self, tier: str, request: GenerationRequest) -> Draft | None:
         """The tier's whole answer to `request`, or None when the tier failed server-side (shed, broken,
         timed out); the request's own errors are raised."""
         try:
-            return await _drain(await self._open(tier, request))
+            return await drain(await self._open(tier, request))
         except ClientError:
             raise
         except ServingError:
@@ -262,7 +221,7 @@ class SpeculativeAnswer:
         self.stats.passes += 1
         return await drain_verdict(await self._open(self._strong, self._ask(1, verify=ids)))  # one token of its own
 
-    def _round_chunk(self, draft: _Draft, verdict: Verification, room: int | None) -> GenerationChunk:
+    def _round_chunk(self, draft: Draft, verdict: Verification, room: int | None) -> GenerationChunk:
         n, k = len(draft.ids), kept(verdict, self._alpha)
         self.stats.accepted += k
         if k < n:  # the strong model's own token in place of the first rejected one
@@ -280,9 +239,29 @@ class SpeculativeAnswer:
             finish = "length"
         return self._chunk(ids, text, "stop" if stopped else finish)
 
+    async def _constrained_rounds(self) -> AsyncIterator[GenerationChunk]:
+        """The rest of a constrained answer from the strong tier alone: a verdict on no draft per token (its one
+        token of its own, under the request's format)."""
+        while True:
+            room = self._room()
+            verdict = await self._verify([])
+            self.stats.added += 1
+            text, stopped = self._stopped(verdict.texts[0])
+            finish = "stop" if stopped or verdict.stops[0] else "length" if room is not None and room <= 1 else None
+            yield self._chunk([verdict.ids[0]], text, finish)
+            if finish is not None:
+                return
+
     async def _alone(self, tier: str) -> AsyncIterator[GenerationChunk]:
         """The rest of the answer from one tier, streamed as it comes (the other tier failed or refused, or
         the load stopped the drafts); the strong tier's tokens count as its own (`added`)."""
+        if self._request.structured and self._ids:  # vLLM cannot continue a constrained answer from a prefix
+            if tier != self._strong:
+                raise ServerError("the strong tier failed mid-answer, and only its verdicts keep an answer to the "
+                                  "request's format")
+            async for chunk in self._constrained_rounds():
+                yield chunk
+            return
         request = self._ask(self._room())
         chunks = await self._open(tier, request)
         async with contextlib.aclosing(chunks):

@@ -9,7 +9,8 @@ import pytest
 
 from serve_app.core.errors import BackendUnavailable, InvalidRequest
 from serve_app.core.generation import GenerationRequest, Verification
-from serve_app.routing.cascades.speculative import SpeculativeAnswer, cut_at_stop
+from serve_app.routing.cascades.drafts import cut_at_stop
+from serve_app.routing.cascades.speculative import SpeculativeAnswer
 from serve_app.routing.scorers import kept
 from tests.serve_app.fakes import EOS, TokenModel, cascade_router, run, text_of
 
@@ -229,3 +230,39 @@ def test_a_request_may_choose_its_cascade_only_where_the_config_allows_it():
     for threshold, served_by in ((0.5, "cheap"), (0.7, "strong")):  # confidence mode; the cheap answer scores 0.6
         stream, chunks = run(go(True, {"threshold": threshold}))
         assert stream.routing.served_by == served_by and chunks[-1].speculation is None
+
+
+FORMAT = {"response_format": {"type": "json_object"}}
+
+
+def structured_answer(cheap, strong, **kwargs):
+    models = {"cheap": cheap, "strong": strong}
+
+    async def open_tier(tier, request):
+        return await models[tier].open(request)
+
+    request = GenerationRequest("r1", {"temperature": 0}, prompt="q", structured=FORMAT)
+    return SpeculativeAnswer(open_tier, request, "cheap", "strong", 4, 0.0, **kwargs)
+
+
+def test_with_a_format_drafts_are_free_text_and_every_verdict_is_taken_under_it():
+    cheap, strong = TokenModel([5, 6, 1, 8, 9, EOS]), TokenModel(STRONG)
+    chunks = collect(structured_answer(cheap, strong, replan=lambda: 0))  # the load would stop the drafts
+    assert [t for c in chunks for t in c.token_ids] == STRONG
+    assert all(r.structured is None for r in cheap.requests)  # vLLM cannot start a grammar after a prefix
+    assert all(r.structured == FORMAT for r in strong.requests)  # the opening token and every verdict
+    assert chunks[-1].speculation["drafting_stopped"] == 0  # a constrained answer keeps drafting
+
+
+def test_with_a_format_the_strong_tier_finishes_alone_by_verdicts_on_no_draft():
+    cheap, strong = TokenModel([5, 6], fail_calls={2}), TokenModel(STRONG)  # the second draft fails
+    chunks = collect(structured_answer(cheap, strong))
+    assert [t for c in chunks for t in c.token_ids] == STRONG
+    finishing = strong.requests[3:]
+    assert finishing and all(r.verify_token_ids == [] and r.structured == FORMAT for r in finishing)
+
+
+def test_with_a_format_a_strong_failure_mid_answer_is_an_error_not_an_unchecked_draft():
+    cheap, strong = TokenModel(STRONG), TokenModel(STRONG, fail_calls={2})  # the first verdict fails
+    with pytest.raises(BackendUnavailable):
+        collect(structured_answer(cheap, strong))
