@@ -34,49 +34,13 @@ import httpx
 from scripts.eval_cascade import replay
 from scripts.eval_speculative import ask, speculation_totals
 from serve_app.analysis import cascade_eval
+from serve_app.analysis.structured_eval import FORMAT_FIELDS, judged
 from serve_app.config import AppConfig
 from serve_app.core.stats import percentile
 from serve_app.routing.scorers import SCORERS
-from serve_app.routing.validity import failed_check
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "scripts" / "data" / "structured_eval.jsonl"
-FORMAT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
-
-
-def _same(value: Any, expected: Any) -> bool:
-    if isinstance(expected, str):
-        return isinstance(value, str) and value.strip().casefold() == expected.casefold()
-    if isinstance(expected, int | float) and not isinstance(expected, bool):
-        return isinstance(value, int | float) and float(value) == float(expected)
-    return value == expected
-
-
-def _fields_match(got: Any, expected: dict[str, Any]) -> bool:
-    return isinstance(got, dict) and all(_same(got.get(key), value) for key, value in expected.items())
-
-
-def exact(item: dict, answer: dict) -> bool:
-    """The answer is the reference: the first call names the tool with the reference's arguments, or the
-    content parses to an object with the reference's fields."""
-    reference = item["reference"]
-    try:
-        if item["kind"] == "json_schema":
-            return _fields_match(json.loads(answer["text"]), reference)
-        call = answer["tool_calls"][0]["function"] if answer["tool_calls"] else None
-        return call is not None and call["name"] == reference["name"] and _fields_match(
-            json.loads(call["arguments"]), reference["arguments"])
-    except ValueError:
-        return False
-
-
-def judged(item: dict, answer: dict) -> dict:
-    """An answer's validity (the check the cascade makes), exact match and the eval's quality measure."""
-    structured = {k: item[k] for k in FORMAT_FIELDS if k in item}
-    failed = failed_check(structured, answer["text"], answer["tool_calls"])
-    match = exact(item, answer)
-    return {"valid": failed is None, "failed": failed, "exact": match,
-            "quality": failed is None if item["kind"] == "auto" else match}
 
 
 def _signature(answer: dict) -> tuple:
@@ -218,6 +182,10 @@ def plot(summary: dict, path: Path) -> None:
                     label="confidence + validity check")
         live = entry["confidence_live"]
         ax.plot(live["strong_seconds_vs_strong_route"], live["quality"], "x", markersize=9, label="confidence, live")
+        speculative = entry["speculative"]
+        if any(plan.startswith("speculative") for plan in speculative["plans"]):
+            ax.plot(speculative["strong_seconds_vs_strong_route"], entry["strong"]["quality"], "^", markersize=8,
+                    label="speculative (alpha 0)")
         ax.set(title=f"{kind} ({entry['n']}, {entry['quality']})", xlabel="strong-tier seconds (1 = strong route)")
     axes[0].set_ylabel("quality")
     axes[0].legend(fontsize=7)
@@ -239,8 +207,10 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, metavar="RESULT", help="summarize an earlier result again")
     args = parser.parse_args()
     config = AppConfig.from_serve_file(args.config)
+    command = "python -m scripts.eval_structured " + " ".join(sys.argv[1:])
     if args.summarize:
-        rows = json.loads(args.summarize.read_text())["rows"]
+        earlier = json.loads(args.summarize.read_text())
+        rows, command = earlier["rows"], earlier["command"]
     else:
         items = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
         if args.limit:
@@ -250,7 +220,6 @@ def main() -> None:
             rows = evaluate(items, http, config.cascade.cheap_tier, config.cascade.strong_tier, config.cascade.scorer,
                             args.max_tokens)
     summary = summarize(rows, config.cascade.threshold)
-    command = "python -m scripts.eval_structured " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": command, "summary": summary, "rows": rows}, indent=1) + "\n")
     plot(summary, args.plot)
