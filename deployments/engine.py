@@ -1,6 +1,7 @@
 """The engine deployment: one vLLM V1 `AsyncLLM` per replica, one class for every tier.
 
-The only module that imports vLLM (lazily, so the app builder stays light). Continuous batching,
+With its helpers (`engine_outputs`, `structured`), the only code that imports vLLM (lazily, so the app
+builder stays light). Continuous batching,
 prefix caching, quantization and the other engine options are vLLM's own, reached through
 `engine.args`. When a caller goes away, Ray Serve cancels `generate`, and vLLM's generator aborts
 the request in the engine.

@@ -41,6 +41,8 @@ def test_the_vllm_pieces_are_where_this_build_has_them():
     from vllm.sampling_params import SamplingParams, StructuredOutputsParams
     from vllm.tool_parsers import ToolParserManager
     from vllm.tool_parsers.tool_strict_level import ToolStrictLevel
+    from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
+    from vllm.v1.structured_output.request import get_structured_output_key
 
     assert {"hermes", "llama3_json", "mistral"} <= set(ToolParserManager.list_registered())
     assert ToolStrictLevel.from_name(TOOL_STRICT_LEVEL) == ToolStrictLevel.PARAMETER
@@ -48,6 +50,8 @@ def test_the_vllm_pieces_are_where_this_build_has_them():
     assert {"structured_outputs", "response_format"} <= set(ChatCompletionRequest.model_fields)
     assert {"structured_outputs", "response_format"} <= set(CompletionRequest.model_fields)
     assert SamplingParams(structured_outputs=StructuredOutputsParams(json={"type": "object"})).structured_outputs
+    assert get_structured_output_key(StructuredOutputsParams(regex="a+"))[1] == "a+"
+    assert callable(XgrammarBackend.compile_grammar)
 
 
 def test_an_unknown_parser_is_refused_naming_the_known_ones(tokenizer):

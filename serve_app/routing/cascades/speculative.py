@@ -21,6 +21,12 @@ settings. The answer is thus the cheap tier's sample with every token the strong
 unlikely (below (1 - alpha) of its favourite) corrected, not a sample of the strong tier's own
 distribution.
 
+With an output format (`GenerationRequest.structured`: `response_format`, `structured_outputs`), the
+opening token is generated under it, drafts are free text (vLLM starts a grammar at the first generated
+token, so it cannot constrain a draft after a served prefix), and every verdict is the strong tier's under
+the format (deployments/structured.py), so at alpha 0 and temperature 0 the answer is its own constrained
+answer. Such an answer drafts whatever the load, and only the strong tier's verdicts can finish it.
+
 If the strong tier fails mid-answer, the cheap tier drafts the rest alone; if the cheap tier fails,
 the strong tier generates the rest alone. Either is reported in the last chunk's `speculation`
 (`strong_failed` / `cheap_failed`). Pure: the tiers are functions handed in.
