@@ -108,11 +108,10 @@ class Grammar:
 
     def __init__(self, matcher: Any, vocab_size: int, stop_ids: set[int]):
         self._matcher, self._vocab_size, self._stop_ids = matcher, vocab_size, stop_ids
-        self._accepted = 0
 
     @classmethod
     def compiled(cls, backend: Any, request: GenerationRequest, stop_ids: set[int]) -> Grammar:
-        """`backend`: vLLM's XgrammarBackend for this engine's tokenizer (`grammar_backend`)."""
+        """`backend`: vLLM's XgrammarBackend for this engine's tokenizer (`Grammars` builds it)."""
         from vllm.v1.structured_output.request import get_structured_output_key
 
         constraint = _vllm_request(request).extract_structured_outputs()
@@ -122,11 +121,9 @@ class Grammar:
         return cls(compiled.matcher, backend.vocab_size, stop_ids)
 
     def allows(self, token: int) -> bool:
-        if self._matcher.is_terminated():
+        if not self.accept([token]):
             return False
-        if not self._matcher.accept_token(token):
-            return False
-        self._matcher.rollback(1)
+        self.rollback(1)
         return True
 
     def accept(self, tokens: list[int]) -> bool:
@@ -135,7 +132,6 @@ class Grammar:
             if self._matcher.is_terminated() or not self._matcher.accept_token(token):
                 self.rollback(i)
                 return False
-        self._accepted += len(tokens)
         return True
 
     def rollback(self, count: int) -> None:

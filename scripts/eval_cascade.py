@@ -100,13 +100,14 @@ def rescored(rows: list[dict], scorer: str) -> list[Answered]:
             for row in rows]
 
 
-def replay(rows: list[dict], scores: list[float], verified: bool) -> list[dict]:
-    """A threshold mode at every threshold that changes it: what each point costs and serves."""
+def replay(rows: list[dict], scores: list[float], verified: bool, at: list[float] | None = None) -> list[dict]:
+    """A threshold mode at every threshold that changes it (or at the thresholds `at`): what each point costs
+    and serves."""
     strong_total = sum(r["strong_seconds"] for r in rows)
     cheap_acc, strong_acc = cascade_eval.accuracies(answered(rows))
     base = [r["verified_latency_s"] if verified else r["cheap_latency_s"] for r in rows]  # before a decision
     points = []
-    for threshold in cascade_eval.thresholds([Answered(s, False, False) for s in scores]):
+    for threshold in at or cascade_eval.thresholds([Answered(s, False, False) for s in scores]):
         up = [s < threshold for s in scores]
         accuracy = sum(r["strong_correct"] if e else r["cheap_correct"] for r, e in zip(rows, up, strict=True)) / len(rows)
         points.append({

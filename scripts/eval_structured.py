@@ -33,7 +33,6 @@ import httpx
 
 from scripts.eval_cascade import replay
 from scripts.eval_speculative import ask, speculation_totals
-from serve_app.analysis import cascade_eval
 from serve_app.analysis.structured_eval import FORMAT_FIELDS, judged
 from serve_app.config import AppConfig
 from serve_app.core.stats import percentile
@@ -96,18 +95,6 @@ def _p50(values: list[float | None]) -> float | None:
     return percentile([v for v in values if v is not None], 50) if any(v is not None for v in values) else None
 
 
-def _at(rows: list[dict], threshold: float, cheap_q: float, strong_q: float, strong_total: float) -> dict:
-    """The confidence cascade with the validity check at one threshold, replayed."""
-    up = [r["confidence"] < threshold for r in rows]
-    quality = sum(r["strong_correct"] if e else r["cheap_correct"] for r, e in zip(rows, up, strict=True)) / len(rows)
-    return {"threshold": threshold, "accuracy": quality, "pgr": cascade_eval.pgr(quality, cheap_q, strong_q),
-            "strong_share": sum(up) / len(rows),
-            "strong_seconds_vs_strong_route": sum(r["strong_seconds"] for r, e in zip(rows, up, strict=True) if e)
-            / strong_total,
-            "ttft_p50_s": _p50([r["cheap_latency_s"] + ((r["strong_ttft_s"] or 0.0) if e else 0.0)
-                                for r, e in zip(rows, up, strict=True)])}
-
-
 def _by_scorer(rows: list[dict]) -> dict[str, float | None]:
     """Per scorer of the cheap answer's log-probabilities (the validity check first, as the cascade runs it):
     the fewest strong-tier seconds (relative to `strong`) at which the cascade recovers 90 % of the gap."""
@@ -149,7 +136,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         }
         if strong_q > cheap_q:
             curve = replay(part, [r["confidence"] for r in part], verified=False)
-            at = _at(part, threshold, cheap_q, strong_q, strong_total=sum(r["strong_seconds"] for r in part))
+            at = replay(part, [r["confidence"] for r in part], verified=False, at=[threshold])[0]
             recovering = [p for p in curve if p["pgr"] >= 0.9 - 1e-12]
             entry["strong_seconds_to_recover_90pct_by_scorer"] = _by_scorer(part)
             entry["confidence_replayed"] = {

@@ -135,9 +135,7 @@ class StructuredFields(BaseModel):
         body = self.model_dump(include=STRUCTURED_FIELDS, exclude_none=True, by_alias=True)
         if body.get("response_format", {}).get("type") == "text":
             del body["response_format"]
-        if self.model_fields_set.isdisjoint(STRUCTURED_FIELDS) or not body:
-            return None
-        return body
+        return body or None
 
 
 class ToolMessageFields(BaseModel):

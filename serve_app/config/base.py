@@ -9,6 +9,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def under_project(path: str) -> str:
+    """A config path as given, with a leading ./ made absolute under the project root."""
+    return str(PROJECT_ROOT / path[2:]) if path.startswith("./") else path
 AUTO_ROUTE = "auto"
 BUILDER = "deployments.app:build_app"
 """The `import_path` of this project's application in a Serve config file."""

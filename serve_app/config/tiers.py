@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from serve_app.config.base import PROJECT_ROOT, VERSION_NAME, DeploymentOptions, StrictModel, merged
+from serve_app.config.base import VERSION_NAME, DeploymentOptions, StrictModel, merged, under_project
 
 
 class ModelConfig(StrictModel):
@@ -30,9 +30,7 @@ class ModelConfig(StrictModel):
 
     def resolved(self) -> str:
         """The source with a ./ path made absolute under the project root."""
-        if self.source.startswith("./"):
-            return str(PROJECT_ROOT / self.source[2:])
-        return self.source
+        return under_project(self.source)
 
 
 class EngineConfig(StrictModel):
@@ -62,10 +60,7 @@ class EngineConfig(StrictModel):
     `--tool-call-parser`). Without one, requests with `tools` to this tier are refused with a 400."""
 
     def chat_template_text(self) -> str | None:
-        if self.chat_template is None:
-            return None
-        path = PROJECT_ROOT / self.chat_template[2:] if self.chat_template.startswith("./") else Path(self.chat_template)
-        return path.read_text()
+        return None if self.chat_template is None else Path(under_project(self.chat_template)).read_text()
 
     @field_validator("args")
     @classmethod

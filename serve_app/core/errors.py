@@ -108,6 +108,6 @@ def invalid_request(errors: list[dict]) -> InvalidRequest:
     message = str(first.get("msg")).removeprefix("Value error, ")
     if param is None and (named := re.match(r"([\w.\[\]-]+): ", message)):  # a whole-request check names its field
         param = named.group(1)
-        return InvalidRequest(message, param=param)
-    named = param is None or message.startswith(f"{param}:")
-    return InvalidRequest(message if named else f"{param}: {message}", param=param)
+    if param is not None and not message.startswith(f"{param}:"):
+        message = f"{param}: {message}"
+    return InvalidRequest(message, param=param)
