@@ -21,7 +21,8 @@ def build_app(args: dict[str, Any]) -> Application:
     get the validated models (validated once, here)."""
     config = AppConfig.model_validate(args)
     if config.cascade.mode == "speculative" or config.cascade.allow_request_overrides:
-        versions = {name: [(f"{name}@{v}", c.model.resolved()) for v, c in tier.all_versions().items()]
+        versions = {name: [(f"{name}@{v}", c.model.resolved()) for v, c in tier.all_versions().items()
+                           if c.engine.kind == "vllm"]  # a synthetic model's tokens are the same for every tier
                     for name, tier in config.tiers.items()}
         for cheap in versions[config.cascade.cheap_tier]:
             for strong in versions[config.cascade.strong_tier]:

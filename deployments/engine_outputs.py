@@ -2,16 +2,21 @@
 tokens' log-probabilities, and a scoring request's `Verification`.
 
 Duck-typed over vLLM's `CompletionOutput`/`RequestOutput` (vLLM is imported only to build its
-`SamplingParams`), so the unit tests hand in plain objects.
+`SamplingParams`), so the unit tests hand in plain objects. The sampling options and the error mapping
+are the seam's, shared with the synthetic engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serve_app.core.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.core.errors import BackendUnavailable, ContextLengthExceeded, InvalidRequest, ServerError, ServingError
 from serve_app.core.generation import GenerationRequest, TokenLogprob, Verification
+
+logger = logging.getLogger("ray.serve")
 
 DECODE_CONTEXT_TOKENS = 4
 """Prompt tokens decoded in front of an answer's, so that a tokenizer that drops a leading space at the
@@ -19,13 +24,11 @@ start of a text (SentencePiece) decodes the first answer token as it reads in co
 incremental detokenizer does."""
 
 
-def sampling_params(request: GenerationRequest, prompt_len: int, max_model_len: int, extra: dict[str, Any]) -> Any:
-    """vLLM's SamplingParams for a generation: the request's options with `extra` over them (a structured
-    answer's), `max_tokens` defaulting to the room left in the context, streamed as deltas."""
-    from vllm import SamplingParams
-    from vllm.exceptions import VLLMClientError
-    from vllm.sampling_params import RequestOutputKind
-
+def sampling_options(request: GenerationRequest, prompt_len: int, max_model_len: int,
+                     extra: dict[str, Any]) -> dict[str, Any]:
+    """An engine's sampling options for a generation: the request's, with `extra` over them (a structured
+    answer's), `max_tokens` defaulting to the room left in the context; a context overflow is the
+    request's fault (ContextLengthExceeded, naming what overflowed)."""
     room = max_model_len - prompt_len
     if room <= 0:
         raise ContextLengthExceeded(
@@ -38,10 +41,26 @@ def sampling_params(request: GenerationRequest, prompt_len: int, max_model_len: 
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion).",
             param="max_tokens")
+    return {**sampling, "max_tokens": max_tokens}
+
+
+@contextlib.contextmanager
+def engine_errors(model: str, request_id: str, client_errors: tuple[type[BaseException], ...] = (),
+                  dead_errors: tuple[type[BaseException], ...] = ()):
+    """An engine's exceptions as the seam's: the request's fault (`client_errors`) is an InvalidRequest
+    naming the parameter it knows, a dead engine (`dead_errors`) is BackendUnavailable, the seam's own
+    errors pass, anything else is a ServerError (logged with its trace)."""
     try:
-        return SamplingParams(**sampling, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
-    except (TypeError, ValueError, VLLMClientError) as exc:
+        yield
+    except ServingError:
+        raise
+    except client_errors as exc:
         raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from None
+    except dead_errors as exc:
+        raise BackendUnavailable(f"engine for {model} is dead: {exc}") from None
+    except Exception as exc:
+        logger.exception("generation failed for request %s", request_id)
+        raise ServerError(f"generation failed: {type(exc).__name__}") from None
 
 
 async def best_allowed(engine: Any, ids: list[int], allowed: list[int], request: GenerationRequest) -> tuple[int, float]:

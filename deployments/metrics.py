@@ -1,7 +1,7 @@
 """Prometheus metrics through Ray's metrics endpoint (`ray.serve.metrics`, which tags each series
 with its application, deployment and replica). Ray prefixes every name with `ray_`; the Grafana
 dashboard in docs/grafana/ reads these names. vLLM's own engine metrics (`ray_vllm:*`) come from
-its Ray stat logger in deployments/engine.py.
+its Ray stat logger in deployments/vllm_engine.py (the synthetic engine exports the same names).
 
 Thin: the router fills a `Ledger` per request (serve_app.core.ledger) and hands it over here.
 """

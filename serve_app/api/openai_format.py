@@ -26,26 +26,29 @@ from serve_app.api.protocol import (
     TopLogprob,
     Usage,
 )
+from serve_app.config import RouterConfig
 from serve_app.core.generation import GenerationChunk, GenerationRequest, TokenLogprob, assembled_tool_calls
 from serve_app.core.stream import RoutedStream, Routing
 
 
-def generation_request(request: ChatCompletionRequest | CompletionRequest, default_max_tokens: int | None,
+def generation_request(request: ChatCompletionRequest | CompletionRequest, defaults: RouterConfig,
                        session_key: str | None = None) -> GenerationRequest:
-    """What the tiers are asked; `session_key` (x-session-id) keeps a conversation on one version of a tier
-    during a canary, else the OpenAI `user` does."""
+    """What the tiers are asked, with the `defaults` the request does not override; `session_key`
+    (x-session-id) keeps a conversation on one version of a tier during a canary, else the OpenAI `user` does."""
     request_id, session_key = uuid.uuid4().hex, session_key or request.user
     cascade = request.cascade.model_dump(exclude_none=True) if request.cascade else None
+    interval_s = request.stream_interval_s(defaults.stream_interval_ms)
     if isinstance(request, ChatCompletionRequest):
-        sampling = request.sampling(request.requested_max_tokens or default_max_tokens, request.requested_logprobs)
+        sampling = request.sampling(request.requested_max_tokens or defaults.default_max_tokens,
+                                    request.requested_logprobs)
         messages = [m.as_template_input() for m in request.messages]
         if session_key is None and request.uses_tools:
             session_key = conversation_key(messages)
         return GenerationRequest(request_id, sampling, messages=messages, session_key=session_key, cascade=cascade,
-                                 structured=request.structured())
+                                 structured=request.structured(), stream_interval_s=interval_s)
     sampling = request.sampling(request.requested_max_tokens, request.requested_logprobs)
     return GenerationRequest(request_id, sampling, prompt=request.prompt_text, session_key=session_key, cascade=cascade,
-                             structured=request.structured())
+                             structured=request.structured(), stream_interval_s=interval_s)
 
 
 def conversation_key(messages: list[dict]) -> str:

@@ -74,6 +74,8 @@ class _Request(BaseModel):
     bad_words: list[str] | None = None
     allowed_token_ids: list[int] | None = None
     cascade: CascadeOptions | None = None
+    stream_interval_ms: float | None = Field(None, ge=0, le=1000)
+    """Extension: this stream's pace (serve_app.config.RouterConfig.stream_interval_ms), e.g. for benchmarks."""
 
     @model_validator(mode="after")
     def _supported(self) -> _Request:
@@ -94,6 +96,10 @@ class _Request(BaseModel):
         params["max_tokens"] = max_tokens
         params["logprobs"] = logprobs
         return params
+
+    def stream_interval_s(self, default_ms: float) -> float:
+        """At most one stream message per this many seconds: the request's own interval, else `default_ms`."""
+        return (default_ms if self.stream_interval_ms is None else self.stream_interval_ms) / 1000
 
     @property
     def include_usage(self) -> bool:

@@ -38,6 +38,7 @@ from serve_app.config.tiers import (
     ExternalConfig,
     ModelConfig,
     PriceConfig,
+    SyntheticEngineConfig,
     TierConfig,
     TierLimits,
 )
@@ -46,7 +47,7 @@ __all__ = [
     "AUTO_ROUTE", "BUILDER", "PROJECT_ROOT", "VERSION_NAME", "AccessConfig", "AdaptiveCascade", "AppConfig", "BackendLimits",
     "CanaryGuardConfig", "CascadeConfig", "CascadeMode", "DeploymentOptions", "EngineConfig", "EngineVersion",
     "ExternalConfig", "FeatureName", "LearnedRule", "ModelConfig", "ModelStoreConfig", "ObservabilityConfig",
-    "PriceConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "ScorerName", "StrictModel", "TierConfig",
+    "PriceConfig", "ResilienceConfig", "RolloutConfig", "RouterConfig", "ScorerName", "StrictModel", "SyntheticEngineConfig", "TierConfig",
     "TierLimits", "TierRollout", "TracingConfig", "VerifierName", "check_serve_config", "engine_deployment",
     "overlaid", "serve_app_entry",
 ]

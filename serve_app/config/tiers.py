@@ -8,7 +8,7 @@ replaced, merged section by section.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -33,9 +33,29 @@ class ModelConfig(StrictModel):
         return under_project(self.source)
 
 
+class SyntheticEngineConfig(StrictModel):
+    """A synthetic engine (deployments.synthetic): deterministic tokens at a set pace, no model compute. For
+    capacity benchmarks of the router and the stream path at GPU-like token rates, and plumbing tests."""
+
+    tokens_per_s: float = Field(50.0, gt=0)
+    """Each running request's decode rate (one engine step emits a token for every request in the batch)."""
+    batch: PositiveInt = 256
+    """Requests decoded at once; later ones wait in the engine's queue."""
+    prefill_s: float = Field(0.02, ge=0)
+    """Time from a request's admission to the batch to its first token (and of a scoring pass)."""
+    answer_tokens: PositiveInt = 64
+    """Length of an answer without max_tokens (it then ends with `stop`, as at an end-of-sequence token)."""
+    max_model_len: PositiveInt = 4096
+
+
 class EngineConfig(StrictModel):
     """How each replica of a tier runs its engine."""
 
+    kind: Literal["vllm", "synthetic"] = "vllm"
+    """vllm: vLLM's AsyncLLM serving `model`; synthetic: the synthetic engine (`synthetic`), whose `model` is
+    only a name."""
+    synthetic: SyntheticEngineConfig = Field(default_factory=SyntheticEngineConfig)
+    """The synthetic engine's pace, with kind synthetic."""
     args: dict[str, Any] = Field(default_factory=dict)
     """vLLM `AsyncEngineArgs` fields (dtype, max_model_len, enable_prefix_caching, quantization,
     tensor_parallel_size, speculative_config, ...), passed through unchanged and checked against
@@ -152,8 +172,10 @@ class TierConfig(StrictModel):
     @property
     def engine_batch(self) -> int:
         """Requests one replica's engine runs at once: Ray Serve's `max_ongoing_requests`, at most vLLM's
-        `max_num_seqs` (Ray Serve queues the rest in the caller's handle, vLLM in its scheduler)."""
-        return min(self.deployment.max_ongoing_requests, self.engine.args.get("max_num_seqs") or 1 << 30)
+        `max_num_seqs` or the synthetic engine's `batch` (Ray Serve queues the rest in the caller's handle,
+        the engine in its scheduler)."""
+        engine_batch = self.engine.synthetic.batch if self.engine.kind == "synthetic" else self.engine.args.get("max_num_seqs")
+        return min(self.deployment.max_ongoing_requests, engine_batch or 1 << 30)
 
     def all_versions(self) -> dict[str, TierConfig]:
         """Every version deployed, by name: the tier's own (when it names a model) first."""

@@ -41,6 +41,9 @@ class GenerationRequest:
     structured: dict[str, Any] | None = None
     """The request's tools and output format, as the OpenAI body spells them (`tools`, `tool_choice`,
     `parallel_tool_calls`, `response_format`, vLLM's `structured_outputs`); None for free text."""
+    stream_interval_s: float = 0.0
+    """The engine replica sends at most one message per interval, holding every token ready by then (the
+    first at once); 0: a message per engine step (serve_app.config.RouterConfig.stream_interval_ms)."""
 
     @property
     def tools(self) -> list[dict[str, Any]] | None:
@@ -99,6 +102,8 @@ class GenerationChunk:
     tool_calls: list[dict[str, Any]] | None = None
     """Tool-call deltas in OpenAI's streamed shape (`index`, then `id`, `type` and `function.name` on a
     call's first delta, `function.arguments` in pieces); `text` is then the answer's content only."""
+    cached_tokens: int = 0
+    """Prompt tokens the engine's prefix cache held."""
 
 
 @dataclass(slots=True)

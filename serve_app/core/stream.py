@@ -6,6 +6,7 @@ returns a new `RoutedStream` with `wrapped`, never edits the one it was given.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
@@ -75,3 +76,50 @@ async def prepended(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]
         yield first
         async for chunk in rest:
             yield chunk
+
+
+async def coalesced(items: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
+    """`items` joined into at most one write per `interval_s`, holding every item ready by then, in order;
+    the first at once. A reader task keeps pulling `items` while a write waits; an error it meets is raised
+    after the items before it. Closing the result stops the reader and closes `items`."""
+    if interval_s <= 0:
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item
+        return
+    loop = asyncio.get_running_loop()
+    clock = loop.time
+    ready: list[str] = []
+    arrived = asyncio.Event()
+    ended: list[BaseException | None] = []
+
+    async def read() -> None:
+        try:
+            async for item in items:
+                ready.append(item)
+                arrived.set()
+            ended.append(None)
+        except Exception as exc:  # noqa: BLE001  (handed to the writer, in order)
+            ended.append(exc)
+        arrived.set()
+
+    reader = loop.create_task(read())
+    send_at = clock()
+    try:
+        while ready or not ended:
+            if (wait := send_at - clock()) > 0:
+                await asyncio.sleep(wait)
+            if not ready and not ended:
+                await arrived.wait()
+            arrived.clear()
+            if ready:
+                batch, ready[:] = "".join(ready), []
+                yield batch
+                send_at = clock() + interval_s
+        if ended[0] is not None:
+            raise ended[0]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        await items.aclose()

@@ -2,7 +2,8 @@
 
 Authentication and the body-size bound come before parsing; every error, raised anywhere, leaves as
 the OpenAI envelope with its status (and `Retry-After` where it has one); a stream that fails after
-its first byte reports the error in-band, as vLLM's server does, then `[DONE]`.
+its first byte reports the error in-band, as vLLM's server does, then `[DONE]`. A stream's events are
+written at most once per its stream interval, each write holding every event ready by then.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from serve_app.core.errors import (
     error_body,
     invalid_request,
 )
-from serve_app.core.stream import RoutedStream, Routing
+from serve_app.core.stream import RoutedStream, Routing, coalesced
 from serve_app.ingress.service import ApiService
 
 
@@ -108,8 +109,9 @@ def build_http_api(service: ApiService) -> FastAPI:
                                     raw.headers.get("x-session-id"))
         headers = response_headers(stream.routing, stream.span)
         if request.stream:  # the cost is known only at the end: it is in the usage chunk, if asked for
-            return StreamingResponse(server_sent_events(chunks(stream, request.include_usage)),
-                                     media_type="text/event-stream", headers=headers)
+            events = server_sent_events(chunks(stream, request.include_usage))
+            interval_s = request.stream_interval_s(service.config.router.stream_interval_ms)
+            return StreamingResponse(coalesced(events, interval_s), media_type="text/event-stream", headers=headers)
         body = (await whole(stream)).model_dump()
         headers["x-request-cost-usd"] = f"{stream.ledger.cost_usd:.9f}"
         return JSONResponse(body, headers=headers)

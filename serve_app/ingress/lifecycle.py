@@ -16,6 +16,7 @@ from opentelemetry import trace
 
 from serve_app.api import openai_format
 from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
+from serve_app.config import RouterConfig
 from serve_app.core.generation import GenerationChunk
 from serve_app.core.ledger import Ledger
 from serve_app.core.stream import RoutedStream
@@ -41,10 +42,11 @@ class NoMetrics:
 
 
 class RequestLifecycle:
-    def __init__(self, routes: CascadeRouter, sink: MetricsSink, default_max_tokens: int | None = None,
+    def __init__(self, routes: CascadeRouter, sink: MetricsSink, defaults: RouterConfig | None = None,
                  record_content: bool = False, clock: Callable[[], float] = time.monotonic):
+        """`defaults`: what a request does not set (max_tokens, the stream interval)."""
         self._routes, self._sink, self._clock = routes, sink, clock
-        self._default_max_tokens, self._record_content = default_max_tokens, record_content
+        self._defaults, self._record_content = defaults or RouterConfig(), record_content
 
     async def open(self, request: ChatCompletionRequest | CompletionRequest, priority: str = "normal",
                    timeout_s: float | None = None, trace_context: dict[str, str] | None = None,
@@ -61,7 +63,7 @@ class RequestLifecycle:
              "top_p": request.top_p, "seed": request.seed})
         try:
             check_request(priority, timeout_s)
-            generation = openai_format.generation_request(request, self._default_max_tokens, session_key)
+            generation = openai_format.generation_request(request, self._defaults, session_key)
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 stream = await self._routes.open(request.model, generation, priority, timeout_s, ledger)
         except BaseException as exc:

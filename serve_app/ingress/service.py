@@ -43,7 +43,7 @@ class ApiService:
         from yet for their model info)."""
         self.config, self.router, self.gate = config, router, gate
         self.sink = sink or NoMetrics()
-        self.lifecycle = RequestLifecycle(router, self.sink, config.router.default_max_tokens,
+        self.lifecycle = RequestLifecycle(router, self.sink, config.router,
                                           config.observability.tracing.record_content)
         self._engine_labels = [engine.label for engine in config.engine_versions()]
         self._engine_infos: dict[str, dict[str, Any]] = {}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.engine import check_engine_args
+from deployments.vllm_engine import check_engine_args
 from serve_app.config import AppConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

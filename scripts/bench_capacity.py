@@ -1,0 +1,258 @@
+"""Router capacity at GPU-like token rates: synthetic tiers (configs/synthetic.yaml) behind the real app.
+
+    .venv/bin/python -m scripts.bench_capacity --out docs/results/capacity.json --plot docs/capacity.png
+        [--streams 1 64 256 1024] [--intervals 0 50] [--router-replicas 1 2] [--seconds 10]
+
+For each router replica count it starts a Ray head, deploys the synthetic profile, and for each stream
+interval (per request, `stream_interval_ms`) and each number of concurrent streams runs a closed loop of
+streamed chat requests on the `strong` route. Over a measured window it reports:
+- offered tokens/s (streams x the synthetic pace), the tokens/s the engine replicas streamed (their
+  `replica_info` counters) and the tokens/s the clients received;
+- TTFT p50/p99, TPOT p50/p99 and the gap between a stream's messages, beside the synthetic engine
+  called directly in this process at the same number of streams;
+- CPU-seconds per 1,000 delivered tokens in the proxy, the router replicas, the engine replicas and the
+  client (this process), from each process's CPU times.
+
+The client is lean on purpose: raw HTTP/1.1 over asyncio, counting tokens in the bytes it reads (a
+synthetic token is " w<id>"), so that at a thousand streams it measures the app, not a JSON parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from scripts.harness.cluster import RayHead, free_port, load_profile, wait_until_running
+from serve_app.config import AppConfig, SyntheticEngineConfig
+from serve_app.core.generation import GenerationRequest
+
+MAX_TOKENS = 100
+MARKER = ("SERVE_APP_BENCH", "capacity")
+
+
+@dataclass
+class Answer:
+    sent: float
+    reads: list[tuple[float, int]] = field(default_factory=list)
+    """(arrival, tokens) of every read that held tokens."""
+
+
+def request_bytes(port: int, interval_ms: float, i: int) -> bytes:
+    body = json.dumps({"model": "strong", "max_tokens": MAX_TOKENS, "stream": True, "stream_interval_ms": interval_ms,
+                       "messages": [{"role": "user", "content": f"capacity stream {i}"}]}).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+async def stream_loop(port: int, interval_ms: float, i: int, stop_at: float, answers: list[Answer]) -> None:
+    loop = asyncio.get_running_loop()
+    request = request_bytes(port, interval_ms, i)
+    while loop.time() < stop_at:
+        answer = Answer(loop.time())
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            while data := await reader.read(65536):
+                if tokens := data.count(b" w"):
+                    answer.reads.append((loop.time(), tokens))
+            writer.close()
+        answers.append(answer)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latencies(answers: list[Answer], start: float, end: float) -> dict[str, float | None]:
+    """TTFT of answers sent in the window, TPOT of answers that finished in it, and message gaps in it (ms)."""
+    ttft = [a.reads[0][0] - a.sent for a in answers if a.reads and start <= a.sent < end]
+    tpot = [(a.reads[-1][0] - a.reads[0][0]) / (sum(n for _, n in a.reads) - 1) for a in answers
+            if len(a.reads) > 1 and start <= a.reads[-1][0] < end and sum(n for _, n in a.reads) == MAX_TOKENS]
+    gaps = [later - earlier for a in answers for (earlier, _), (later, _) in zip(a.reads, a.reads[1:], strict=False)
+            if start <= later < end]
+    return {f"{name}_{q}_ms": None if (v := pct(values, p)) is None else round(v * 1000, 2)
+            for name, values in (("ttft", ttft), ("tpot", tpot), ("gap", gaps)) for q, p in (("p50", .5), ("p99", .99))}
+
+
+def processes() -> dict[str, list[psutil.Process]]:
+    """This machine's serving processes by role."""
+    found = collections.defaultdict(list)
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(process.cmdline())
+            role = ("proxy" if "ProxyActor" in command else "router" if "ServeReplica:llm:router" in command
+                    else "engine" if "ServeReplica:llm:llm-" in command else None)
+            if role:
+                found[role].append(process)
+    found["client"].append(psutil.Process())
+    return found
+
+
+def cpu_seconds(by_role: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    totals = {}
+    for role, members in by_role.items():
+        total = 0.0
+        for process in members:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        totals[role] = total
+    return totals
+
+
+def engine_tokens(handles) -> int:
+    return sum(h.replica_info.remote().result()["tokens"] for h in handles)
+
+
+async def app_level(port: int, streams: int, interval_ms: float, seconds: float, handles, pace: float) -> dict:
+    loop = asyncio.get_running_loop()
+    ramp_s, settle_s = min(2.0, streams / 200), 3.0
+    start = loop.time() + ramp_s + settle_s
+    end = start + seconds
+    answers: list[Answer] = []
+    tasks = []
+    for i in range(streams):
+        tasks.append(loop.create_task(stream_loop(port, interval_ms, i, end, answers)))
+        if ramp_s:
+            await asyncio.sleep(ramp_s / streams)
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    roles = processes()
+    cpu_before, produced_before = cpu_seconds(roles), await asyncio.to_thread(engine_tokens, handles)
+    await asyncio.sleep(max(0.0, end - loop.time()))
+    cpu_after, produced_after = cpu_seconds(roles), await asyncio.to_thread(engine_tokens, handles)
+    await asyncio.gather(*tasks)
+    delivered = sum(n for a in answers for t, n in a.reads if start <= t < end)
+    per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered, 1) * 1000, 4) for role in cpu_after}
+    return {"streams": streams, "interval_ms": interval_ms, "offered_tokens_per_s": streams * pace,
+            "engine_tokens_per_s": round((produced_after - produced_before) / seconds, 1),
+            "delivered_tokens_per_s": round(delivered / seconds, 1),
+            "cpu_s_per_1k_tokens": per_k,
+            "cpu_share": {role: round((cpu_after[role] - cpu_before[role]) / seconds, 3) for role in cpu_after},
+            **latencies(answers, start, end)}
+
+
+async def direct_level(streams: int, seconds: float, pace: SyntheticEngineConfig) -> dict:
+    """The synthetic engine called in this process: the latencies the app adds to."""
+    from deployments.synthetic import SyntheticEngine
+
+    engine = SyntheticEngine("direct", pace, export_metrics=False)
+    loop = asyncio.get_running_loop()
+    end, answers = loop.time() + seconds, []
+
+    async def one(i: int) -> None:
+        while loop.time() < end:
+            answer = Answer(loop.time())
+            async for chunk in engine.generate(GenerationRequest(f"d{i}-{answer.sent}", {"max_tokens": MAX_TOKENS},
+                                                                 prompt=f"capacity stream {i}")):
+                answer.reads.append((loop.time(), len(chunk.token_ids)))
+            answers.append(answer)
+
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return {"streams": streams, **latencies(answers, end - seconds, end)}
+
+
+def deploy(head: RayHead, router_replicas: int, port: int) -> None:
+    profile = load_profile("synthetic.yaml")
+    profile["http_options"]["port"] = port
+    profile["applications"][0]["args"]["router"]["deployment"]["num_replicas"] = router_replicas
+    head.deploy(profile, cli=False)
+    wait_until_running(head.dashboard_url)
+
+
+def engine_handles(head: RayHead) -> list:
+    import ray
+    from ray import serve
+
+    ray.init(address=head.gcs_address, log_to_driver=False, ignore_reinit_error=True)
+    config = AppConfig.model_validate(load_profile("synthetic.yaml")["applications"][0]["args"])
+    return [serve.get_deployment_handle(e.deployment, "llm") for e in config.engine_versions() if e.tier == "strong"]
+
+
+def run(args: argparse.Namespace) -> dict:
+    pace = AppConfig.model_validate(load_profile("synthetic.yaml")["applications"][0]["args"]).tiers["strong"].engine.synthetic
+    result = {"pace_tokens_per_s": pace.tokens_per_s, "max_tokens": MAX_TOKENS, "seconds": args.seconds,
+              "direct": [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams], "app": []}
+    for replicas in args.router_replicas:
+        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16)
+        try:
+            port = free_port()
+            deploy(head, replicas, port)
+            handles = engine_handles(head)
+            for interval in args.intervals:
+                for streams in args.streams:
+                    level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s))
+                    level["router_replicas"] = replicas
+                    print(json.dumps(level), flush=True)
+                    result["app"].append(level)
+        finally:
+            import ray
+
+            ray.shutdown()
+            head.stop()
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    series = collections.defaultdict(list)
+    for level in result["app"]:
+        series[(level["router_replicas"], level["interval_ms"])].append(level)
+    top = max(level["offered_tokens_per_s"] for level in result["app"])
+    axis.plot([0, top], [0, top], color="grey", linestyle=":", label="offered")
+    for (replicas, interval), levels in sorted(series.items()):
+        axis.plot([lv["offered_tokens_per_s"] for lv in levels], [lv["delivered_tokens_per_s"] for lv in levels],
+                  marker="o", label=f"{replicas} router replica{'s' if replicas > 1 else ''}, "
+                                    f"{'per-token messages' if not interval else f'{interval:g} ms interval'}")
+    axis.set_xlabel("offered tokens/s (streams x synthetic pace)")
+    axis.set_ylabel("delivered tokens/s (received by the clients)")
+    axis.set_title("Router capacity on synthetic tiers (2-core CPU host)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 64, 256, 1024])
+    parser.add_argument("--intervals", type=float, nargs="+", default=[0, 50])
+    parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--log-dir", default="/tmp")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    started = time.monotonic()
+    result = run(args)
+    result["wall_s"] = round(time.monotonic() - started)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    for level in result["app"]:
+        print(f"{level['router_replicas']} router, {level['interval_ms']:g} ms, {level['streams']:5d} streams: "
+              f"offered {level['offered_tokens_per_s']:8.0f}, delivered {level['delivered_tokens_per_s']:8.0f} tok/s, "
+              f"TTFT p50 {level['ttft_p50_ms']} ms, router {level['cpu_s_per_1k_tokens'].get('router')} CPU-s/1k")
+
+
+if __name__ == "__main__":
+    main()
