@@ -44,7 +44,7 @@ class EngineServer:
         self._model = engine.info.model
         self._metrics, self._efficiency, self._clock = metrics, answer_efficiency, clock
         self._meter = ProcessorSharing(clock)
-        self._served, self._tokens = 0, 0
+        self._served = 0
         self._warm_up_figures: dict[str, float] | None = None
 
     async def warm_up(self, batch: int, tokens: int) -> dict[str, float] | None:
@@ -99,7 +99,9 @@ class EngineServer:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Accepted | GenerationChunk]:
         """`Accepted` at once (this replica is alive and has the request), then the answer's deltas, at most
         one per `request.stream_interval_s` (the first at once; a draft's unpaced, since it ends at its first
-        unsure token); for a scoring request (`verify_token_ids` or `verify_text`), one chunk with the verdict."""
+        unsure token); for a scoring request (`verify_token_ids` or `verify_text`), one chunk with the verdict.
+        Paced, the end of an answer reaches the router up to one interval after the engine wrote it: the
+        replica learns of it only by reading, and reading late is what lets the engine merge."""
         yield Accepted()
         if request.verify_token_ids is not None or request.verify_text is not None:
             yield await self._score(request)
@@ -118,7 +120,6 @@ class EngineServer:
                     except StopAsyncIteration:
                         break
                     first_token_at = first_token_at or self._clock()
-                    self._tokens += len(last.token_ids)
                     last.replica_seconds = self._meter.held(mark)
                     yield last
                     send_at = self._clock() + interval
@@ -219,13 +220,14 @@ class LLMServer(EngineServer):
         return dict(self._start_phases)
 
     async def replica_info(self) -> dict[str, Any]:
-        """Where this replica runs and what it serves from, answers finished and tokens streamed: for
-        operators, the multi-node tests and the capacity benchmark."""
+        """Where this replica runs and what it serves from, answers finished and tokens its engine generated
+        (at `at`, this host's clock): for operators, the multi-node tests and the capacity benchmark."""
         import ray
 
         return {"replica": self._replica, "node_id": ray.get_runtime_context().get_node_id(),
                 "model_path": self._model_path, "fetched_bytes": self._fetched_bytes,
-                "start_phases": dict(self._start_phases), "served": self._served, "tokens": self._tokens}
+                "start_phases": dict(self._start_phases), "served": self._served,
+                "generated_tokens": self._engine.stats().generated, "at": time.time()}
 
     def __del__(self):
         if getattr(self, "_engine", None) is not None:

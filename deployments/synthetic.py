@@ -77,9 +77,11 @@ class _Stream:
     def position(self) -> int:
         return len(self.request.prefix_token_ids or ()) + len(self.ids)
 
-    def step(self) -> None:
-        """The next token: EOS at the answer's end, else this position's token; then the stop checks."""
-        if self.ends_at is not None and self.position >= self.ends_at:
+    def step(self) -> bool:
+        """The next token: EOS at the answer's end, else this position's token; then the stop checks.
+        Whether a token was written (EOS is not one)."""
+        wrote = not (self.ends_at is not None and self.position >= self.ends_at)
+        if not wrote:
             self.finish_reason = "stop"
         else:
             self.ids.append(token_at(self.seed, self.position))
@@ -88,6 +90,7 @@ class _Stream:
             elif len(self.ids) >= self.max_tokens:
                 self.finish_reason = "length"
         self.ready.set()
+        return wrote
 
     def take(self) -> GenerationChunk:
         """Everything produced since the last take, as one delta."""
@@ -115,11 +118,12 @@ class SyntheticEngine:
         self._running: list[_Stream] = []
         self._waiting: collections.deque[_Stream] = collections.deque()
         self._stepper: asyncio.Task | None = None
+        self._generated = 0
         self._metrics = _Metrics(model) if export_metrics else None
         self._metrics_at = 0.0
 
     def stats(self) -> EngineStats:
-        return EngineStats(unfinished=len(self._running) + len(self._waiting))
+        return EngineStats(len(self._running) + len(self._waiting), self._generated)
 
     async def check_health(self) -> None:
         if self._stepper is not None and self._stepper.done() and not self._stepper.cancelled() \
@@ -194,9 +198,9 @@ class SyntheticEngine:
             produced = 0
             for stream in self._running:
                 if now >= stream.first_at and stream.finish_reason is None:
-                    stream.step()
-                    produced += 1
+                    produced += stream.step()
             self._running = [s for s in self._running if s.finish_reason is None]
+            self._generated += produced
             if self._metrics is not None:
                 self._metrics.produced += produced
                 if now >= self._metrics_at:  # twice a second: Ray's export is slower still

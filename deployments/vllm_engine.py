@@ -50,6 +50,7 @@ class VLLMEngine:
                              if config.tool_call_parser else None)
         self._eos_ids = engine_outputs.eos_ids(self._tokenizer, model_config.hf_config)
         self._grammars = structured.Grammars(self._engine, self._tokenizer)
+        self._generated = 0
 
     def _errors(self, request: GenerationRequest, *client_errors: type[BaseException]):
         from vllm.exceptions import VLLMClientError
@@ -97,6 +98,7 @@ class VLLMEngine:
                 async for output in outputs:
                     completion = output.outputs[0]
                     produced += len(completion.token_ids)
+                    self._generated += len(completion.token_ids)
                     cached = output.num_cached_tokens or cached  # prompt tokens vLLM's prefix cache held
                     text, calls, reason = completion.text, None, completion.finish_reason
                     if answer is not None:
@@ -140,7 +142,7 @@ class VLLMEngine:
         await self._engine.abort(request_id)
 
     def stats(self) -> EngineStats:
-        return EngineStats(unfinished=self._engine.output_processor.get_num_unfinished_requests())
+        return EngineStats(self._engine.output_processor.get_num_unfinished_requests(), self._generated)
 
     async def check_health(self) -> None:
         await self._engine.check_health()

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from scripts.harness.cluster import RayHead, free_port, load_profile, wait_until
 from serve_app.config import AppConfig, SyntheticEngineConfig
 from serve_app.core.generation import GenerationRequest
 
-MAX_TOKENS = 100
+MAX_TOKENS = 256
 MARKER = ("SERVE_APP_BENCH", "capacity")
 
 
@@ -43,28 +44,39 @@ class Answer:
     sent: float
     reads: list[tuple[float, int]] = field(default_factory=list)
     """(arrival, tokens) of every read that held tokens."""
+    status: int | None = None
 
 
-def request_bytes(port: int, interval_ms: float, i: int) -> bytes:
-    body = json.dumps({"model": "strong", "max_tokens": MAX_TOKENS, "stream": True, "stream_interval_ms": interval_ms,
+TOKEN = re.compile(rb" w\d")
+"""A synthetic token in the stream's JSON (deployments.synthetic.decode), and in nothing else it carries."""
+
+
+def request_bytes(port: int, interval_ms: float, i: int, max_tokens: int = MAX_TOKENS) -> bytes:
+    body = json.dumps({"model": "strong", "max_tokens": max_tokens, "stream": True, "stream_interval_ms": interval_ms,
                        "messages": [{"role": "user", "content": f"capacity stream {i}"}]}).encode()
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-async def stream_loop(port: int, interval_ms: float, i: int, stop_at: float, answers: list[Answer]) -> None:
+async def stream_loop(port: int, interval_ms: float, i: int, stop_at: float, answers: list[Answer],
+                      max_tokens: int = MAX_TOKENS) -> None:
     loop = asyncio.get_running_loop()
-    request = request_bytes(port, interval_ms, i)
+    request = request_bytes(port, interval_ms, i, max_tokens)
     while loop.time() < stop_at:
         answer = Answer(loop.time())
+        answers.append(answer)  # counted as it streams: the window may end before it does
         with contextlib.suppress(OSError):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request)
-            while data := await reader.read(65536):
-                if tokens := data.count(b" w"):
-                    answer.reads.append((loop.time(), tokens))
-            writer.close()
-        answers.append(answer)
+            try:
+                writer.write(request)
+                answer.status = int((await reader.readline()).split()[1])
+                while answer.status == 200 and (data := await reader.read(65536)):
+                    if tokens := len(TOKEN.findall(data)):
+                        answer.reads.append((loop.time(), tokens))
+            finally:
+                writer.close()
+        if answer.status != 200:
+            await asyncio.sleep(0.2)  # a refusal: back off a little, as a client would
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -75,8 +87,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def latencies(answers: list[Answer], start: float, end: float) -> dict[str, float | None]:
-    """TTFT of answers sent in the window, TPOT of answers that finished in it, and message gaps in it (ms)."""
-    ttft = [a.reads[0][0] - a.sent for a in answers if a.reads and start <= a.sent < end]
+    """TTFT of every answer whose first token came before the window's end (the ramp's too: a burst of
+    streams), TPOT of answers that finished in the window, and the gaps between messages in it (ms)."""
+    ttft = [a.reads[0][0] - a.sent for a in answers if a.reads and a.reads[0][0] < end]
     tpot = [(a.reads[-1][0] - a.reads[0][0]) / (sum(n for _, n in a.reads) - 1) for a in answers
             if len(a.reads) > 1 and start <= a.reads[-1][0] < end and sum(n for _, n in a.reads) == MAX_TOKENS]
     gaps = [later - earlier for a in answers for (earlier, _), (later, _) in zip(a.reads, a.reads[1:], strict=False)
@@ -111,13 +124,27 @@ def cpu_seconds(by_role: dict[str, list[psutil.Process]]) -> dict[str, float]:
     return totals
 
 
-def engine_tokens(handles) -> int:
-    return sum(h.replica_info.remote().result()["tokens"] for h in handles)
+async def engine_tokens(handles) -> tuple[int, float]:
+    """Tokens the engines have generated, and when the last of them said so (their clock)."""
+    infos = await asyncio.wait_for(asyncio.gather(*(h.replica_info.remote() for h in handles)), 60)
+    return sum(i["generated_tokens"] for i in infos), max(i["at"] for i in infos)
+
+
+async def drained(handles, timeout_s: float = 120) -> None:
+    """Wait until the engines hold no request: the last level's abandoned answers must not load the next."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            calls = asyncio.gather(*(h.num_unfinished_requests.remote() for h in handles))
+            if not sum(await asyncio.wait_for(calls, max(1.0, deadline - loop.time()))):
+                return
+        await asyncio.sleep(0.5)
 
 
 async def app_level(port: int, streams: int, interval_ms: float, seconds: float, handles, pace: float) -> dict:
     loop = asyncio.get_running_loop()
-    ramp_s, settle_s = min(2.0, streams / 200), 3.0
+    ramp_s, settle_s = min(2.0, streams / 200), 3.0 + streams / 128
     start = loop.time() + ramp_s + settle_s
     end = start + seconds
     answers: list[Answer] = []
@@ -128,18 +155,36 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
             await asyncio.sleep(ramp_s / streams)
     await asyncio.sleep(max(0.0, start - loop.time()))
     roles = processes()
-    cpu_before, produced_before = cpu_seconds(roles), await asyncio.to_thread(engine_tokens, handles)
+    # The engines' counters answer when a replica gets to the call (behind the load): read beside the window.
+    cpu_before, measured_from = cpu_seconds(roles), loop.time()
+    before = loop.create_task(engine_tokens(handles))
     await asyncio.sleep(max(0.0, end - loop.time()))
-    cpu_after, produced_after = cpu_seconds(roles), await asyncio.to_thread(engine_tokens, handles)
-    await asyncio.gather(*tasks)
+    cpu_after, measured_s = cpu_seconds(roles), loop.time() - measured_from
+    (produced_before, at_before), (produced_after, at_after) = await before, await engine_tokens(handles)
+    for task in tasks:  # answers still streaming are cut: the window is over
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await drained(handles)
     delivered = sum(n for a in answers for t, n in a.reads if start <= t < end)
-    per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered, 1) * 1000, 4) for role in cpu_after}
+    per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered * measured_s / seconds, 1) * 1000, 4)
+             for role in cpu_after}
     return {"streams": streams, "interval_ms": interval_ms, "offered_tokens_per_s": streams * pace,
-            "engine_tokens_per_s": round((produced_after - produced_before) / seconds, 1),
+            "engine_tokens_per_s": round((produced_after - produced_before) / (at_after - at_before), 1),
             "delivered_tokens_per_s": round(delivered / seconds, 1),
+            "refused": sum(1 for a in answers if a.status not in (200, None)),
             "cpu_s_per_1k_tokens": per_k,
-            "cpu_share": {role: round((cpu_after[role] - cpu_before[role]) / seconds, 3) for role in cpu_after},
+            "cpu_share": {role: round((cpu_after[role] - cpu_before[role]) / measured_s, 3) for role in cpu_after},
             **latencies(answers, start, end)}
+
+
+async def ttft_probe(port: int, interval_ms: float, requests: int = 30) -> dict[str, float | None]:
+    """One stream of short answers, one after another: the time to first token at one stream."""
+    answers: list[Answer] = []
+    loop = asyncio.get_running_loop()
+    for i in range(requests):
+        await stream_loop(port, interval_ms, i, loop.time() + 1e-3, answers, max_tokens=4)
+    ttft = [a.reads[0][0] - a.sent for a in answers if a.reads]
+    return {"ttft_p50_ms": round(pct(ttft, .5) * 1000, 2), "ttft_p99_ms": round(pct(ttft, .99) * 1000, 2)}
 
 
 async def direct_level(streams: int, seconds: float, pace: SyntheticEngineConfig) -> dict:
@@ -182,14 +227,22 @@ def engine_handles(head: RayHead) -> list:
 def run(args: argparse.Namespace) -> dict:
     pace = AppConfig.model_validate(load_profile("synthetic.yaml")["applications"][0]["args"]).tiers["strong"].engine.synthetic
     result = {"pace_tokens_per_s": pace.tokens_per_s, "max_tokens": MAX_TOKENS, "seconds": args.seconds,
-              "direct": [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams], "app": []}
+              "direct": [], "app": [], "ttft_one_stream": []}
+    if args.append and args.out and args.out.exists():  # one run per router replica count, one file
+        result = json.loads(args.out.read_text())
+    if not result["direct"]:
+        result["direct"] = [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
     for replicas in args.router_replicas:
-        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16)
+        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16,
+                             env=dict(pair.split("=", 1) for pair in args.env))
         try:
             port = free_port()
             deploy(head, replicas, port)
             handles = engine_handles(head)
             for interval in args.intervals:
+                probe = asyncio.run(ttft_probe(port, interval))
+                result["ttft_one_stream"].append({"router_replicas": replicas, "interval_ms": interval, **probe})
+                print(json.dumps(result["ttft_one_stream"][-1]), flush=True)
                 for streams in args.streams:
                     level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s))
                     level["router_replicas"] = replicas
@@ -234,13 +287,11 @@ def main() -> None:
     parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--log-dir", default="/tmp")
+    parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the cluster's processes (Ray Serve settings)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--append", action="store_true", help="add this run's levels to those already in --out")
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     started = time.monotonic()
     result = run(args)
     result["wall_s"] = round(time.monotonic() - started)

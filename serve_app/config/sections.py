@@ -103,7 +103,7 @@ class RouterConfig(StrictModel):
     default_max_tokens: PositiveInt | None = None
     """Chat completions without max_tokens generate up to this many tokens (null: to the end of the
     context window, as vLLM does). Completions keep OpenAI's default of 16."""
-    stream_interval_ms: float = Field(50.0, ge=0, le=1000)
+    stream_interval_ms: float = Field(100.0, ge=0, le=1000)
     """A streamed answer's pace on both hops (engine replica to router, router to client): at most one
     message per interval, holding every token ready by then, in order; the first token is sent at once.
     0: one message per engine step. A request may set its own (`stream_interval_ms` in the body)."""

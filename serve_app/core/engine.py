@@ -32,6 +32,8 @@ class EngineInfo:
 class EngineStats:
     unfinished: int
     """Requests the engine holds: running in its batch or waiting in its scheduler."""
+    generated: int
+    """Tokens it has generated since it started, for every request (a capacity benchmark's `produced`)."""
 
 
 class Engine(Protocol):

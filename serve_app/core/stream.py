@@ -81,7 +81,8 @@ async def prepended(first: GenerationChunk, rest: AsyncIterator[GenerationChunk]
 async def coalesced(items: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
     """`items` joined into at most one write per `interval_s`, holding every item ready by then, in order;
     the first at once. A reader task keeps pulling `items` while a write waits; an error it meets is raised
-    after the items before it. Closing the result stops the reader and closes `items`."""
+    after the items before it. The last write is never held: when `items` ends, what is ready goes at once.
+    Closing the result stops the reader and closes `items`."""
     if interval_s <= 0:
         async with contextlib.aclosing(items):
             async for item in items:
@@ -90,7 +91,7 @@ async def coalesced(items: AsyncIterator[str], interval_s: float) -> AsyncIterat
     loop = asyncio.get_running_loop()
     clock = loop.time
     ready: list[str] = []
-    arrived = asyncio.Event()
+    arrived, finished = asyncio.Event(), asyncio.Event()
     ended: list[BaseException | None] = []
 
     async def read() -> None:
@@ -102,13 +103,15 @@ async def coalesced(items: AsyncIterator[str], interval_s: float) -> AsyncIterat
         except Exception as exc:  # noqa: BLE001  (handed to the writer, in order)
             ended.append(exc)
         arrived.set()
+        finished.set()
 
     reader = loop.create_task(read())
     send_at = clock()
     try:
         while ready or not ended:
-            if (wait := send_at - clock()) > 0:
-                await asyncio.sleep(wait)
+            if (wait := send_at - clock()) > 0 and not ended:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), wait)
             if not ready and not ended:
                 await arrived.wait()
             arrived.clear()

@@ -53,7 +53,7 @@ class FakeEngine:
         pass
 
     def stats(self):
-        return EngineStats(unfinished=len(self.requests) - len(self.closed))
+        return EngineStats(len(self.requests) - len(self.closed), 0)
 
     async def check_health(self):
         pass

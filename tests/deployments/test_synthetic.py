@@ -37,6 +37,7 @@ def test_answers_are_deterministic_the_same_on_every_engine_and_end_with_stop_or
         other = await answer(one, chat("bye"))
         capped = await answer(one, chat("hello", max_tokens=3))
         endless = await answer(one, chat("hello", max_tokens=9, ignore_eos=True))
+        assert one.stats().generated == 5 + 5 + 3 + 9 and one.stats().unfinished == 0
         return first, again, other, capped, endless
 
     first, again, other, capped, endless = asyncio.run(run())

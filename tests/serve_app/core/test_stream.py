@@ -34,6 +34,17 @@ def test_the_first_item_goes_at_once_then_one_write_per_interval_holding_all_rea
     assert len(out) < 30 and all(b - a >= 0.045 for (a, _), (b, _) in zip(out, out[1:], strict=False))
 
 
+def test_the_last_write_is_not_held_for_the_interval():
+    async def run():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        out = [w async for w in coalesced(ticking(2, 0.0), 5.0)]
+        return out, loop.time() - started
+
+    out, seconds = asyncio.run(run())
+    assert "".join(out) == "[0][1]" and seconds < 5.0  # the second item went when the source ended
+
+
 def test_without_an_interval_every_item_is_its_own_write():
     assert [w for _, w in asyncio.run(writes(ticking(5, 0.0), 0.0))] == [f"[{i}]" for i in range(5)]
 
