@@ -106,7 +106,7 @@ class _Stream:
         self.text_sent += len(delta)
         logprobs = None
         if (top := self.request.sampling.get("logprobs")) is not None:
-            logprobs = [TokenLogprob(f" w{i}", LOGPROB, [(f" w{i}", LOGPROB)][:top]) for i in new]
+            logprobs = [TokenLogprob(decode([i]), LOGPROB, [(decode([i]), LOGPROB)][:top]) for i in new]
         return GenerationChunk(text=delta, token_ids=new, prompt_tokens=self.prompt_len, completion_tokens=len(self.ids),
                                logprobs=logprobs, finish_reason=self.finish_reason)
 
@@ -148,7 +148,7 @@ class SyntheticEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         seed, prompt_len = prompt_of(request)
         options = engine_outputs.sampling_options(request, prompt_len, self.info.max_model_len, {})
-        ends_at = None if options.get("ignore_eos") else self._config.answer_tokens
+        ends_at = self._ends_at(options)
         stops = options.get("stop") or ()
         stream = _Stream(request, seed, prompt_len, options["max_tokens"], ends_at,
                          (stops,) if isinstance(stops, str) else tuple(stops))
@@ -171,7 +171,7 @@ class SyntheticEngine:
         scored = engine_outputs.scored_ids(_Tokens, request)
         await asyncio.sleep(self._config.prefill_s)
         start = len(request.prefix_token_ids or ())
-        ends_at = None if request.sampling.get("ignore_eos") else self._config.answer_tokens
+        ends_at = self._ends_at(request.sampling)
         own = [EOS if ends_at is not None and start + i >= ends_at else token_at(seed, start + i)
                for i in range(len(scored) + 1)]
         texts = tuple(decode([*scored[:k], own[k]]) for k in range(len(own)))
@@ -181,6 +181,10 @@ class SyntheticEngine:
             stops=tuple(token == EOS for token in own))
         return GenerationChunk(text="", token_ids=[], prompt_tokens=prompt_len + len(scored), completion_tokens=1,
                                verification=verdict, finish_reason="length")
+
+    def _ends_at(self, sampling: dict) -> int | None:
+        """The answer position of the end-of-sequence token (None with ignore_eos)."""
+        return None if sampling.get("ignore_eos") else self._config.answer_tokens
 
     def _wake(self) -> None:
         if self._stepper is None or self._stepper.done():
