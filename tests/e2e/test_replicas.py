@@ -57,6 +57,10 @@ def scaled(stack, tmp_path_factory):
     tiers["cheap"]["deployment"].update(num_replicas=None, autoscaling_config=AUTOSCALING)
     tiers["strong"]["deployment"].update(num_replicas=2, request_router_config=PREFIX_ROUTER,
                                          ray_actor_options={"num_cpus": 0.5})  # the redeploy's surge fits 4 CPUs
+    # The prefix router picks a replica with blocking calls into its tree actor; on a saturated two-core
+    # machine those can outlast the 5 s in which a tier with room must take a request before the router
+    # calls it dead and falls back (a turn the cheap tier answers says nothing about affinity).
+    tiers["strong"]["limits"].update(dispatch_timeout_s=60, first_token_timeout_s=120)
     deploy(stack, config, tmp_path_factory.mktemp("scaled"))
 
 
@@ -111,7 +115,8 @@ def test_a_conversation_stays_on_one_replica_while_both_replicas_take_load(stack
     warm(stack, "strong")
 
     def converse(number: int) -> list[str]:
-        """Three turns of one conversation, each answer back into its history; the replica of each turn."""
+        """Three turns of one conversation, each answer back into its history; the replica of each turn
+        (the strong tier's: a turn that fell back to another tier fails here, with its reason)."""
         rng = random.Random(number)  # a text of its own: conversations share no more than a few characters
         opening = " ".join(rng.choice(("tea", "maps", "rivers", "code", "bread", "stars")) for _ in range(80))
         messages = [{"role": "system", "content": f"#{number} {opening}"}, {"role": "user", "content": "Summarize."}]
@@ -121,6 +126,7 @@ def test_a_conversation_stays_on_one_replica_while_both_replicas_take_load(stack
                 response = http.post("/chat/completions", json={"model": "strong", "messages": messages,
                                                                  "max_tokens": 8, "temperature": 0})
                 assert response.status_code == 200, response.text
+                assert response.headers["x-served-by"] == "strong", dict(response.headers)
                 served.append(engine_replica(stack, response.headers["x-trace-id"]))
                 messages += [{"role": "assistant", "content": response.json()["choices"][0]["message"]["content"]},
                              {"role": "user", "content": "Go on."}]
