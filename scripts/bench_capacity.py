@@ -104,7 +104,8 @@ def processes() -> dict[str, list[psutil.Process]]:
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             command = " ".join(process.cmdline())
-            role = ("proxy" if "ProxyActor" in command else "router" if "ServeReplica:llm:router" in command
+            proxy = "ProxyActor" in command or Path(process.exe()).name == "haproxy"  # Ray Serve's HAProxy ingress
+            role = ("proxy" if proxy else "router" if "ServeReplica:llm:router" in command
                     else "engine" if "ServeReplica:llm:llm-" in command else None)
             if role:
                 found[role].append(process)
