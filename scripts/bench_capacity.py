@@ -2,15 +2,17 @@
 
     .venv/bin/python -m scripts.bench_capacity --out docs/results/capacity.json --plot docs/capacity.png
         [--streams 1 64 256 1024] [--intervals 0 50] [--router-replicas 1 2] [--seconds 10]
+        [--ingress serve-proxy|haproxy] [--append]
 
-For each router replica count it starts a Ray head, deploys the synthetic profile, and for each stream
+For each router replica count it starts a Ray head (behind Ray Serve's Python proxy, or its HAProxy
+ingress, in which the router replica serves HTTP itself), deploys the synthetic profile, and for each stream
 interval (per request, `stream_interval_ms`) and each number of concurrent streams runs a closed loop of
 streamed chat requests on the `strong` route. Over a measured window it reports:
 - offered tokens/s (streams x the synthetic pace), the tokens/s the engine replicas streamed (their
   `replica_info` counters) and the tokens/s the clients received;
 - TTFT p50/p99, TPOT p50/p99 and the gap between a stream's messages, beside the synthetic engine
   called directly in this process at the same number of streams;
-- CPU-seconds per 1,000 delivered tokens in the proxy, the router replicas, the engine replicas and the
+- CPU-seconds per 1,000 delivered tokens in the proxy (Serve's proxy actor, or HAProxy), the router replicas, the engine replicas and the
   client (this process), from each process's CPU times.
 
 The client is lean on purpose: raw HTTP/1.1 over asyncio, counting tokens in the bytes it reads (a
@@ -31,12 +33,13 @@ from pathlib import Path
 
 import psutil
 
-from scripts.harness.cluster import RayHead, free_port, load_profile, wait_until_running
+from scripts.harness.cluster import RayHead, free_port, haproxy_ingress, load_profile, wait_until_running
 from serve_app.config import AppConfig, SyntheticEngineConfig
 from serve_app.core.generation import GenerationRequest
 
 MAX_TOKENS = 256
 MARKER = ("SERVE_APP_BENCH", "capacity")
+INGRESSES = {"serve-proxy": "Serve proxy", "haproxy": "HAProxy"}
 
 
 @dataclass
@@ -125,9 +128,13 @@ def cpu_seconds(by_role: dict[str, list[psutil.Process]]) -> dict[str, float]:
     return totals
 
 
-async def engine_tokens(handles) -> tuple[int, float]:
-    """Tokens the engines have generated, and when the last of them said so (their clock)."""
-    infos = await asyncio.wait_for(asyncio.gather(*(h.replica_info.remote() for h in handles)), 60)
+async def engine_tokens(handles) -> tuple[int, float] | None:
+    """Tokens the engines have generated, and when the last of them said so (their clock); None when an
+    engine replica did not answer within a minute (its event loop is behind the load)."""
+    try:
+        infos = await asyncio.wait_for(asyncio.gather(*(h.replica_info.remote() for h in handles)), 60)
+    except TimeoutError:
+        return None
     return sum(i["generated_tokens"] for i in infos), max(i["at"] for i in infos)
 
 
@@ -161,7 +168,7 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     before = loop.create_task(engine_tokens(handles))
     await asyncio.sleep(max(0.0, end - loop.time()))
     cpu_after, measured_s = cpu_seconds(roles), loop.time() - measured_from
-    (produced_before, at_before), (produced_after, at_after) = await before, await engine_tokens(handles)
+    counted = await before, await engine_tokens(handles)
     for task in tasks:  # answers still streaming are cut: the window is over
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -170,7 +177,8 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered * measured_s / seconds, 1) * 1000, 4)
              for role in cpu_after}
     return {"streams": streams, "interval_ms": interval_ms, "offered_tokens_per_s": streams * pace,
-            "engine_tokens_per_s": round((produced_after - produced_before) / (at_after - at_before), 1),
+            "engine_tokens_per_s": None if None in counted else
+            round((counted[1][0] - counted[0][0]) / (counted[1][1] - counted[0][1]), 1),
             "delivered_tokens_per_s": round(delivered / seconds, 1),
             "refused": sum(1 for a in answers if a.status not in (200, None)),
             "cpu_s_per_1k_tokens": per_k,
@@ -233,20 +241,21 @@ def run(args: argparse.Namespace) -> dict:
         result = json.loads(args.out.read_text())
     if not result["direct"]:
         result["direct"] = [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
+    env = {**(haproxy_ingress() if args.ingress == "haproxy" else {}), **dict(pair.split("=", 1) for pair in args.env)}
     for replicas in args.router_replicas:
-        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16,
-                             env=dict(pair.split("=", 1) for pair in args.env))
+        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16, env=env)
         try:
             port = free_port()
             deploy(head, replicas, port)
             handles = engine_handles(head)
             for interval in args.intervals:
                 probe = asyncio.run(ttft_probe(port, interval))
-                result["ttft_one_stream"].append({"router_replicas": replicas, "interval_ms": interval, **probe})
+                result["ttft_one_stream"].append({"router_replicas": replicas, "ingress": args.ingress,
+                                                  "interval_ms": interval, **probe})
                 print(json.dumps(result["ttft_one_stream"][-1]), flush=True)
                 for streams in args.streams:
                     level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s))
-                    level["router_replicas"] = replicas
+                    level["router_replicas"], level["ingress"] = replicas, args.ingress
                     print(json.dumps(level), flush=True)
                     result["app"].append(level)
         finally:
@@ -266,12 +275,12 @@ def plot(result: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 5))
     series = collections.defaultdict(list)
     for level in result["app"]:
-        series[(level["router_replicas"], level["interval_ms"])].append(level)
+        series[(level["ingress"], level["router_replicas"], level["interval_ms"])].append(level)
     top = max(level["offered_tokens_per_s"] for level in result["app"])
     axis.plot([0, top], [0, top], color="grey", linestyle=":", label="offered")
-    for (replicas, interval), levels in sorted(series.items()):
+    for (ingress, replicas, interval), levels in sorted(series.items()):
         axis.plot([lv["offered_tokens_per_s"] for lv in levels], [lv["delivered_tokens_per_s"] for lv in levels],
-                  marker="o", label=f"{replicas} router replica{'s' if replicas > 1 else ''}, "
+                  marker="o", label=f"{INGRESSES[ingress]}, {replicas} router replica{'s' if replicas > 1 else ''}, "
                                     f"{'per-token messages' if not interval else f'{interval:g} ms interval'}")
     axis.set_xlabel("offered tokens/s (streams x synthetic pace)")
     axis.set_ylabel("delivered tokens/s (received by the clients)")
@@ -288,6 +297,8 @@ def main() -> None:
     parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--log-dir", default="/tmp")
+    parser.add_argument("--ingress", choices=sorted(INGRESSES), default="serve-proxy",
+                        help="Ray Serve's Python proxy, or its HAProxy ingress (scripts.harness.cluster.haproxy_ingress)")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the cluster's processes (Ray Serve settings)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--append", action="store_true", help="add this run's levels to those already in --out")
@@ -301,7 +312,7 @@ def main() -> None:
     if args.plot:
         plot(result, args.plot)
     for level in result["app"]:
-        print(f"{level['router_replicas']} router, {level['interval_ms']:g} ms, {level['streams']:5d} streams: "
+        print(f"{level['ingress']}, {level['router_replicas']} router, {level['interval_ms']:g} ms, {level['streams']:5d} streams: "
               f"offered {level['offered_tokens_per_s']:8.0f}, delivered {level['delivered_tokens_per_s']:8.0f} tok/s, "
               f"TTFT p50 {level['ttft_p50_ms']} ms, router {level['cpu_s_per_1k_tokens'].get('router')} CPU-s/1k")
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m scripts.bench_serving [--systems app,vllm,ray-llm] [--routes strong,cheap,auto]
         [--concurrency 1,4,16] [--input-len 256] [--output-len 64] [--out bench-out/serving.json]
+        [--ray-env RAY_SERVE_ENABLE_HA_PROXY=1]
 
 The same model (the profile's strong tier), engine settings, machine and load for every system:
 - app: `serve deploy` of the profile as shipped (only its port changed) on a throwaway Ray head; routes
@@ -231,6 +232,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--slo-ttft-ms", type=float, default=2000)
     parser.add_argument("--slo-tpot-ms", type=float, default=250)
     parser.add_argument("--tokenizer", default="models/smollm2-135m-instruct")
+    parser.add_argument("--ray-env", nargs="*", default=[],
+                        help="KEY=VALUE for both Ray heads (app, ray-llm), e.g. RAY_SERVE_ENABLE_HA_PROXY=1")
     for system in SYSTEMS:
         parser.add_argument(f"--{system}-url", help=f"measure this running {system} instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/serving.json")
@@ -261,7 +264,7 @@ def main() -> None:
             models = ({route: route for route in routes} if system == "app" else {"strong": first_model(url)})
             context = contextlib.nullcontext(Target(system, url.rstrip("/"), models))
         else:
-            context = started(system, profile, folder)
+            context = started(system, profile, folder, ray_env=dict(pair.split("=", 1) for pair in args.ray_env))
         with context as target:
             for route in (routes if system == "app" else ["strong"]):
                 for concurrency in levels:
@@ -269,7 +272,7 @@ def main() -> None:
                     rows.append(row(target, route, concurrency, result, slo))
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "vllm_client"}), flush=True)
     report = {
-        "machine": {"cpus": os.cpu_count(), "profile": args.profile},
+        "machine": {"cpus": os.cpu_count(), "profile": args.profile, "ray_env": args.ray_env},
         "load": {"input_len": args.input_len, "output_len": args.output_len, "concurrency": levels,
                  "requests_per_level": {c: prompts_per_level(args, c) for c in levels},
                  "client": "vllm.benchmarks.serve (openai-chat, streamed, random prompts, ignore_eos)"},

@@ -44,6 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def haproxy_ingress() -> dict[str, str]:
+    """A Ray head's environment for Ray Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`): HAProxy
+    takes the HTTP port in place of Serve's Python proxy and forwards each request to an HTTP server in
+    the router replica itself, so a streamed token crosses one Ray hop, not two. Its stats page and
+    Prometheus exporter get free ports (Ray's defaults, 8404 and 9101, allow one cluster per machine);
+    Ray's template binds those two on every interface."""
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+
+
 def get_json(url: str, timeout: float = 10) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())

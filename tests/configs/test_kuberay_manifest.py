@@ -68,3 +68,13 @@ def test_the_check_catches_what_the_operator_would_refuse(validator, path, value
     place[path[-1]] = value
     found = errors(validator, document)
     assert found and any(named in error for error in found), found
+
+
+def test_every_pod_runs_the_haproxy_ingress():
+    """Ray Serve reads RAY_SERVE_ENABLE_HA_PROXY in every process it starts (the controller, each node's
+    proxy, the replicas, which then serve HTTP themselves), so every pod of the cluster sets it alike."""
+    cluster = manifest()["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        for container in pod["template"]["spec"]["containers"]:
+            assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in container["env"], container["name"]
