@@ -33,13 +33,21 @@ from pathlib import Path
 
 import psutil
 
-from scripts.harness.cluster import RayHead, free_port, haproxy_ingress, load_profile, wait_until_running
+from scripts.harness.cluster import (
+    INGRESSES,
+    RayHead,
+    assignments,
+    free_port,
+    ingress_env,
+    load_profile,
+    wait_until_running,
+)
 from serve_app.config import AppConfig, SyntheticEngineConfig
 from serve_app.core.generation import GenerationRequest
 
 MAX_TOKENS = 256
 MARKER = ("SERVE_APP_BENCH", "capacity")
-INGRESSES = {"serve-proxy": "Serve proxy", "haproxy": "HAProxy"}
+INGRESS_LABELS = {"serve-proxy": "Serve proxy", "haproxy": "HAProxy"}
 
 
 @dataclass
@@ -168,7 +176,7 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     before = loop.create_task(engine_tokens(handles))
     await asyncio.sleep(max(0.0, end - loop.time()))
     cpu_after, measured_s = cpu_seconds(roles), loop.time() - measured_from
-    counted = await before, await engine_tokens(handles)
+    counted_before, counted_after = await before, await engine_tokens(handles)
     for task in tasks:  # answers still streaming are cut: the window is over
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -177,8 +185,8 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered * measured_s / seconds, 1) * 1000, 4)
              for role in cpu_after}
     return {"streams": streams, "interval_ms": interval_ms, "offered_tokens_per_s": streams * pace,
-            "engine_tokens_per_s": None if None in counted else
-            round((counted[1][0] - counted[0][0]) / (counted[1][1] - counted[0][1]), 1),
+            "engine_tokens_per_s": None if counted_before is None or counted_after is None else
+            round((counted_after[0] - counted_before[0]) / (counted_after[1] - counted_before[1]), 1),
             "delivered_tokens_per_s": round(delivered / seconds, 1),
             "refused": sum(1 for a in answers if a.status not in (200, None)),
             "cpu_s_per_1k_tokens": per_k,
@@ -241,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         result = json.loads(args.out.read_text())
     if not result["direct"]:
         result["direct"] = [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
-    env = {**(haproxy_ingress() if args.ingress == "haproxy" else {}), **dict(pair.split("=", 1) for pair in args.env)}
+    env = {**ingress_env(args.ingress), **assignments(args.env)}
     for replicas in args.router_replicas:
         head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16, env=env)
         try:
@@ -280,7 +288,7 @@ def plot(result: dict, path: Path) -> None:
     axis.plot([0, top], [0, top], color="grey", linestyle=":", label="offered")
     for (ingress, replicas, interval), levels in sorted(series.items()):
         axis.plot([lv["offered_tokens_per_s"] for lv in levels], [lv["delivered_tokens_per_s"] for lv in levels],
-                  marker="o", label=f"{INGRESSES[ingress]}, {replicas} router replica{'s' if replicas > 1 else ''}, "
+                  marker="o", label=f"{INGRESS_LABELS[ingress]}, {replicas} router replica{'s' if replicas > 1 else ''}, "
                                     f"{'per-token messages' if not interval else f'{interval:g} ms interval'}")
     axis.set_xlabel("offered tokens/s (streams x synthetic pace)")
     axis.set_ylabel("delivered tokens/s (received by the clients)")
@@ -297,8 +305,8 @@ def main() -> None:
     parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--log-dir", default="/tmp")
-    parser.add_argument("--ingress", choices=sorted(INGRESSES), default="serve-proxy",
-                        help="Ray Serve's Python proxy, or its HAProxy ingress (scripts.harness.cluster.haproxy_ingress)")
+    parser.add_argument("--ingress", choices=INGRESSES, default="serve-proxy",
+                        help="Ray Serve's Python proxy, or its HAProxy ingress (scripts.harness.cluster.ingress_env)")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for the cluster's processes (Ray Serve settings)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--append", action="store_true", help="add this run's levels to those already in --out")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.harness.cluster import BIN, ROOT, RayHead, app_args, free_port, load_profile, wait_for
+from scripts.harness.cluster import BIN, ROOT, RayHead, app_args, assignments, free_port, load_profile, wait_for
 from scripts.harness.processes import stop_process_tree
 from serve_app.analysis.bench_stats import Slo, overhead, records, summarize
 from serve_app.config import AppConfig
@@ -264,7 +264,7 @@ def main() -> None:
             models = ({route: route for route in routes} if system == "app" else {"strong": first_model(url)})
             context = contextlib.nullcontext(Target(system, url.rstrip("/"), models))
         else:
-            context = started(system, profile, folder, ray_env=dict(pair.split("=", 1) for pair in args.ray_env))
+            context = started(system, profile, folder, ray_env=assignments(args.ray_env))
         with context as target:
             for route in (routes if system == "app" else ["strong"]):
                 for concurrency in levels:

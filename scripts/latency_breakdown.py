@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 from scripts.bench_serving import started
-from scripts.harness.cluster import ROOT, app_args, load_profile, wait_for
+from scripts.harness.cluster import ROOT, app_args, assignments, load_profile, wait_for
 from scripts.harness.spans import ReceivedSpan, SpanCollector
 from scripts.harness.streams import Streamed, stream_chat
 from serve_app.config import AppConfig
@@ -113,8 +113,8 @@ def measure(base_url: str, model: str, texts: list[str], max_tokens: int, pause_
 
 def variant(text: str) -> tuple[str, dict[str, str]]:
     """`NAME:KEY=VALUE[,KEY=VALUE]` as (name, environment)."""
-    name, _, assignments = text.partition(":")
-    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    name, _, settings = text.partition(":")
+    env = assignments(settings.split(","))
     if not name or not env:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
     return name, env

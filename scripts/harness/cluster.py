@@ -44,14 +44,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def haproxy_ingress() -> dict[str, str]:
-    """A Ray head's environment for Ray Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`): HAProxy
+INGRESSES = ("serve-proxy", "haproxy")
+"""What takes a cluster's HTTP port: Ray Serve's Python proxy (its default), or its HAProxy ingress."""
+
+
+def ingress_env(ingress: str) -> dict[str, str]:
+    """A Ray head's environment for `ingress`. For "haproxy" (`RAY_SERVE_ENABLE_HA_PROXY=1`), HAProxy
     takes the HTTP port in place of Serve's Python proxy and forwards each request to an HTTP server in
     the router replica itself, so a streamed token crosses one Ray hop, not two. Its stats page and
     Prometheus exporter get free ports (Ray's defaults, 8404 and 9101, allow one cluster per machine);
     Ray's template binds those two on every interface."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"unknown ingress {ingress!r}; known: {INGRESSES}")
+    if ingress == "serve-proxy":
+        return {}
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+
+
+def assignments(items: Iterable[str]) -> dict[str, str]:
+    """`KEY=VALUE` items (command-line environment settings) as a dict."""
+    return dict(item.split("=", 1) for item in items if item)
 
 
 def get_json(url: str, timeout: float = 10) -> Any:

@@ -2,7 +2,7 @@
 synthetic engine behind the engine seam in Ray Serve replicas, streams paced across the Ray hops, the
 speculative cascade over it, and a client that goes away freeing the engine. Each test runs behind both
 ingresses: Ray Serve's Python proxy, and its HAProxy ingress (the router replica serves HTTP itself,
-one Ray hop fewer; scripts.harness.cluster.haproxy_ingress). The tests that prove a feature works with
+one Ray hop fewer; scripts.harness.cluster.ingress_env). The tests that prove a feature works with
 vLLM stay on the real engines (the session's stack)."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import openai
 import pytest
 
 from scripts.harness.cluster import (
+    INGRESSES,
     RayHead,
     app_args,
     free_port,
     get_json,
-    haproxy_ingress,
+    ingress_env,
     load_profile,
     wait_for,
     wait_until_running,
@@ -38,12 +39,11 @@ class Synthetic:
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=120, max_retries=0)
 
 
-@pytest.fixture(scope="module", params=["serve-proxy", "haproxy"])
+@pytest.fixture(scope="module", params=INGRESSES)
 def synthetic(request, tmp_path_factory) -> Synthetic:
-    ingress = haproxy_ingress() if request.param == "haproxy" else {}
     head = RayHead.start(tmp_path_factory.mktemp("synthetic") / "ray-start.log",
                          ("SERVE_APP_TEST_RUN", f"synthetic-{uuid.uuid4().hex}"),
-                         env={"RAY_metrics_report_interval_ms": "1000", **ingress})
+                         env={"RAY_metrics_report_interval_ms": "1000", **ingress_env(request.param)})
     try:
         config = load_profile("synthetic.yaml")
         port = free_port()
