@@ -25,6 +25,7 @@ import psutil
 import yaml
 
 from scripts import bench_serving
+from scripts.harness.cluster import RayHead, assignments, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,18 +45,20 @@ def main() -> None:
     parser.add_argument("--idle", action="store_true", help="measure the idle system instead of a load")
     parser.add_argument("--idle-s", type=float, default=20)
     parser.add_argument("--with-ray", action="store_true", help="run an idle Ray head with Serve beside it")
+    parser.add_argument("--ray-env", nargs="*", default=[], help="KEY=VALUE settings for the Ray heads it starts")
     parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
     os.environ["RAY_AUTH_MODE"] = "disabled"
     load = bench_serving.arguments().parse_args(["--raw-dir", tempfile.mkdtemp()])  # the benchmark's own load
     profile = yaml.safe_load((ROOT / args.profile).read_text())
+    ray_env = assignments(args.ray_env)
     folder = Path(tempfile.mkdtemp(prefix="cpu-", dir="/tmp"))
     with contextlib.ExitStack() as stack:
         if args.with_ray:
-            head = bench_serving.RayHead(folder, folder / "beside.log")
+            head = RayHead.start(folder / "beside.log", bench_serving.MARKER, env=ray_env)
             stack.callback(head.stop)
-            head.deploy({"http_options": {"host": "127.0.0.1", "port": bench_serving.free_port()}, "applications": []})
-        target = stack.enter_context(bench_serving.started(args.system, profile, args.concurrency, folder))
+            head.deploy({"http_options": {"host": "127.0.0.1", "port": free_port()}, "applications": []}, cli=False)
+        target = stack.enter_context(bench_serving.started(args.system, profile, folder, ray_env=ray_env))
         time.sleep(5)
         processes = [p for p in psutil.process_iter() if p.pid != os.getpid()]
         for process in processes:
