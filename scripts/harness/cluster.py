@@ -48,18 +48,25 @@ INGRESSES = ("serve-proxy", "haproxy")
 """What takes a cluster's HTTP port: Ray Serve's Python proxy (its default), or its HAProxy ingress."""
 
 
+THROUGHPUT_OPTIMIZED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+"""Ray Serve's throughput-optimized mode: calls between deployments over gRPC by value instead of Ray
+object refs, user code and the handle's router on the replica's own event loop, garbage collection frozen
+after start-up, request logs buffered (measured in docs/benchmarks.md, "Throughput-optimized Serve")."""
+
+
 def ingress_env(ingress: str) -> dict[str, str]:
     """A Ray head's environment for `ingress`. For "haproxy" (`RAY_SERVE_ENABLE_HA_PROXY=1`), HAProxy
     takes the HTTP port in place of Serve's Python proxy and forwards each request to an HTTP server in
     the router replica itself, so a streamed token crosses one Ray hop, not two. Its stats page and
     Prometheus exporter get free ports (Ray's defaults, 8404 and 9101, allow one cluster per machine);
-    Ray's template binds those two on every interface."""
+    Ray's template binds those two on every interface. It runs Ray Serve's throughput-optimized mode
+    with it, as the KubeRay manifest does (THROUGHPUT_OPTIMIZED_ENV)."""
     if ingress not in INGRESSES:
         raise ValueError(f"unknown ingress {ingress!r}; known: {INGRESSES}")
     if ingress == "serve-proxy":
         return {}
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), **THROUGHPUT_OPTIMIZED_ENV}
 
 
 def assignments(items: Iterable[str]) -> dict[str, str]:

@@ -9,6 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
+from scripts.harness.cluster import ingress_env
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MANIFEST = CONFIGS / "kuberay-rayservice.yaml"
 CRD = CONFIGS / "kuberay-crd" / "ray.io_rayservices.yaml"
@@ -70,11 +72,15 @@ def test_the_check_catches_what_the_operator_would_refuse(validator, path, value
     assert found and any(named in error for error in found), found
 
 
-def test_every_pod_runs_the_haproxy_ingress():
-    """Ray Serve reads RAY_SERVE_ENABLE_HA_PROXY in every process it starts (the controller, each node's
-    proxy, the replicas, which then serve HTTP themselves), so every pod of the cluster sets it alike."""
+def test_every_pod_runs_the_haproxy_ingress_in_throughput_optimized_serve():
+    """Ray Serve reads RAY_SERVE_ENABLE_HA_PROXY and RAY_SERVE_THROUGHPUT_OPTIMIZED in every process it
+    starts (the controller, each node's proxy, the replicas, which then serve HTTP themselves and call each
+    other over gRPC), so every pod of the cluster sets them alike, as the HAProxy e2e cluster does."""
     cluster = manifest()["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
     for pod in pods:
         for container in pod["template"]["spec"]["containers"]:
-            assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in container["env"], container["name"]
+            settings = {item["name"]: item.get("value") for item in container["env"]}
+            for name, value in ingress_env("haproxy").items():
+                if not name.endswith("_PORT"):  # the e2e cluster's free ports; the pods keep Ray's defaults
+                    assert settings.get(name) == value, (container["name"], name)
