@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from grpc.aio import AioRpcError
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
@@ -66,7 +67,7 @@ def _handle_backend(name: str, handle: DeploymentHandle) -> Backend:
         except BackPressureError:  # every replica's queue is full: overload, not a fault of the tier
             raise Overloaded(f"tier {name!r} is at capacity: its replicas' queues are full",
                              retry_after_s=1.0) from None
-        except RayError as exc:  # replica died, or none left
+        except (RayError, AioRpcError) as exc:  # replica died, or none left (gRPC: throughput mode)
             raise BackendUnavailable(f"tier {name!r} is unavailable: {type(exc).__name__}") from None
         finally:
             if not finished:

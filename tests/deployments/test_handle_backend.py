@@ -55,3 +55,16 @@ def test_a_lost_replica_is_unavailable():
     with pytest.raises(BackendUnavailable, match="unavailable: ActorDiedError") as caught:
         asyncio.run(first_chunk(Handle(ActorDiedError())))
     assert not isinstance(caught.value, Overloaded)
+
+
+def test_a_lost_replica_over_grpc_is_unavailable_whatever_the_status():
+    """In Ray Serve's throughput-optimized mode the router calls the engines over gRPC, and Serve turns
+    only UNAVAILABLE into a Ray error; any other failed call is a tier that did not answer, not a crash."""
+    from grpc import StatusCode
+    from grpc.aio import AioRpcError, Metadata
+
+    error = AioRpcError(StatusCode.INTERNAL, Metadata(), Metadata(), details="stream reset")
+    handle = Handle(error)
+    with pytest.raises(BackendUnavailable, match="unavailable: AioRpcError"):
+        asyncio.run(first_chunk(handle))
+    assert handle.response.cancelled
