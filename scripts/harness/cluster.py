@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,25 @@ class RayHead:
             stop_cluster(self.process, marker=self.marker)
         finally:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(serve_config: dict, log: Path, marker: tuple[str, str],
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, RayHead]]:
+    """`serve_config` served by a Ray head of its own (`RayHead.start`) on a free HTTP port (set in it), as
+    `serve deploy` sends it; yields the app's base URL, once /health answers ok, and the head. The cluster
+    is killed when the block ends (`RayHead.kill`), however it ends."""
+    head = RayHead.start(log, marker, env=env)
+    try:
+        port = free_port()
+        serve_config["http_options"]["port"] = port
+        head.deploy(serve_config, cli=False)
+        wait_until_running(head.dashboard_url)
+        url = f"http://127.0.0.1:{port}"
+        wait_for("the app's /health", lambda: get_json(f"{url}/health")["status"] == "ok", timeout_s=120)
+        yield url, head
+    finally:
+        head.kill()
 
 
 def stop_cluster(*nodes: subprocess.Popen, marker: tuple[str, str]) -> None:

@@ -11,15 +11,7 @@ import httpx
 import openai
 import pytest
 
-from scripts.harness.cluster import (
-    RayHead,
-    free_port,
-    get_json,
-    ingress_env,
-    load_profile,
-    wait_for,
-    wait_until_running,
-)
+from scripts.harness.cluster import ingress_env, load_profile, serving, wait_for
 from scripts.harness.metrics import scrape, total
 from tests.e2e.conftest import error_of
 
@@ -38,20 +30,10 @@ class Cluster:
 def cluster(tmp_path_factory) -> Cluster:
     env = ingress_env("haproxy")
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
-    head = RayHead.start(tmp_path_factory.mktemp("cluster-mode") / "ray-start.log",
-                         ("SERVE_APP_TEST_RUN", f"cluster-mode-{uuid.uuid4().hex}"),
-                         env={"RAY_metrics_report_interval_ms": "1000", **env})
-    try:
-        config = load_profile("local-cpu.yaml")
-        port = free_port()
-        config["http_options"]["port"] = port
-        head.deploy(config, cli=False)
-        wait_until_running(head.dashboard_url)
-        url = f"http://127.0.0.1:{port}"
-        wait_for("the app behind HAProxy", lambda: get_json(f"{url}/health")["status"] == "ok", timeout_s=120)
+    with serving(load_profile("local-cpu.yaml"), tmp_path_factory.mktemp("cluster-mode") / "ray-start.log",
+                 ("SERVE_APP_TEST_RUN", f"cluster-mode-{uuid.uuid4().hex}"),
+                 env={"RAY_metrics_report_interval_ms": "1000", **env}) as (url, head):
         yield Cluster(url, head.metrics_url)
-    finally:
-        head.kill()
 
 
 def test_a_stream_over_grpc_is_the_engines_whole_answer(cluster):

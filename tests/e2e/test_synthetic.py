@@ -13,17 +13,7 @@ import httpx
 import openai
 import pytest
 
-from scripts.harness.cluster import (
-    INGRESSES,
-    RayHead,
-    app_args,
-    free_port,
-    get_json,
-    ingress_env,
-    load_profile,
-    wait_for,
-    wait_until_running,
-)
+from scripts.harness.cluster import INGRESSES, app_args, ingress_env, load_profile, serving, wait_for
 from scripts.harness.metrics import find, scrape
 from tests.e2e.conftest import error_of
 
@@ -41,22 +31,13 @@ class Synthetic:
 
 @pytest.fixture(scope="module", params=INGRESSES)
 def synthetic(request, tmp_path_factory) -> Synthetic:
-    head = RayHead.start(tmp_path_factory.mktemp("synthetic") / "ray-start.log",
-                         ("SERVE_APP_TEST_RUN", f"synthetic-{uuid.uuid4().hex}"),
-                         env={"RAY_metrics_report_interval_ms": "1000", **ingress_env(request.param)})
-    try:
-        config = load_profile("synthetic.yaml")
-        port = free_port()
-        config["http_options"]["port"] = port
-        for tier in app_args(config)["tiers"].values():
-            tier["engine"]["synthetic"]["tokens_per_s"] = PACE
-        head.deploy(config, cli=False)
-        wait_until_running(head.dashboard_url)
-        url = f"http://127.0.0.1:{port}"
-        wait_for("the synthetic app", lambda: get_json(f"{url}/health")["status"] == "ok", timeout_s=120)
+    config = load_profile("synthetic.yaml")
+    for tier in app_args(config)["tiers"].values():
+        tier["engine"]["synthetic"]["tokens_per_s"] = PACE
+    with serving(config, tmp_path_factory.mktemp("synthetic") / "ray-start.log",
+                 ("SERVE_APP_TEST_RUN", f"synthetic-{uuid.uuid4().hex}"),
+                 env={"RAY_metrics_report_interval_ms": "1000", **ingress_env(request.param)}) as (url, head):
         yield Synthetic(url, head.metrics_url)
-    finally:
-        head.kill()
 
 
 def streamed(client: openai.OpenAI, model: str, max_tokens: int, **extra) -> list[str]:
