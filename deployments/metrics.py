@@ -53,9 +53,11 @@ ENGINE_METRICS = {
 
 
 class GaugeBoard:
-    """The last value of every gauge series, re-sent each second from a daemon thread: Ray (2.60)
+    """The last value of every gauge series, sent each second from a daemon thread: Ray (2.60)
     drops a gauge series that was not set within two metric export intervals, so a value set once
-    (a start phase, a circuit state while idle) would otherwise vanish from the endpoint."""
+    (a start phase, a circuit state while idle) would otherwise vanish from the endpoint. A new series
+    is sent at once; a known one only by the thread, so a value set on every request (the router's backend
+    loads) costs a dict write, not a Ray metric call: Ray exports every few seconds, the last value wins."""
 
     def __init__(self, interval_s: float = 1.0):
         self._values: dict[tuple, tuple[Any, float, dict[str, str]]] = {}
@@ -64,9 +66,12 @@ class GaugeBoard:
         threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True).start()
 
     def set(self, gauge, value: float, tags: dict[str, str]) -> None:
+        key = (id(gauge), *sorted(tags.items()))
         with self._lock:
-            self._values[(id(gauge), *sorted(tags.items()))] = (gauge, value, tags)
-        gauge.set(value, tags)
+            new = key not in self._values
+            self._values[key] = (gauge, value, tags)
+        if new:
+            gauge.set(value, tags)
 
     def drop(self, gauge, tags: dict[str, str]) -> None:
         """Stop re-sending a series: Ray drops it from the endpoint two export intervals later."""

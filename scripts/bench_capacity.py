@@ -221,13 +221,16 @@ async def direct_level(streams: int, seconds: float, pace: SyntheticEngineConfig
             answers.append(answer)
 
     await asyncio.gather(*(one(i) for i in range(streams)))
-    return {"streams": streams, **latencies(answers, end - seconds, end)}
+    return {"streams": streams, "pace_tokens_per_s": pace.tokens_per_s, **latencies(answers, end - seconds, end)}
 
 
-def deploy(head: RayHead, router_replicas: int, port: int) -> None:
+def deploy(head: RayHead, router_replicas: int, port: int, pace: SyntheticEngineConfig) -> None:
     profile = load_profile("synthetic.yaml")
     profile["http_options"]["port"] = port
-    profile["applications"][0]["args"]["router"]["deployment"]["num_replicas"] = router_replicas
+    args = profile["applications"][0]["args"]
+    args["router"]["deployment"]["num_replicas"] = router_replicas
+    for tier in args["tiers"].values():
+        tier["engine"]["synthetic"] = {**tier["engine"]["synthetic"], "tokens_per_s": pace.tokens_per_s}
     head.deploy(profile, cli=False)
     wait_until_running(head.dashboard_url)
 
@@ -243,27 +246,32 @@ def engine_handles(head: RayHead) -> list:
 
 def run(args: argparse.Namespace) -> dict:
     pace = AppConfig.model_validate(load_profile("synthetic.yaml")["applications"][0]["args"]).tiers["strong"].engine.synthetic
+    if args.tokens_per_s is not None:
+        pace = pace.model_copy(update={"tokens_per_s": args.tokens_per_s})
     result = {"pace_tokens_per_s": pace.tokens_per_s, "max_tokens": MAX_TOKENS, "seconds": args.seconds,
               "direct": [], "app": [], "ttft_one_stream": []}
     if args.append and args.out and args.out.exists():  # one run per router replica count, one file
         result = json.loads(args.out.read_text())
-    if not result["direct"]:
-        result["direct"] = [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
+    if not any(level.get("pace_tokens_per_s", result["pace_tokens_per_s"]) == pace.tokens_per_s
+               for level in result["direct"]):
+        result["direct"] += [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
     env = {**ingress_env(args.ingress), **assignments(args.env)}
     for replicas in args.router_replicas:
         head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16, env=env)
         try:
             port = free_port()
-            deploy(head, replicas, port)
+            deploy(head, replicas, port, pace)
             handles = engine_handles(head)
             for interval in args.intervals:
                 probe = asyncio.run(ttft_probe(port, interval))
                 result["ttft_one_stream"].append({"router_replicas": replicas, "ingress": args.ingress,
-                                                  "interval_ms": interval, **probe})
+                                                  "interval_ms": interval, "pace_tokens_per_s": pace.tokens_per_s,
+                                                  **probe})
                 print(json.dumps(result["ttft_one_stream"][-1]), flush=True)
                 for streams in args.streams:
                     level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s))
                     level["router_replicas"], level["ingress"] = replicas, args.ingress
+                    level["pace_tokens_per_s"] = pace.tokens_per_s
                     print(json.dumps(level), flush=True)
                     result["app"].append(level)
         finally:
@@ -283,13 +291,16 @@ def plot(result: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 5))
     series = collections.defaultdict(list)
     for level in result["app"]:
-        series[(level["ingress"], level["router_replicas"], level["interval_ms"])].append(level)
+        pace = level.get("pace_tokens_per_s", result["pace_tokens_per_s"])
+        series[(level["ingress"], level["router_replicas"], level["interval_ms"], pace)].append(level)
+    paces = {key[3] for key in series}
     top = max(level["offered_tokens_per_s"] for level in result["app"])
     axis.plot([0, top], [0, top], color="grey", linestyle=":", label="offered")
-    for (ingress, replicas, interval), levels in sorted(series.items()):
+    for (ingress, replicas, interval, pace), levels in sorted(series.items()):
         axis.plot([lv["offered_tokens_per_s"] for lv in levels], [lv["delivered_tokens_per_s"] for lv in levels],
                   marker="o", label=f"{INGRESS_LABELS[ingress]}, {replicas} router replica{'s' if replicas > 1 else ''}, "
-                                    f"{'per-token messages' if not interval else f'{interval:g} ms interval'}")
+                                    f"{'per-token messages' if not interval else f'{interval:g} ms interval'}"
+                                    + (f", {pace:g} tok/s per stream" if len(paces) > 1 else ""))
     axis.set_xlabel("offered tokens/s (streams x synthetic pace)")
     axis.set_ylabel("delivered tokens/s (received by the clients)")
     axis.set_title("Router capacity on synthetic tiers (2-core CPU host)")
@@ -304,6 +315,8 @@ def main() -> None:
     parser.add_argument("--intervals", type=float, nargs="+", default=[0, 50])
     parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--tokens-per-s", type=float,
+                        help="each synthetic stream's pace (default: the profile's, 50), e.g. 100 for a smaller model")
     parser.add_argument("--log-dir", default="/tmp")
     parser.add_argument("--ingress", choices=INGRESSES, default="serve-proxy",
                         help="Ray Serve's Python proxy, or its HAProxy ingress (scripts.harness.cluster.ingress_env)")

@@ -82,43 +82,58 @@ async def coalesced(items: AsyncIterator[str], interval_s: float) -> AsyncIterat
     """`items` joined into at most one write per `interval_s`, holding every item ready by then, in order;
     the first at once. A reader task keeps pulling `items` while a write waits; an error it meets is raised
     after the items before it. The last write is never held: when `items` ends, what is ready goes at once.
-    Closing the result stops the reader and closes `items`."""
+    Closing the result stops the reader and closes `items`.
+
+    Lean on purpose, since it runs once per message of every stream: the writer waits on one future per
+    write, woken by the reader (an item, or the end) or by a timer at the interval's end; no task, event or
+    timeout object per message."""
     if interval_s <= 0:
         async with contextlib.aclosing(items):
             async for item in items:
                 yield item
         return
     loop = asyncio.get_running_loop()
-    clock = loop.time
     ready: list[str] = []
-    arrived, finished = asyncio.Event(), asyncio.Event()
     ended: list[BaseException | None] = []
+    wake: asyncio.Future[None] | None = None
+    holding = False
+    """The writer has items and waits for the interval's end (not woken by another item, only by the end)."""
+
+    def rouse() -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def read() -> None:
         try:
             async for item in items:
                 ready.append(item)
-                arrived.set()
+                if not holding:
+                    rouse()
             ended.append(None)
         except Exception as exc:  # noqa: BLE001  (handed to the writer, in order)
             ended.append(exc)
-        arrived.set()
-        finished.set()
+        rouse()
 
     reader = loop.create_task(read())
-    send_at = clock()
+    send_at = loop.time()
     try:
         while ready or not ended:
-            if (wait := send_at - clock()) > 0 and not ended:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), wait)
-            if not ready and not ended:
-                await arrived.wait()
-            arrived.clear()
-            if ready:
-                batch, ready[:] = "".join(ready), []
-                yield batch
-                send_at = clock() + interval_s
+            if not ready:
+                holding, wake = False, loop.create_future()
+                await wake
+                continue
+            if not ended and send_at > loop.time():
+                holding, wake = True, loop.create_future()
+                timer = loop.call_at(send_at, rouse)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                continue
+            batch = ready[0] if len(ready) == 1 else "".join(ready)
+            ready.clear()
+            yield batch
+            send_at = loop.time() + interval_s
         if ended[0] is not None:
             raise ended[0]
     finally:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 
 from serve_app.api import openai_format
 from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
@@ -87,14 +87,18 @@ class RequestLifecycle:
 
 async def _in_span(chunks: AsyncIterator[GenerationChunk], span: trace.Span) -> AsyncIterator[GenerationChunk]:
     """`chunks`, each one produced with the request's span current: backends a route opens while its
-    answer streams (a speculative cascade's rounds) are attempts of the same trace."""
+    answer streams (a speculative cascade's rounds) are attempts of the same trace. The context is attached
+    and detached directly (what `trace.use_span` does, without a context manager per message)."""
+    current = trace.set_span_in_context(span)
     try:
         while True:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
+            token = context.attach(current)
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            finally:
+                context.detach(token)
             yield chunk
     finally:
         await chunks.aclose()
