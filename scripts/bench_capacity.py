@@ -1,10 +1,10 @@
 """Router capacity at GPU-like token rates: synthetic tiers (configs/synthetic.yaml) behind the real app.
 
     .venv/bin/python -m scripts.bench_capacity --out docs/results/capacity.json --plot docs/capacity.png
-        [--streams 1 64 256 1024] [--intervals 0 50] [--router-replicas 1 2] [--seconds 10]
-        [--ingress serve-proxy|haproxy] [--append]
+        [--streams 1 64 256 1024] [--intervals 0 50] [--router-replicas 1] [--seconds 10]
+        [--ingress serve-proxy|haproxy] [--tokens-per-s 50] [--max-tokens 256] [--append]
 
-For each router replica count it starts a Ray head (behind Ray Serve's Python proxy, or its HAProxy
+It starts a Ray head (behind Ray Serve's Python proxy, or its HAProxy
 ingress, in which the router replica serves HTTP itself), deploys the synthetic profile, and for each stream
 interval (per request, `stream_interval_ms`) and each number of concurrent streams runs a closed loop of
 streamed chat requests on the `strong` route. Over a measured window it reports:
@@ -97,12 +97,17 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latencies(answers: list[Answer], start: float, end: float) -> dict[str, float | None]:
+def finished(answers: list[Answer], start: float, end: float, max_tokens: int = MAX_TOKENS) -> list[Answer]:
+    """The answers whose last token came in the window, whole."""
+    return [a for a in answers if a.reads and start <= a.reads[-1][0] < end and sum(n for _, n in a.reads) == max_tokens]
+
+
+def latencies(answers: list[Answer], start: float, end: float, max_tokens: int = MAX_TOKENS) -> dict[str, float | None]:
     """TTFT of every answer whose first token came before the window's end (the ramp's too: a burst of
     streams), TPOT of answers that finished in the window, and the gaps between messages in it (ms)."""
     ttft = [a.reads[0][0] - a.sent for a in answers if a.reads and a.reads[0][0] < end]
-    tpot = [(a.reads[-1][0] - a.reads[0][0]) / (sum(n for _, n in a.reads) - 1) for a in answers
-            if len(a.reads) > 1 and start <= a.reads[-1][0] < end and sum(n for _, n in a.reads) == MAX_TOKENS]
+    tpot = [(a.reads[-1][0] - a.reads[0][0]) / (max_tokens - 1) for a in finished(answers, start, end, max_tokens)
+            if len(a.reads) > 1]
     gaps = [later - earlier for a in answers for (earlier, _), (later, _) in zip(a.reads, a.reads[1:], strict=False)
             if start <= later < end]
     return {f"{name}_{q}_ms": None if (v := pct(values, p)) is None else round(v * 1000, 2)
@@ -158,7 +163,8 @@ async def drained(handles, timeout_s: float = 120) -> None:
         await asyncio.sleep(0.5)
 
 
-async def app_level(port: int, streams: int, interval_ms: float, seconds: float, handles, pace: float) -> dict:
+async def app_level(port: int, streams: int, interval_ms: float, seconds: float, handles, pace: float,
+                    max_tokens: int = MAX_TOKENS) -> dict:
     loop = asyncio.get_running_loop()
     ramp_s, settle_s = min(2.0, streams / 200), 3.0 + streams / 128
     start = loop.time() + ramp_s + settle_s
@@ -166,7 +172,7 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     answers: list[Answer] = []
     tasks = []
     for i in range(streams):
-        tasks.append(loop.create_task(stream_loop(port, interval_ms, i, end, answers)))
+        tasks.append(loop.create_task(stream_loop(port, interval_ms, i, end, answers, max_tokens)))
         if ramp_s:
             await asyncio.sleep(ramp_s / streams)
     await asyncio.sleep(max(0.0, start - loop.time()))
@@ -182,16 +188,20 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     await asyncio.gather(*tasks, return_exceptions=True)
     await drained(handles)
     delivered = sum(n for a in answers for t, n in a.reads if start <= t < end)
+    answered = len(finished(answers, start, end, max_tokens))
     per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered * measured_s / seconds, 1) * 1000, 4)
              for role in cpu_after}
-    return {"streams": streams, "interval_ms": interval_ms, "offered_tokens_per_s": streams * pace,
+    return {"streams": streams, "interval_ms": interval_ms, "max_tokens": max_tokens, "offered_tokens_per_s": streams * pace,
             "engine_tokens_per_s": None if counted_before is None or counted_after is None else
             round((counted_after[0] - counted_before[0]) / (counted_after[1] - counted_before[1]), 1),
             "delivered_tokens_per_s": round(delivered / seconds, 1),
             "refused": sum(1 for a in answers if a.status not in (200, None)),
+            "answers_per_s": round(answered / seconds, 1),
+            "cpu_ms_per_answer": {role: round((cpu_after[role] - cpu_before[role]) / measured_s * seconds / answered * 1000, 3)
+                                  for role in cpu_after} if answered else None,
             "cpu_s_per_1k_tokens": per_k,
             "cpu_share": {role: round((cpu_after[role] - cpu_before[role]) / measured_s, 3) for role in cpu_after},
-            **latencies(answers, start, end)}
+            **latencies(answers, start, end, max_tokens)}
 
 
 async def ttft_probe(port: int, interval_ms: float, requests: int = 30) -> dict[str, float | None]:
@@ -256,29 +266,28 @@ def run(args: argparse.Namespace) -> dict:
                for level in result["direct"]):
         result["direct"] += [asyncio.run(direct_level(n, min(args.seconds, 5), pace)) for n in args.streams]
     env = {**ingress_env(args.ingress), **assignments(args.env)}
-    for replicas in args.router_replicas:
-        head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16, env=env)
-        try:
-            port = free_port()
-            deploy(head, replicas, port, pace)
-            handles = engine_handles(head)
-            for interval in args.intervals:
-                probe = asyncio.run(ttft_probe(port, interval))
-                result["ttft_one_stream"].append({"router_replicas": replicas, "ingress": args.ingress,
-                                                  "interval_ms": interval, "pace_tokens_per_s": pace.tokens_per_s,
-                                                  **probe})
-                print(json.dumps(result["ttft_one_stream"][-1]), flush=True)
-                for streams in args.streams:
-                    level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s))
-                    level["router_replicas"], level["ingress"] = replicas, args.ingress
-                    level["pace_tokens_per_s"] = pace.tokens_per_s
-                    print(json.dumps(level), flush=True)
-                    result["app"].append(level)
-        finally:
-            import ray
+    replicas = args.router_replicas
+    head = RayHead.start(Path(args.log_dir) / f"capacity-{replicas}.log", MARKER, num_cpus=16, env=env)
+    try:
+        port = free_port()
+        deploy(head, replicas, port, pace)
+        handles = engine_handles(head)
+        for interval in args.intervals:
+            probe = asyncio.run(ttft_probe(port, interval))
+            result["ttft_one_stream"].append({"router_replicas": replicas, "ingress": args.ingress, "interval_ms": interval,
+                                              "pace_tokens_per_s": pace.tokens_per_s, **probe})
+            print(json.dumps(result["ttft_one_stream"][-1]), flush=True)
+            for streams in args.streams:
+                level = asyncio.run(app_level(port, streams, interval, args.seconds, handles, pace.tokens_per_s,
+                                              args.max_tokens))
+                level.update(router_replicas=replicas, ingress=args.ingress, pace_tokens_per_s=pace.tokens_per_s)
+                print(json.dumps(level), flush=True)
+                result["app"].append(level)
+    finally:
+        import ray
 
-            ray.shutdown()
-            head.stop()
+        ray.shutdown()
+        head.stop()
     return result
 
 
@@ -313,8 +322,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--intervals", type=float, nargs="+", default=[0, 50])
-    parser.add_argument("--router-replicas", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--router-replicas", type=int, default=1,
+                        help="one count per run (append runs into one file): a second Ray head in the same driver "
+                             "would reuse Serve's cached routers to the first one's replicas")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                        help="each answer's length; short answers (e.g. 4) measure the fixed cost of a request")
     parser.add_argument("--tokens-per-s", type=float,
                         help="each synthetic stream's pace (default: the profile's, 50), e.g. 100 for a smaller model")
     parser.add_argument("--log-dir", default="/tmp")
