@@ -189,18 +189,18 @@ async def app_level(port: int, streams: int, interval_ms: float, seconds: float,
     await drained(handles)
     delivered = sum(n for a in answers for t, n in a.reads if start <= t < end)
     answered = len(finished(answers, start, end, max_tokens))
-    per_k = {role: round((cpu_after[role] - cpu_before[role]) / max(delivered * measured_s / seconds, 1) * 1000, 4)
-             for role in cpu_after}
+    spent = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
+    per_k = {role: round(cpu / max(delivered * measured_s / seconds, 1) * 1000, 4) for role, cpu in spent.items()}
     return {"streams": streams, "interval_ms": interval_ms, "max_tokens": max_tokens, "offered_tokens_per_s": streams * pace,
             "engine_tokens_per_s": None if counted_before is None or counted_after is None else
             round((counted_after[0] - counted_before[0]) / (counted_after[1] - counted_before[1]), 1),
             "delivered_tokens_per_s": round(delivered / seconds, 1),
             "refused": sum(1 for a in answers if a.status not in (200, None)),
             "answers_per_s": round(answered / seconds, 1),
-            "cpu_ms_per_answer": {role: round((cpu_after[role] - cpu_before[role]) / measured_s * seconds / answered * 1000, 3)
-                                  for role in cpu_after} if answered else None,
+            "cpu_ms_per_answer": {role: round(cpu / measured_s * seconds / answered * 1000, 3) for role, cpu in spent.items()}
+                                 if answered else None,
             "cpu_s_per_1k_tokens": per_k,
-            "cpu_share": {role: round((cpu_after[role] - cpu_before[role]) / measured_s, 3) for role in cpu_after},
+            "cpu_share": {role: round(cpu / measured_s, 3) for role, cpu in spent.items()},
             **latencies(answers, start, end, max_tokens)}
 
 

@@ -2,9 +2,9 @@
 values only with the board's periodic re-send, so a value set on every request costs no Ray metric call."""
 
 import threading
-import time
 
 from deployments.metrics import GaugeBoard
+from scripts.harness.cluster import wait_for
 
 
 class FakeGauge:
@@ -19,13 +19,6 @@ class FakeGauge:
     def values(self):
         with self._lock:
             return [value for value, _ in self.sent]
-
-
-def wait_for(condition, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def test_a_new_series_is_sent_at_once_and_later_values_by_the_refresh():
@@ -45,4 +38,4 @@ def test_the_refresh_sends_each_series_last_value():
     board = GaugeBoard(interval_s=0.02)
     board.set(gauge, 1, {"backend": "cheap"})
     board.set(gauge, 5, {"backend": "cheap"})
-    wait_for(lambda: gauge.values()[-1:] == [5])
+    wait_for("the refresh to send the last value", lambda: gauge.values()[-1:] == [5], timeout_s=30, every_s=0.01)
