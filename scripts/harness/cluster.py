@@ -69,6 +69,18 @@ def ingress_env(ingress: str) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), **THROUGHPUT_OPTIMIZED_ENV}
 
 
+def haproxy_files(temp_dir: str) -> dict[str, str]:
+    """Ray Serve's HAProxy ingress keeps its config, admin and metrics sockets, server state and logs in
+    /tmp/haproxy-serve/<node id>/ by default, which outlives the cluster; these settings move them into the
+    cluster's own temp dir, which its teardown removes (the admin socket path stays under Unix's 108 bytes)."""
+    base = f"{temp_dir}/haproxy"
+    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{base}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{base}/admin.sock",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state"}
+
+
 def assignments(items: Iterable[str]) -> dict[str, str]:
     """`KEY=VALUE` items (command-line environment settings) as a dict."""
     return dict(item.split("=", 1) for item in items if item)
@@ -154,7 +166,7 @@ class RayHead:
         os.environ["RAY_AUTH_MODE"] = "disabled"  # for drivers this process starts or becomes
         temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
         gcs_port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
-        full_env = {**os.environ, **(env or {}), marker[0]: marker[1]}
+        full_env = {**os.environ, **(env or {}), **haproxy_files(temp_dir), marker[0]: marker[1]}
         with open(log, "w") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 [BIN / "ray", "start", "--head", "--block", "--disable-usage-stats",

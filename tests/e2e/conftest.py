@@ -1,10 +1,12 @@
 """One real stack per test run: a fresh Ray head on 127.0.0.1, and `serve deploy` of the local CPU
-profile (both vLLM engines, the router) as CI would deploy it. Torn down even when tests fail, the
-hard way, as `ray stop --force` on a node does: every Ray process is killed and the engines must
-end by themselves; one that outlives the cluster fails the run (and is then reaped)."""
+profile (both vLLM engines, the router) as CI would deploy it. Torn down when the session ends, or before
+the first module that starts a cluster of its own (OWN_CLUSTER_STAGE), even when tests fail, the hard way,
+as `ray stop --force` on a node does: every Ray process is killed and the engines must end by themselves;
+one that outlives the cluster fails the run (and is then reaped)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -123,14 +125,57 @@ def error_of(response) -> dict:
     return body["error"]
 
 
+OWN_CLUSTER_STAGE = 6
+"""The stage of the modules that start a cluster of their own: they run last, after the shared stack is
+stopped (`release_stack`), so that two clusters' engines never share the machine's memory and cores (the
+stack holds four by then: the tiers, the strong one scaled to two, and the external API's)."""
+
+
+def stage(item) -> int:
+    marker = item.get_closest_marker("stage")
+    return marker.args[0] if marker else 0
+
+
 def pytest_collection_modifyitems(items):
     """The modules that change, read all of, or break the shared stack (`stage(n)`) run after every test
     that only uses it, in stage order; file names do not matter, and any module runs alone with -k."""
-    def stage(item) -> int:
-        marker = item.get_closest_marker("stage")
-        return marker.args[0] if marker else 0
-
     items.sort(key=stage)
+
+
+class Teardowns:
+    """The shared stack's teardowns (the stack, the driver connected to it), each run once, the latest
+    first: when the session ends, or earlier by `run_all`."""
+
+    def __init__(self):
+        self._pending: list = []
+
+    @contextlib.contextmanager
+    def held(self, teardown):
+        """Runs `teardown` when the block ends, unless `run_all` ran it before."""
+        self._pending.append(teardown)
+        try:
+            yield
+        finally:
+            if teardown in self._pending:
+                self._pending.remove(teardown)
+                teardown()
+
+    def run_all(self) -> None:
+        while self._pending:
+            self._pending.pop()()
+
+
+SHARED = Teardowns()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the first module of its own cluster sets up, the stack is torn down (its last user is done:
+    the stages order them); such a module may not use it."""
+    if stage(item) >= OWN_CLUSTER_STAGE:
+        if {"stack", "serve_handles", "client"} & set(item.fixturenames):
+            raise pytest.UsageError(f"{item.nodeid} starts a cluster of its own and may not use the shared stack")
+        SHARED.run_all()
 
 
 CHEAP_S3_URI = "s3://models/smollm2-135m-instruct-pruned/v1"
@@ -173,6 +218,17 @@ def stack(tmp_path_factory, s3_env) -> Stack:
     model_cache_dir = tmp_path_factory.mktemp("model-cache")
     external_process, external = start_external_api(log_dir)
     head = prometheus = None
+
+    def teardown():
+        try:
+            if prometheus is not None:
+                stop_process_tree(prometheus)
+            stop_process_tree(external_process)  # its own process group
+            if head is not None:
+                head.kill()  # as `ray stop --force`: fails the run if an engine outlives the cluster
+        finally:
+            spans.close()
+
     try:
         head = RayHead.start(log_dir / "ray-start.log", RUN_MARKER, env={
             "SERVE_APP_API_KEYS": ",".join(API_KEYS), **s3_env, "SERVE_APP_MODEL_CACHE_DIR": str(model_cache_dir),
@@ -198,17 +254,12 @@ def stack(tmp_path_factory, s3_env) -> Stack:
         wait_for("the HTTP proxy", lambda: get_json(f"{http_url}/health")["status"] == "ok", timeout_s=120)
         wait_for("the external API", lambda: get_json(f"{external.base_url}/models"), timeout_s=DEPLOY_TIMEOUT_S)
         prometheus, prometheus_url = start_prometheus(head.metrics_url, tmp_path_factory.mktemp("prometheus"))
+    except BaseException:
+        teardown()
+        raise
+    with SHARED.held(teardown):
         yield Stack(f"{http_url}/v1", http_url, head.dashboard_url, head.gcs_address, config, external,
                     head.metrics_url, spans, model_cache_dir, prometheus_url)
-    finally:
-        try:
-            if prometheus is not None:
-                stop_process_tree(prometheus)
-            stop_process_tree(external_process)  # its own process group
-            if head is not None:
-                head.kill()  # as `ray stop --force`: fails the run if an engine outlives the cluster
-        finally:
-            spans.close()
 
 
 @pytest.fixture(scope="session")
@@ -218,10 +269,8 @@ def serve_handles(stack):
     from ray import serve
 
     ray.init(address=stack.gcs_address, log_to_driver=False)
-    try:
+    with SHARED.held(ray.shutdown):  # before the stack's teardown, which `held` runs later
         yield serve
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

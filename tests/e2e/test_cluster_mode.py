@@ -1,7 +1,7 @@
 """The local CPU profile's real vLLM engines as the KubeRay pods run the app: Ray Serve's HAProxy ingress in
 its throughput-optimized mode (scripts.harness.cluster.ingress_env), so the router replica serves HTTP
-itself and calls the engine replicas over gRPC instead of Ray object refs. A cluster of its own beside the
-session's stack (which stays on Serve's proxy and Ray's transport); through the `openai` SDK and httpx."""
+itself and calls the engine replicas over gRPC instead of Ray object refs. A cluster of its own, after the
+session's stack (on Serve's proxy and Ray's transport) is stopped; through the `openai` SDK and httpx."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 
 from scripts.harness.cluster import ingress_env, load_profile, serving, wait_for
 from scripts.harness.metrics import scrape, total
-from tests.e2e.conftest import error_of
+from tests.e2e.conftest import OWN_CLUSTER_STAGE, error_of
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stage(6)]  # starts a cluster of its own beside the stack
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(OWN_CLUSTER_STAGE)]  # a cluster of its own, once the stack is gone
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -15,9 +15,9 @@ import pytest
 
 from scripts.harness.cluster import INGRESSES, app_args, ingress_env, load_profile, serving, wait_for
 from scripts.harness.metrics import find, scrape
-from tests.e2e.conftest import error_of
+from tests.e2e.conftest import OWN_CLUSTER_STAGE, error_of
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stage(6)]  # starts a cluster of its own beside the stack
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(OWN_CLUSTER_STAGE)]  # a cluster of its own, once the stack is gone
 
 PACE = 20
 """Tokens per second per stream: a token every 50 ms, so a held first message would carry several."""

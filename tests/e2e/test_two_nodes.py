@@ -1,6 +1,6 @@
 """Two Ray nodes on this machine (a head, and a second `ray start --address ...`), each with its own
 model cache: prefetch runs once on each node, and replicas placed one per node serve from their own
-node's cache without downloading. A cluster of its own, next to the session's stack (which is idle)."""
+node's cache without downloading. A cluster of its own, after the session's stack is stopped."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 
 from scripts.harness.cluster import BIN, ROOT, free_port, stop_cluster
 from serve_app.models.store import cache_entry
-from tests.e2e.conftest import CHEAP_S3_URI
+from tests.e2e.conftest import CHEAP_S3_URI, OWN_CLUSTER_STAGE
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stage(6)]  # starts a cluster of its own beside the stack
+pytestmark = [pytest.mark.e2e, pytest.mark.stage(OWN_CLUSTER_STAGE)]  # a cluster of its own, once the stack is gone
 
 DRIVER = r"""
 import asyncio, json, sys, time
