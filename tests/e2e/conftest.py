@@ -127,7 +127,7 @@ def error_of(response) -> dict:
 
 OWN_CLUSTER_STAGE = 6
 """The stage of the modules that start a cluster of their own: they run last, after the shared stack is
-stopped (`release_stack`), so that two clusters' engines never share the machine's memory and cores (the
+stopped (`SHARED.run_all`), so that two clusters' engines never share the machine's memory and cores (the
 stack holds four by then: the tiers, the strong one scaled to two, and the external API's)."""
 
 
