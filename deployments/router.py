@@ -100,6 +100,10 @@ class Router:
         self._service = ApiService(self._config, self._router, self._gate(), self._metrics,
                                    before_models=lambda: self._learn_engines(None), replica=context.replica_id.unique_id)
         tracing.configure(self._config.observability.tracing)
+        # No engine is taken as running until it answers or Ray Serve says so: requests meanwhile are
+        # refused as starting, not counted against the tiers' breakers.
+        for engine in self._engine_versions:
+            self._router.fleet.starts(engine.label)
         self._metrics.backends(self._router.fleet.states())
         self._shared_rollbacks = SharedRollbacks(context.app_name)
         self._background: set[asyncio.Task] = set()

@@ -113,6 +113,12 @@ class TierLimits(BackendLimits):
     """While the tier has a free slot, how long a request may wait for a replica to take it (an engine
     acknowledges at once) before the tier counts as having no live replica (it died, its replacement
     is starting) and the request falls back. Null: only the first-token timeout applies."""
+    expected_start_s: float = Field(120.0, gt=0)
+    """How long a new replica of this tier takes to start and take traffic (weights, engine start, warm-up;
+    72 s to a first answer on the local CPU profile, docs/results/startup.json). While the tier has no
+    running replica (its first starting, a lost one being replaced), the router refuses its requests at
+    once with a Retry-After from it, and a tier that scales from zero waits this much longer for its
+    first token."""
 
 
 class PriceConfig(StrictModel):
@@ -206,6 +212,12 @@ class TierConfig(StrictModel):
             return options.num_replicas
         autoscaling = options.autoscaling_config or {}
         return autoscaling.get("initial_replicas", autoscaling.get("min_replicas", 1))
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Autoscaling may take the tier to no replica: a request then waits for Ray Serve to start one."""
+        options = self.deployment
+        return options.num_replicas is None and (options.autoscaling_config or {}).get("min_replicas", 1) == 0
 
     def replica_options(self) -> dict[str, Any]:
         """Deployment options with the engine's `env_vars` merged into the replica's runtime_env."""

@@ -84,6 +84,13 @@ class NoLiveReplica(BackendUnavailable):
     code = "no_live_replica"
 
 
+class TierStarting(BackendUnavailable):
+    """The tier has no running replica (its first is starting, or Ray Serve is replacing a lost one): refused
+    at once with a Retry-After from its expected start, and not a fault of the tier."""
+
+    code = "tier_starting"
+
+
 class Overloaded(BackendUnavailable):
     """Shed before any work started: the expected wait would break the TTFT target."""
 

@@ -135,8 +135,9 @@ def build_http_api(service: ApiService) -> FastAPI:
         return await service.rollouts()
 
     @api.get("/health")
-    async def health() -> dict[str, Any]:
-        """Open to all."""
-        return service.health()
+    async def health() -> JSONResponse:
+        """Open to all. 503 while the app is starting (a tier has not had a running replica yet)."""
+        body = service.health()
+        return JSONResponse(body, status_code=503 if body["status"] == "starting" else 200)
 
     return api

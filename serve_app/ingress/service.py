@@ -64,6 +64,7 @@ class ApiService:
         """An engine version's model info (fixed for its life); its warm-up figures, if any, are the
         tier's speed until live requests teach better."""
         self._engine_infos[label] = info
+        self.router.fleet.serving(label)
         if warm_up := info.get("warm_up"):
             self.router.fleet.seed_speed(label, warm_up["ttft_s"], warm_up["tpot_s"])
             logger.info("%s: speed from its warm-up, TTFT %.3f s and TPOT %.3f s at a batch of %d", label,
@@ -134,10 +135,18 @@ class ApiService:
         return {"tiers": self.router.tiers.status(), "config_error": self._rollout_error, "replica": self._replica}
 
     def health(self) -> dict[str, Any]:
-        """Liveness, the circuit state of each backend, and how the router sees each backend's load
-        (requests in flight, the engine batch of its running replicas, its admission limit)."""
-        states = self.router.fleet.states()
+        """Readiness, the circuit state of each backend, and how the router sees each backend's load
+        (requests in flight, the engine batch of its running replicas, its admission limit). `status` is
+        `starting` while some engine version has not had a running replica yet (requests to it are refused
+        with a Retry-After), `degraded` while one that ran has none (Ray Serve is replacing it; its routes
+        fall back), else `ok`; `starting` lists the versions without a replica and the seconds until one
+        should be up."""
+        fleet = self.router.fleet
+        states = fleet.states()
         self.sink.backends(states)
-        return {"status": "ok", "circuits": {name: state.value for name, (state, *_) in states.items()},
+        waiting = fleet.starting()
+        status = "starting" if fleet.never_ran() else "degraded" if waiting else "ok"
+        return {"status": status, "starting": {name: round(s, 1) for name, s in waiting.items()},
+                "circuits": {name: state.value for name, (state, *_) in states.items()},
                 "backends": {name: {"circuit": state.value, "in_flight": in_flight, "batch": batch, "limit": limit}
                              for name, (state, in_flight, batch, limit) in states.items()}}

@@ -199,10 +199,20 @@ class TierLoad:
         elif self.in_flight * 2 >= self.limit:
             self.limit = min(float(self._ceiling), self.limit + 1)
 
-    def finished(self, ticket: Ticket, completed: bool) -> None:
+    def restored(self) -> None:
+        """The backend serves again after having no running replica: the broken promises that cut its limit
+        were the lost replica's, not the load's, so the limit starts again from its ceiling."""
+        self.limit = float(self._ceiling)
+
+    def finished(self, ticket: Ticket, completed: bool, faulted: bool = False) -> None:
+        """`faulted`: the backend failed it (its breaker counted the failure), which teaches nothing of its
+        speed and is no broken promise of the admission."""
         if self._in_flight.pop(ticket, False) is False:
             return  # already finished
-        if ticket.first_token_at is None and not completed:
+        if faulted:
+            return
+        # A reservation held through an answer it never served waited for no token: no promise was broken.
+        if ticket.first_token_at is None and not completed and not ticket.reserved:
             waited = self._clock() - ticket.started_at
             if self.ttft_target_s is not None and waited > self.ttft_target_s:
                 self._kept(waited)  # it gave up waiting for its first token: a broken promise

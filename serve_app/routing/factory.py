@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from serve_app.config import AppConfig, BackendLimits, PriceConfig
+from serve_app.config import AppConfig, BackendLimits, PriceConfig, TierConfig
 from serve_app.core.generation import Backend
 from serve_app.observability.metering import Price
 from serve_app.routing.admission import TierLoad
@@ -34,12 +34,17 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     r = config.resilience
     rng = rng or random.Random()
 
-    def guarded(name: str, limits: BackendLimits, batch: int, ceiling: int, cold_slots: int, price: PriceConfig,
-                dispatch_timeout_s: float | None = None, version: str | None = None) -> GuardedBackend:
-        breaker = CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock)
-        load = TierLoad(batch, r.shed_ttft_target_s, clock, cold_slots=cold_slots, ceiling=ceiling)
+    def guarded(name: str, limits: BackendLimits, batch: int, ceiling: int, price: PriceConfig,
+                tier: TierConfig | None = None, version: str | None = None) -> GuardedBackend:
+        start_s = tier.limits.expected_start_s if tier else 0.0
+        from_zero = tier is not None and tier.scales_to_zero
+        # A probe that never reports has failed by the time its first token is overdue.
+        breaker = CircuitBreaker(r.breaker_failure_threshold, r.breaker_window_s, r.breaker_cooldown_s, clock,
+                                 probe_timeout_s=limits.first_token_timeout_s + (start_s if from_zero else 0.0))
+        load = TierLoad(batch, r.shed_ttft_target_s, clock, cold_slots=1, ceiling=ceiling)
         return GuardedBackend(name, backends[name], breaker, load, limits.first_token_timeout_s, limits.total_timeout_s,
-                              dispatch_timeout_s, price_of(price), clock, version)
+                              tier.limits.dispatch_timeout_s if tier else None, price_of(price), clock, version,
+                              expected_start_s=start_s, scales_from_zero=from_zero)
 
     fleet: dict[str, GuardedBackend] = {}
     versions: dict[str, dict[str, GuardedBackend]] = {}
@@ -47,9 +52,8 @@ def build_router(backends: dict[str, Backend], config: AppConfig, clock: Callabl
     for engine in engines:  # one replica's capacity; Fleet.resize scales it to the initial replicas below
         tier = engine.config
         fleet[engine.label] = versions.setdefault(engine.tier, {})[engine.version] = guarded(
-            engine.label, tier.limits, tier.engine_batch, tier.limits.concurrency_slots, 1, tier.price,
-            tier.limits.dispatch_timeout_s, engine.version)
-    fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, api.limits.concurrency_slots, 1, api.price)
+            engine.label, tier.limits, tier.engine_batch, tier.limits.concurrency_slots, tier.price, tier, engine.version)
+    fleet |= {name: guarded(name, api.limits, api.limits.concurrency_slots, api.limits.concurrency_slots, api.price)
               for name, api in config.external.items() if name in backends}
     tiers = Tiers({name: TierVersions(name, tier.default_version, versions[name], rng, clock, on_rollback, on_shadow)
                    for name, tier in config.tiers.items()})

@@ -64,20 +64,25 @@ async def open_answer(call: CascadeCall) -> RoutedStream:
     cheap, strong = settings.cheap_tier, settings.strong_tier
     holds = {strong: call.reserve(strong, call.request)}
     refused = None
-    try:
-        holds[cheap] = call.reserve(cheap, call.request)
-    except ServerError as exc:  # shed or broken: no drafts for this answer
-        refused = exc.code
 
     async def open_tier(tier: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         hold = holds.get(tier)
         versions[tier], chunks = await call.open_tier(tier, request, hold.ticket if hold else None)
         return chunks
 
-    answer = SpeculativeAnswer(open_tier, call.request, cheap, strong, settings.draft_tokens, settings.alpha,
-                               settings.draft_stop_prob, drafting=refused is None, replan=call.replan)
-    chunks = held(answer.chunks(), list(holds.values()))
-    first = await anext(chunks)
+    try:
+        try:
+            holds[cheap] = call.reserve(cheap, call.request)
+        except ServerError as exc:  # shed, broken or starting: no drafts for this answer
+            refused = exc.code
+        answer = SpeculativeAnswer(open_tier, call.request, cheap, strong, settings.draft_tokens, settings.alpha,
+                                   settings.draft_stop_prob, drafting=refused is None, replan=call.replan)
+        chunks = held(answer.chunks(), list(holds.values()))
+        first = await anext(chunks)
+    except BaseException:  # however the opening failed, the places are given back (releasing twice is a no-op)
+        for hold in holds.values():
+            hold.release(False)
+        raise
     served_by = cheap if answer.stats.strong_failed else strong
     routing = Routing(route=AUTO_ROUTE, served_by=served_by, version=versions.get(served_by), reason="speculative",
                       fallback_reason=f"{strong}: failed mid-answer" if answer.stats.strong_failed else

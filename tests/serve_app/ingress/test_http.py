@@ -164,6 +164,27 @@ def test_completions_models_health_and_rollouts():
     assert set(rollouts["tiers"]) == {"cheap", "strong"} and rollouts["config_error"] is None
 
 
+def test_health_says_starting_until_every_tier_has_run_then_degraded_while_one_is_replaced():
+    api = service()
+    for name in ("cheap", "strong"):
+        api.router.fleet.starts(name)  # as the deployment's router does before any engine answered
+    response = call(api, "GET", "/health")
+    assert response.status_code == 503 and response.json()["status"] == "starting"
+    assert set(response.json()["starting"]) == {"cheap", "strong"}
+    refused = call(api, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert refused.status_code == 503 and envelope(refused)["code"] == "backend_unavailable"
+    assert "cheap: tier_starting" in envelope(refused)["message"] and int(refused.headers["retry-after"]) >= 1
+    api.engine_started("cheap", {"model": "/models/cheap", "max_model_len": 2048, "warm_up": None})
+    assert call(api, "GET", "/health").json()["status"] == "starting"  # strong has not run yet
+    api.router.fleet.resize("strong", 1)  # Ray Serve reports its replica running
+    health = call(api, "GET", "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["starting"] == {}
+    api.router.fleet.resize("strong", 0)  # lost; Ray Serve replaces it: the router serves from fallbacks
+    health = call(api, "GET", "/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert list(health.json()["starting"]) == ["strong"]
+
+
 def test_what_the_deployment_learns_goes_to_its_one_owner():
     api = service()
     assert api.engines_unheard() == []
