@@ -219,18 +219,28 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def serving(serve_config: dict, log: Path, marker: tuple[str, str],
-            env: dict[str, str] | None = None) -> Iterator[tuple[str, RayHead]]:
+def serving(serve_config: dict, log: Path, marker: tuple[str, str], env: dict[str, str] | None = None,
+            while_starting: Callable[[str], None] | None = None) -> Iterator[tuple[str, RayHead]]:
     """`serve_config` served by a Ray head of its own (`RayHead.start`) on a free HTTP port (set in it), as
-    `serve deploy` sends it; yields the app's base URL, once /health answers ok, and the head. The cluster
-    is killed when the block ends (`RayHead.kill`), however it ends."""
+    `serve deploy` sends it; yields the app's base URL, once /health answers ok, and the head. With
+    `while_starting`, it is called with the URL every 2 s from the deploy on until /health answers ok (traffic
+    that arrives while the app starts; it handles its own connection errors). The cluster is killed when the
+    block ends (`RayHead.kill`), however it ends."""
     head = RayHead.start(log, marker, env=env)
     try:
         port = free_port()
         serve_config["http_options"]["port"] = port
         head.deploy(serve_config, cli=False)
-        wait_until_running(head.dashboard_url)
         url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if while_starting is not None:
+                while_starting(url)
+            return get_json(f"{url}/health")["status"] == "ok"
+
+        if while_starting is not None:
+            wait_for("the app's /health while traffic arrives", ready, timeout_s=DEPLOY_TIMEOUT_S)
+        wait_until_running(head.dashboard_url)
         wait_for("the app's /health", lambda: get_json(f"{url}/health")["status"] == "ok", timeout_s=120)
         yield url, head
     finally:

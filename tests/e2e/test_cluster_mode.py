@@ -20,20 +20,69 @@ pytestmark = [pytest.mark.e2e, pytest.mark.stage(OWN_CLUSTER_STAGE)]  # a cluste
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
+ROUTES = {"cheap": "cheap", "strong": "strong", "auto": "strong"}
+"""Each route, and the tier that serves it when nothing is wrong."""
+
+
 class Cluster:
-    def __init__(self, url: str, metrics_url: str):
+    def __init__(self, url: str, metrics_url: str, during_start: list[dict]):
         self.url, self.metrics_url = url, metrics_url
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=300, max_retries=0)
+        self.during_start = during_start
+        """What requests sent from the deploy on, before the app was ready, got."""
+
+
+def ask(url: str, route: str, timeout_s: float = 60) -> dict:
+    """One short chat on `route`, as a client sees it (status 0: no connection)."""
+    try:
+        response = httpx.post(f"{url}/v1/chat/completions", timeout=timeout_s, json={
+            "model": route, "messages": QUESTION, "max_tokens": 8, "temperature": 0})
+    except httpx.HTTPError as exc:
+        return {"route": route, "status": 0, "error": type(exc).__name__}
+    answer = {"route": route, "status": response.status_code, "served_by": response.headers.get("x-served-by"),
+              "fallback": response.headers.get("x-fallback-reason"), "retry_after": response.headers.get("retry-after")}
+    if response.status_code != 200:
+        answer["code"] = error_of(response)["code"] if response.headers.get("content-type") == "application/json" \
+            else "not_an_envelope"
+        answer["message"] = response.text[:300]
+    return answer
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Cluster:
     env = ingress_env("haproxy")
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    during_start: list[dict] = []
+
+    def traffic(url: str) -> None:  # a deploy followed at once by traffic, as a CI smoke test sends it
+        during_start.extend(ask(url, route) for route in ROUTES)
+
     with serving(load_profile("local-cpu.yaml"), tmp_path_factory.mktemp("cluster-mode") / "ray-start.log",
                  ("SERVE_APP_TEST_RUN", f"cluster-mode-{uuid.uuid4().hex}"),
-                 env={"RAY_metrics_report_interval_ms": "1000", **env}) as (url, head):
-        yield Cluster(url, head.metrics_url)
+                 env={"RAY_metrics_report_interval_ms": "1000", **env}, while_starting=traffic) as (url, head):
+        yield Cluster(url, head.metrics_url, during_start)
+
+
+def test_traffic_from_the_deploy_on_is_refused_with_retry_after_then_every_route_serves_from_its_own_tier(cluster):
+    """Requests sent while the engines start are refused as starting (503, Retry-After) or answered, never
+    a server error; none counts against a breaker, so once the app is ready every route is served by its
+    own tier (a breaker opened then and never closed again used to leave every route 503)."""
+    # Before the router replica runs, the ingress answers on its own (no envelope); what the router answered:
+    answered = [r for r in cluster.during_start if r["status"] != 0 and r.get("code") != "not_an_envelope"]
+    assert answered, cluster.during_start  # the router took requests before the engines were up
+    assert all(r["status"] in (200, 503) for r in answered), answered
+    assert all(r["status"] >= 500 for r in cluster.during_start if r.get("code") == "not_an_envelope")
+    refused = [r for r in answered if r["status"] == 503]
+    assert refused and all(r["retry_after"] and int(r["retry_after"]) >= 1 for r in refused), refused
+    assert any("tier_starting" in r["message"] for r in refused), refused
+
+    def own_tiers() -> bool:
+        return all((r := ask(cluster.url, route))["status"] == 200 and r["served_by"] == tier and not r["fallback"]
+                   for route, tier in ROUTES.items())
+
+    wait_for("every route served by its own tier", own_tiers, timeout_s=120, every_s=5)
+    health = httpx.get(f"{cluster.url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["circuits"]["cheap"] == health["circuits"]["strong"] == "closed", health
 
 
 def test_a_stream_over_grpc_is_the_engines_whole_answer(cluster):

@@ -28,10 +28,6 @@ def ask(stack, model="cheap") -> httpx.Response:
     return httpx.post(f"{stack.base_url}/chat/completions", json=body, headers=stack.headers, timeout=180)
 
 
-def circuits(stack) -> dict:
-    return httpx.get(f"{stack.http_url}/health", timeout=10).json()["circuits"]
-
-
 @dataclass
 class Killed:
     actor: str
@@ -74,42 +70,55 @@ def assert_ended(killed: Killed) -> None:
     assert not left, f"processes of {killed.actor} outlived it by {ENGINE_EXIT_TIMEOUT_S} s: {describe(left)}"
 
 
-def wait_served_by_cheap_again(stack) -> httpx.Response:
-    """Ray Serve replaces the replica; after the cool-down a probe closes the circuit again."""
+def wait_served_by_own_tier(stack, model="cheap", tier=None) -> httpx.Response:
+    """Ray Serve replaces the replica; the breaker probes it (at once when the router sees it running, else
+    after the cool-down) and closes: the route is served by its own tier again, with no fallback."""
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while True:
-        response = ask(stack)
-        assert response.status_code == 200
-        if response.headers["x-served-by"] == "cheap":
+        response = ask(stack, model)
+        assert response.status_code == 200, response.text
+        if response.headers["x-served-by"] == (tier or model) and "x-fallback-reason" not in response.headers:
             return response
-        assert time.monotonic() < deadline, "the cheap tier never came back"
+        assert time.monotonic() < deadline, f"the {tier or model} tier never came back: {dict(response.headers)}"
         time.sleep(5)
 
 
 def test_a_dead_tier_falls_back_opens_its_circuit_and_recovers(stack, serve_handles):
-    assert ask(stack).headers["x-served-by"] == "cheap"
-    killed = kill_replica(serve_handles, "llm-cheap-v1", how="sigkill")
+    """The strong tier's replica dies under `strong` and `auto` traffic. Each `auto` answer reserves a place
+    (and, half-open, the breaker's probe) on the strong tier before its first pass: such a probe was never
+    given back, and the tier stayed lost after Ray Serve had replaced it."""
+    assert ask(stack, "strong").headers["x-served-by"] == "strong"
+    killed = kill_replica(serve_handles, "llm-strong-v1", how="sigkill")
 
-    # While the replica is gone, every answer still arrives, from the strong tier, saying why.
+    # While the replica is gone, every answer still arrives, from a fallback, saying why.
     resilience = stack.args["resilience"]
     with ThreadPoolExecutor(resilience["breaker_failure_threshold"]) as pool:
-        during = list(pool.map(lambda _: ask(stack), range(resilience["breaker_failure_threshold"])))
+        during = list(pool.map(lambda _: ask(stack, "strong"), range(resilience["breaker_failure_threshold"])))
     for response in during:
         assert response.status_code == 200, response.text
-        assert response.headers["x-served-by"] == "strong"
-        # No live replica takes the request (dispatch timeout), or its replica died under it: either
-        # way it fails over within seconds, not after the 20 s first-token timeout.
-        assert response.headers["x-fallback-reason"] in ("cheap: no_live_replica", "cheap: backend_unavailable")
-    assert circuits(stack)["cheap"] == "open"
+        assert response.headers["x-served-by"] == "cheap"
+        # No live replica takes the request (dispatch timeout), its replica died under it, or the router
+        # has learned from Ray Serve that the tier has no running replica: it fails over within seconds.
+        assert response.headers["x-fallback-reason"] in (
+            "strong: no_live_replica", "strong: backend_unavailable", "strong: tier_starting"), response.headers
+    health = httpx.get(f"{stack.http_url}/health", timeout=10).json()
+    assert health["circuits"]["strong"] == "open" or "strong" in health["starting"], health
 
-    # The open circuit answers from the fallback without waiting on the dead tier.
-    fast = ask(stack)
-    assert fast.status_code == 200 and fast.headers["x-fallback-reason"] == "cheap: circuit_open"
+    # The open circuit (or the known-dead tier) answers from the fallback without waiting on it.
+    fast = ask(stack, "strong")
+    assert fast.status_code == 200 and fast.headers["x-fallback-reason"] in ("strong: circuit_open", "strong: tier_starting")
+    # `auto` meanwhile, every few seconds until the tier is back: each is answered, from a fallback.
+    for _ in range(6):
+        response = ask(stack, "auto")
+        assert response.status_code == 200, response.text
+        time.sleep(2)
 
     assert_ended(killed)  # the killed replica's engine did not outlive it
-    response = wait_served_by_cheap_again(stack)
+    for model in ("strong", "auto"):
+        response = wait_served_by_own_tier(stack, model, tier="strong")
     assert "x-fallback-reason" not in response.headers
-    assert circuits(stack)["cheap"] == "closed"
+    health = httpx.get(f"{stack.http_url}/health", timeout=10).json()
+    assert health["circuits"]["strong"] == "closed" and health["status"] == "ok", health
     import ray
 
     assert killed.actor not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
@@ -123,7 +132,7 @@ def test_a_replica_whose_engine_died_is_replaced_and_leaves_nothing_behind(stack
     (core,) = [p for p in family if "EngineCore" in command(p)]
     core.kill()
     # Every request is still answered meanwhile (by the fallback), and the new replica serves.
-    wait_served_by_cheap_again(stack)
+    wait_served_by_own_tier(stack)
     assert_ended(Killed(named["name"], [process, *family]))
     import ray
 
