@@ -46,6 +46,11 @@ def _reasons(failures: list[tuple[str, ServingError]]) -> str:
     return "; ".join(f"{step}: {error.code}" for step, error in failures)
 
 
+def _details(failures: list[tuple[str, ServingError]]) -> str:
+    """Each step's refusal in full: which tier refused, why (and on `auto`, under which plan)."""
+    return "; ".join(f"{step}: {error.code}: {error.message}" for step, error in failures)
+
+
 class CascadeRouter:
     def __init__(self, fleet: Fleet, tiers: Tiers, config: AppConfig, clock: Callable[[], float],
                  cache: AnswerCache | None = None):
@@ -118,7 +123,7 @@ class CascadeRouter:
             raise BackendTimeout(f"The request's timeout of {timeout_s:g} s expired ({_reasons(failures)}).")
         waits = [e.retry_after_s for _, e in failures if e.retry_after_s is not None]
         error = Overloaded if all(isinstance(e, Overloaded) for _, e in failures) else BackendUnavailable
-        raise error(f"No backend could answer route {route!r} ({_reasons(failures)}).",
+        raise error(f"No backend could answer route {route!r} ({_reasons(failures)}). {_details(failures)}",
                     retry_after_s=min(waits) if waits else None)
 
     async def _with_retries(self, step: str, request: GenerationRequest, priority: str,
@@ -210,15 +215,21 @@ class CascadeRouter:
             now = self._plan(settings, request, own=1)
             return now.draft_tokens if now.mode == "speculative" else 0
 
-        if plan.mode == "strong":
-            version, chunks = await open_tier(settings.strong_tier, request)
-            stream = RoutedStream(Routing(route=AUTO_ROUTE, served_by=settings.strong_tier, version=version,
-                                          reason="strong alone"), chunks)
-        else:
-            chosen = settings.model_copy(update={"mode": plan.mode, "draft_tokens": plan.draft_tokens or
-                                                 settings.draft_tokens})
-            adaptive_rounds = replan if plan.reason != "configured" else None
-            stream = await MODES[plan.mode](CascadeCall(request, chosen, open_tier, reserve, adaptive_rounds))
+        try:
+            if plan.mode == "strong":
+                version, chunks = await open_tier(settings.strong_tier, request)
+                stream = RoutedStream(Routing(route=AUTO_ROUTE, served_by=settings.strong_tier, version=version,
+                                              reason="strong alone"), chunks)
+            else:
+                chosen = settings.model_copy(update={"mode": plan.mode, "draft_tokens": plan.draft_tokens or
+                                                     settings.draft_tokens})
+                adaptive_rounds = replan if plan.reason != "configured" else None
+                stream = await MODES[plan.mode](CascadeCall(request, chosen, open_tier, reserve, adaptive_rounds))
+        except ClientError:
+            raise
+        except ServingError as exc:  # the refusal names the plan that was refused, and the tier's own reason
+            raise type(exc)(f"plan {plan.label} ({plan.reason}): {exc.message}", exc.param,
+                            exc.retry_after_s) from None
         return stream.but(routing=stream.routing.model_copy(update={"plan": plan.label, "plan_reason": plan.reason}))
 
 

@@ -232,3 +232,16 @@ def test_an_overloaded_refusal_is_not_a_fault():
     for _ in range(3):
         drain(router, "cheap")
     assert router.fleet["cheap"].breaker.state is BreakerState.CLOSED
+
+
+def test_a_refused_auto_request_names_the_plan_the_tier_and_the_reason():
+    router, _ = router_over(FakeTier(["Paris"], 0.9), FakeTier(["Lyon"], 0.9), shed_s=1.0)
+    load = router.fleet["cheap"].load
+    load.ttft.add(5.0)  # a newcomer would wait 5 s against a 1 s target
+    load.started(max_tokens=10)
+    with pytest.raises(Overloaded) as caught:
+        drain(router, "auto")
+    message = caught.value.message
+    assert "(auto: overloaded)" in message, message
+    assert "plan confidence (configured): tier 'cheap' is at capacity (expected wait 5.0 s)" in message, message
+    assert caught.value.retry_after_s >= 1.0
