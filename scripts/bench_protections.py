@@ -7,6 +7,8 @@ driven as users drive it (issue: a breaker that never closes again, refusals ins
    temperature 0 or 0.7; half streamed) for `--duration-s`: statuses and who served, per route;
 3. kill: the strong tier's replica killed (SIGKILL) while `strong` and `auto` requests keep coming: how
    long until `strong` and `auto` are served by the strong tier again with its circuit closed;
+   then a burst of `--burst` streams of 128-token answers at once on `strong`, and the same on `auto`:
+   how many each admitted, and who served them;
 4. storm: `--storm-clients` clients resending at once on every refusal for `--storm-tries` requests each,
    then how long until every route is served by its own tier again.
 
@@ -43,7 +45,7 @@ def ask(url: str, route: str, timeout_s: float = 120) -> dict:
     code = None
     if response.status_code != 200:
         try:
-            code = response.json()["error"]["message"]
+            code = response.json()["error"]["code"]
         except (ValueError, KeyError, TypeError):
             code = "not_an_envelope"
     return {"route": route, "status": response.status_code, "served_by": response.headers.get("x-served-by"),
@@ -87,10 +89,18 @@ async def closed_loop(url: str, clients: int, duration_s: float, seed: int = 7) 
     return {route: outcomes(results) for route, results in by_route.items()}
 
 
+async def burst(url: str, route: str, n: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n + 4)) as client:
+        results = await asyncio.gather(*(timed_chat(client, f"{url}/v1/chat/completions", {
+            "model": route, "max_tokens": 128, "ignore_eos": True, "temperature": 0,
+            "messages": [{"role": "user", "content": f"Count from {i} to {i + 60}."}]}) for i in range(n)))
+    return outcomes(results)
+
+
 async def storm(url: str, clients: int, tries: int) -> dict:
     async def hammer(client: httpx.AsyncClient, c: int) -> list[dict]:
         return [await timed_chat(client, f"{url}/v1/chat/completions", {
-            "model": "auto", "max_tokens": 48, "temperature": 0,
+            "model": "auto", "max_tokens": 128, "ignore_eos": True, "temperature": 0,
             "messages": [{"role": "user", "content": f"Count from {1000 * c + i} on."}]}) for i in range(tries)]
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients + 4)) as client:
@@ -129,8 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration-s", type=float, default=180)
-    parser.add_argument("--storm-clients", type=int, default=16)
-    parser.add_argument("--storm-tries", type=int, default=15)
+    parser.add_argument("--burst", type=int, default=60)
+    parser.add_argument("--storm-clients", type=int, default=48)
+    parser.add_argument("--storm-tries", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench-out/protections.json"))
     args = parser.parse_args()
     during_start: list[dict] = []
@@ -149,6 +160,13 @@ def main() -> None:
         wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), 300)
         result["kill_strong"] = kill_strong(head, url)
         print(json.dumps(result["kill_strong"]), flush=True)
+        result["burst"] = {}
+        for route in ("strong", "auto"):
+            wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()),
+                     300)
+            result["burst"][route] = asyncio.run(burst(url, route, args.burst))
+        result["burst"]["limits_after"] = {name: b["limit"] for name, b in get_json(f"{url}/health")["backends"].items()}
+        print(json.dumps(result["burst"]), flush=True)
         result["storm"] = asyncio.run(storm(url, args.storm_clients, args.storm_tries))
         stopped = time.monotonic()
         wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), 300)

@@ -4,8 +4,14 @@ What a tier can take follows what its engines sustain, measured, not a hand-set 
 
 - Its engines run `batch` requests at once (each replica's `max_ongoing_requests`, at most vLLM's
   `max_num_seqs`, times the replicas running); Ray Serve queues the rest in the handle.
-- While the batch has room, a newcomer waits about the TTFT recently observed on an unqueued request
-  (prefill included, at the batch sizes seen). Beyond it, it waits for as many running requests to
+- While the batch has room, a newcomer waits about the TTFT recently observed on unqueued requests that
+  shared the batch with about as many others as it will (prefill included): the TTFTs are kept per
+  quarter of the batch in use, by the most requests in flight beside a request between its start and
+  its first token. On a CPU, or a GPU near its compute bound, a request that prefills beside a full batch
+  takes many times as long as one beside a few (6.9 s against 0.05 s on the local profile), and one
+  average over both refused requests at a quarter of the batch after a burst (its TTFT average was past
+  the target). While a quarter has no figure yet, the highest of the quarters below it stands in, else
+  the average over all. Beyond the batch, it waits for as many running requests to
   finish as are queued ahead of it: each request's remaining work is its expected length (max_tokens
   times the share of their budget recent answers used) less what it produced, decoded at the recent
   time per output token, and the batch is replayed slot by slot (FIFO) until the newcomer's turn.
@@ -13,7 +19,8 @@ What a tier can take follows what its engines sustain, measured, not a hand-set 
   so low-priority traffic is shed first.
 - An adaptive limit (AIMD, as Netflix's concurrency-limits) corrects the estimate with what happened:
   an admitted request whose first token came later than the target (or that timed out waiting for it)
-  was a broken promise and cuts the limit by a tenth; one served in time while the limit was at least
+  was a broken promise and cuts the limit by a tenth (once per congestion: the requests admitted before
+  the last cut do not cut it again); one served in time while the limit was at least
   half used raises it by one. `concurrency_slots` (per replica) is the limit's upper bound and start.
 
 Before any live request, the speeds come from the engine's warm-up (`seed`: TTFT of a full batch,
@@ -78,8 +85,12 @@ class Ticket:
     """Held by a multi-pass answer for its whole life (its passes are not admitted again)."""
     produced: int = 0
     first_token_at: float | None = None
+    beside: int = 0
+    """Requests in flight beside it when it started (its TTFT is learned at the batch share it shared)."""
 
 
+OCCUPANCY_BANDS = 4
+"""Shares of the batch (quarters) a TTFT figure is kept for."""
 AIMD_BACKOFF = 0.9
 """The adaptive limit's cut after a broken promise."""
 
@@ -99,11 +110,14 @@ class TierLoad:
         self.ttft_target_s = ttft_target_s
         self.ttft = Ewma(alpha)
         """Seconds from dispatch to first token of requests that found room in the batch."""
+        self._ttft_by_share = [Ewma(alpha) for _ in range(OCCUPANCY_BANDS)]
+        """The same, per quarter of the batch in use beside them (`_band`)."""
         self.tpot = Ewma(alpha)
         """Seconds per output token after the first, at the batch sizes recently seen."""
         self.length_share = Ewma(alpha, initial=1.0)
         """Completion tokens over max_tokens of recent answers: the share of its budget a request uses."""
         self._in_flight: dict[Ticket, None] = {}  # in order of start (FIFO: the batch, then the queue)
+        self._last_cut_at = -math.inf
         self._clock = clock
 
     @property
@@ -148,7 +162,7 @@ class TierLoad:
         if self.ttft.value is None:  # speed unknown: slow start, and no queue
             return 0.0 if self.in_flight < min(self._cold_slots, self._batch) else float("inf")
         if self.slot_free():
-            return self.ttft.value
+            return self.ttft_beside(self.in_flight)
         if self.tpot.value is None:
             return float("inf")  # no request has finished yet: nothing to promise a queued one
         # Replay the batch: each slot frees when its request ends and takes the next queued one, FIFO.
@@ -157,7 +171,20 @@ class TierLoad:
         heapq.heapify(ends)
         for ticket in tickets[self._batch:]:
             heapq.heappush(ends, heapq.heappop(ends) + self._expected(ticket))
-        return self.ttft.value + heapq.heappop(ends) * self.tpot.value
+        return self.ttft_beside(self._batch - 1) + heapq.heappop(ends) * self.tpot.value
+
+    def _band(self, beside: int) -> int:
+        return min(OCCUPANCY_BANDS - 1, beside * OCCUPANCY_BANDS // max(1, self._batch))
+
+    def ttft_beside(self, beside: int) -> float | None:
+        """An unqueued request's expected TTFT with `beside` others in flight: its quarter of the batch's
+        recent figure, else the highest of the quarters below (TTFT grows with the batch), else the
+        average over all."""
+        band = self._band(beside)
+        if (own := self._ttft_by_share[band].value) is not None:
+            return own
+        lower = [e.value for e in self._ttft_by_share[:band] if e.value is not None]
+        return max(lower) if lower else self.ttft.value
 
     def admit(self, priority: str = "normal") -> Admission:
         wait = self.estimate_wait_s()
@@ -180,22 +207,31 @@ class TierLoad:
 
     def started(self, max_tokens: int | None, reserved: bool = False) -> Ticket:
         ticket = Ticket(max_tokens or UNBOUNDED_BUDGET_TOKENS, self._clock(), queued=not self.slot_free(),
-                        reserved=reserved)
+                        reserved=reserved, beside=self.in_flight)
         self._in_flight[ticket] = None
         return ticket
 
     def first_token(self, ticket: Ticket) -> None:
         ticket.first_token_at = self._clock()
         if not ticket.queued:
-            self.ttft.add(ticket.first_token_at - ticket.started_at)
-        self._kept(ticket.first_token_at - ticket.started_at)
+            ttft_s = ticket.first_token_at - ticket.started_at
+            self.ttft.add(ttft_s)
+            # A request of a burst started beside few but prefilled beside all: the most it shared the batch with.
+            self._ttft_by_share[self._band(max(ticket.beside, self.in_flight - 1))].add(ttft_s)
+        self._kept(ticket)
 
-    def _kept(self, ttft_s: float) -> None:
-        """AIMD on the promise each admission made: its first token within the target."""
+    def _kept(self, ticket: Ticket) -> None:
+        """AIMD on the promise each admission made: its first token within the target. The requests admitted
+        before a cut broke their promises in the same congestion (a burst admitted at once is late all
+        together): only one admitted after the last cut cuts again, as TCP halves its window once per
+        round trip, not once per lost packet."""
         if self.ttft_target_s is None:
             return
-        if ttft_s > self.ttft_target_s:
-            self.limit = max(float(self._cold_slots), self.limit * AIMD_BACKOFF)
+        now = self._clock()
+        if now - ticket.started_at > self.ttft_target_s:
+            if ticket.started_at >= self._last_cut_at:
+                self.limit = max(float(self._cold_slots), self.limit * AIMD_BACKOFF)
+                self._last_cut_at = now
         elif self.in_flight * 2 >= self.limit:
             self.limit = min(float(self._ceiling), self.limit + 1)
 
@@ -215,7 +251,7 @@ class TierLoad:
         if ticket.first_token_at is None and not completed and not ticket.reserved:
             waited = self._clock() - ticket.started_at
             if self.ttft_target_s is not None and waited > self.ttft_target_s:
-                self._kept(waited)  # it gave up waiting for its first token: a broken promise
+                self._kept(ticket)  # it gave up waiting for its first token: a broken promise
             return
         if not completed or ticket.reserved or ticket.first_token_at is None:
             return

@@ -155,15 +155,33 @@ def test_the_adaptive_limit_starts_at_the_ceiling_and_a_broken_promise_cuts_it()
     load = TierLoad(batch=4, ttft_target_s=5.0, clock=clock, ceiling=20)
     load.seed(ttft_s=0.5, tpot_s=0.01)
     assert load.limit == 20
-    tickets = [load.started(10) for _ in range(10)]
-    clock.now = 6.0  # the estimate promised a first token within 5 s; it came after 6
-    load.first_token(tickets[0])
-    assert load.limit == pytest.approx(20 * AIMD_BACKOFF)
-    for ticket in tickets[1:]:
+    batch = [load.started(10) for _ in range(4)]
+    clock.now = 0.5
+    for ticket in batch:  # the batch: in time
         load.first_token(ticket)
-    assert load.limit == pytest.approx(20 * AIMD_BACKOFF ** 10)  # 7: below the 10 in flight
+    assert load.limit == 20
+    for _ in range(6):  # queued, each admitted after the last cut: the estimate promised 5 s, it took 6
+        late = load.started(10)
+        clock.now += 6.0
+        load.first_token(late)
+    assert load.limit == pytest.approx(20 * AIMD_BACKOFF ** 6)  # 10.6: no more than the 10 in flight
     decision = load.admit()  # the estimate alone would admit (tiny TPOT): the limit refuses
     assert load.estimate_wait_s() < 5.0 and not decision.admitted and decision.retry_after_s == 1.0
+
+
+def test_a_burst_late_all_together_cuts_the_limit_once():
+    clock = Clock()
+    load = TierLoad(batch=32, ttft_target_s=10.0, clock=clock, ceiling=96)
+    load.seed(ttft_s=1.0, tpot_s=0.1)
+    burst = [load.started(64) for _ in range(32)]
+    clock.now = 12.0
+    for ticket in burst:
+        load.first_token(ticket)
+    assert load.limit == pytest.approx(96 * AIMD_BACKOFF)  # one congestion, one cut (was 96 * 0.9**32: 3)
+    later = load.started(64)
+    clock.now = 24.0
+    load.first_token(later)  # admitted after the cut, and late too: the congestion goes on
+    assert load.limit == pytest.approx(96 * AIMD_BACKOFF ** 2)
 
 
 def test_kept_promises_raise_the_limit_while_it_is_used_up_to_the_ceiling():
@@ -215,3 +233,45 @@ def test_resizing_keeps_the_limits_share_of_the_ceiling():
     load.limit = 12.0
     load.resize(batch=16, cold_slots=2, ceiling=48)
     assert (load.batch, load.ceiling, load.limit) == (16, 48, 24.0)
+
+
+def test_a_newcomer_beside_few_expects_what_requests_beside_few_took_not_a_bursts_ttft():
+    """A burst's requests prefill beside the whole batch and take long; a request beside one other does not.
+    One average over both refused newcomers at a quarter of the batch after a burst (issue: `auto` refused
+    at 8 streams, batch 32)."""
+    clock = Clock()
+    load = TierLoad(batch=32, ttft_target_s=10.0, clock=clock, ceiling=96)
+    burst = [load.started(64) for _ in range(32)]
+    clock.now = 12.0  # past the target: each prefilled beside 31 others
+    for ticket in burst:
+        load.first_token(ticket)
+    for ticket in burst:
+        load.finished(ticket, completed=False)
+    assert load.ttft.value > 10.0  # the average alone now refuses a newcomer beside anyone
+    lone = load.started(64)
+    clock.now += 0.2
+    load.first_token(lone)  # an idle tier's request: fast
+    assert load.ttft_beside(1) == pytest.approx(0.2) and load.admit().admitted
+    assert load.ttft_beside(31) > 10.0  # a newcomer beside a full batch still expects the burst's
+    others = [load.started(64) for _ in range(27)]
+    assert load.in_flight == 28 and not load.admit().admitted
+    for ticket in others:
+        load.finished(ticket, completed=True)
+
+
+def test_a_share_of_the_batch_with_no_figure_takes_the_highest_below_it():
+    clock = Clock()
+    load = TierLoad(batch=8, ttft_target_s=10.0, clock=clock)
+    load.seed(ttft_s=3.0, tpot_s=0.1)
+    assert load.ttft_beside(0) == load.ttft_beside(7) == 3.0  # only the warm-up's figure: for every share
+    first = load.started(10)
+    clock.now = 0.4
+    load.first_token(first)
+    second = load.started(10)
+    third = load.started(10)
+    clock.now = 1.4
+    load.first_token(second)
+    load.first_token(third)  # beside 2: the second quarter of the batch
+    assert load.ttft_beside(0) == pytest.approx(0.4)
+    assert load.ttft_beside(2) == pytest.approx(1.0)
+    assert load.ttft_beside(7) == pytest.approx(1.0)  # no figure there yet: the highest below
