@@ -45,7 +45,7 @@ import httpx
 import yaml
 
 from scripts.bench_serving import engine_flags
-from scripts.harness.cluster import app_args, free_port, get_json, wait_for
+from scripts.harness.cluster import app_args, free_port, wait_for, wait_idle
 from scripts.harness.processes import stop_process_tree
 from scripts.harness.streams import timed_chat
 from serve_app.config import AppConfig
@@ -163,12 +163,6 @@ def circuits(url: str = URL) -> dict[str, str]:
     return httpx.get(f"{url}/health", timeout=10).json()["circuits"]
 
 
-def wait_idle(url: str = URL, timeout_s: float = 300) -> None:
-    """Until the router counts nothing in flight at any backend (the last burst's answers are done)."""
-    wait_for("the service to go idle", lambda: all(
-        b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), timeout_s, every_s=1)
-
-
 def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -226,10 +220,10 @@ def capacity(args: argparse.Namespace, shipped: dict) -> dict:
                                "profile": "configs/local-cpu.yaml as shipped", "app": {}}
             for route in args.burst_routes.split(","):
                 for stream in (True, False):
-                    wait_idle()
+                    wait_idle(URL)
                     time.sleep(refill_s)
                     results = asyncio.run(burst(route, args.burst, args.burst_max_tokens, stream))
-                    wait_idle()
+                    wait_idle(URL)
                     key = f"{route} {'streamed' if stream else 'whole'}"
                     report["burst"]["app"][key] = {**summarize_burst(results, target), "circuits_after": circuits()}
                     print("burst", key, json.dumps(report["burst"]["app"][key]), flush=True)
@@ -237,7 +231,7 @@ def capacity(args: argparse.Namespace, shipped: dict) -> dict:
             report["streams"] = {"max_tokens": args.streams_max_tokens, "duration_s": args.streams_duration_s}
             for n in (int(x) for x in args.streams.split(",")):
                 for route in args.streams_routes.split(","):
-                    wait_idle()
+                    wait_idle(URL)
                     result = asyncio.run(streams_at(route, n, args.streams_duration_s, args.streams_max_tokens))
                     report["streams"][f"{route} x{n}"] = result
                     print("streams", route, n, json.dumps(result), flush=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from scripts.harness.cluster import get_json, load_profile, serving, wait_for
+from scripts.harness.cluster import get_json, load_profile, serving, wait_for, wait_idle
 from scripts.harness.streams import timed_chat
 
 ROUTES = {"cheap": "cheap", "strong": "strong", "auto": "strong"}
@@ -157,19 +157,18 @@ def main() -> None:
         print(json.dumps(result["start"]), flush=True)
         result["closed_loop"] = asyncio.run(closed_loop(url, args.clients, args.duration_s))
         print(json.dumps(result["closed_loop"]), flush=True)
-        wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), 300)
+        wait_idle(url)
         result["kill_strong"] = kill_strong(head, url)
         print(json.dumps(result["kill_strong"]), flush=True)
         result["burst"] = {}
         for route in ("strong", "auto"):
-            wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()),
-                     300)
+            wait_idle(url)
             result["burst"][route] = asyncio.run(burst(url, route, args.burst))
         result["burst"]["limits_after"] = {name: b["limit"] for name, b in get_json(f"{url}/health")["backends"].items()}
         print(json.dumps(result["burst"]), flush=True)
         result["storm"] = asyncio.run(storm(url, args.storm_clients, args.storm_tries))
         stopped = time.monotonic()
-        wait_for("idle", lambda: all(b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), 300)
+        wait_idle(url)
         until_own_tiers(url)
         result["storm"]["seconds_from_storm_end_to_own_tiers"] = round(time.monotonic() - stopped, 1)
         result["storm"]["circuits_after"] = get_json(f"{url}/health")["circuits"]

@@ -131,6 +131,12 @@ def running_replicas(dashboard_url: str, deployment: str, app: str = APP) -> int
     return sum(replica["state"] == "RUNNING" for replica in replicas)
 
 
+def wait_idle(url: str, timeout_s: float = 300) -> None:
+    """Until the router at `url` counts nothing in flight at any backend (the last burst's answers are done)."""
+    wait_for("the service to go idle", lambda: all(
+        b["in_flight"] == 0 for b in get_json(f"{url}/health")["backends"].values()), timeout_s, every_s=1)
+
+
 def wait_until_running(dashboard_url: str, timeout_s: float = DEPLOY_TIMEOUT_S, app: str = APP) -> None:
     """Until the app is RUNNING; DeployFailed at once if Serve gives up on it."""
     deadline = time.monotonic() + timeout_s
