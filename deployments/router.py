@@ -82,6 +82,8 @@ REPLICA_POLL_S = 10.0
 """How often the router reads each tier's running replicas (its capacity) from the Serve controller. Each
 read makes the controller build every deployment's details, so it is not free: replicas take tens of
 seconds to start, and a lost one is caught per request by the dispatch timeout meanwhile."""
+STARTING_POLL_S = 1.0
+"""The same while some engine version has not had a running replica yet (its requests are refused meanwhile)."""
 
 
 @serve.deployment(name="router")
@@ -203,7 +205,8 @@ class Router:
                 self._metrics.backends(self._router.fleet.states())
             except Exception:  # the controller is busy or restarting: keep the last known capacity
                 logger.warning("could not read the tiers' replica counts", exc_info=True)
-            await asyncio.sleep(REPLICA_POLL_S)
+            # While a version has not run yet its requests are refused as starting: learn its start at once.
+            await asyncio.sleep(STARTING_POLL_S if self._router.fleet.never_ran() else REPLICA_POLL_S)
 
     # Python API (DeploymentHandle): the same service as HTTP, without its access gate -------------
 
